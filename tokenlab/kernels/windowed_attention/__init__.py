@@ -1,0 +1,137 @@
+"""Windowed (sliding-window) attention and 2-D neighborhood attention.
+
+One public function dispatches by backend to a Pallas kernel (GPU: Triton lowering, TPU:
+Mosaic) or to the blocked jax.numpy reference (CPU, and the source of truth). All three cost
+O(seq * window) time and memory; none builds a seq x seq array.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from tokenlab.kernels.windowed_attention import _common
+from tokenlab.kernels.windowed_attention import reference
+from tokenlab.kernels.windowed_attention._common import WindowedAttentionError
+
+__all__ = ["windowed_attention", "neighborhood_attention_2d", "WindowedAttentionError"]
+
+
+def _default_implementation() -> str:
+  backend = jax.default_backend()
+  if backend == "gpu":
+    return "pallas_gpu"
+  if backend == "tpu":
+    return "pallas_tpu"
+  return "reference"
+
+
+def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                       window: int | tuple[int, int],
+                       segment_ids: jax.Array | None = None, scale: float | None = None,
+                       implementation: str | None = None) -> jax.Array:
+  """Sliding-window attention, O(seq * window) in time and memory.
+
+  Query i attends to key j iff ``i - left <= j <= i + right`` and, with `segment_ids`, both
+  lie in one segment. ``right = 0`` is causal. Same semantics as
+  ``jax.nn.dot_product_attention(q, k, v, local_window_size=(left, right))``.
+
+  Args:
+    q: (batch, seq, heads, head_dim), float32 or bfloat16.
+    k, v: (batch, seq, kv_heads, head_dim); kv_heads divides heads (grouped-query attention).
+    window: (left, right), ints >= 0 (an int w means (w, w)); may exceed seq.
+    segment_ids: optional (batch, seq) ints for packed sequences.
+    scale: logit scale; default 1/sqrt(head_dim).
+    implementation: None (the best for the default backend: Pallas on GPU and TPU, the
+      reference elsewhere), "reference", "pallas_gpu" or "pallas_tpu". A Pallas
+      implementation on a backend it does not compile for runs in interpret mode (tests).
+
+  Returns:
+    (batch, seq, heads, head_dim) in q's dtype. Softmax and accumulation run in float32.
+    Differentiable in q, k and v.
+  """
+  if implementation is None:
+    implementation = _default_implementation()
+  if implementation == "reference":
+    return reference.windowed_attention(q, k, v, window=window, segment_ids=segment_ids,
+                                        scale=scale)
+  if implementation == "pallas_gpu":
+    from tokenlab.kernels.windowed_attention import pallas_gpu
+    return pallas_gpu.windowed_attention(q, k, v, window=window, segment_ids=segment_ids,
+                                         scale=scale,
+                                         interpret=jax.default_backend() != "gpu")
+  if implementation == "pallas_tpu":
+    from tokenlab.kernels.windowed_attention import pallas_tpu
+    return pallas_tpu.windowed_attention(q, k, v, window=window, segment_ids=segment_ids,
+                                         scale=scale,
+                                         interpret=jax.default_backend() != "tpu")
+  raise WindowedAttentionError(
+      f"implementation={implementation!r}; pass None or one of "
+      f"{', '.join(repr(i) for i in _common.IMPLEMENTATIONS)}")
+
+
+def neighborhood_reach(radius: float, shape: str) -> int:
+  """Largest |dy| (and |dx|) a query can reach for this radius and shape."""
+  if shape == "square":
+    return int(math.floor(radius))
+  # circle: dy^2 < r^2 -> |dy| < r -> |dy| <= ceil(r) - 1.
+  return int(math.ceil(radius)) - 1
+
+
+def neighborhood_mask_fn(width: int, radius: float, shape: str):
+  """(q_pos, k_pos) -> bool: the 2-D neighborhood test on raster positions."""
+  r2 = float(radius) ** 2
+
+  def mask(q_pos, k_pos):
+    dy = k_pos // width - q_pos // width
+    dx = k_pos % width - q_pos % width
+    if shape == "circle":
+      return (dy * dy + dx * dx).astype(jnp.float32) < r2
+    return jnp.maximum(jnp.abs(dy), jnp.abs(dx)) <= radius
+
+  return mask
+
+
+def neighborhood_attention_2d(q: jax.Array, k: jax.Array, v: jax.Array, *, height: int,
+                              width: int, radius: float, shape: str = "circle",
+                              scale: float | None = None) -> jax.Array:
+  """Local attention on a height x width grid of tokens in raster order.
+
+  The query at (y, x) attends to keys with ``dy^2 + dx^2 < radius^2`` (``"circle"``, CLEAR's
+  convolution-like local attention) or ``max(|dy|, |dx|) <= radius`` (``"square"``,
+  neighborhood attention), without wrapping around the edges.
+
+  Runs on the blocked reference: in raster order the neighborhood lies inside the 1-D band
+  ``|i - j| <= reach * (width + 1)``, and the 2-D test is an extra mask on that band, so cost
+  is O(height * width * reach * width) rather than O((height * width)^2).
+
+  Args:
+    q: (batch, height*width, heads, head_dim).
+    k, v: (batch, height*width, kv_heads, head_dim).
+    height, width: grid size; height * width must equal seq.
+    radius: > 0 for "circle", >= 0 for "square".
+    shape: "circle" or "square".
+    scale: logit scale; default 1/sqrt(head_dim).
+
+  Returns:
+    (batch, height*width, heads, head_dim) in q's dtype.
+  """
+  if shape not in ("circle", "square"):
+    raise WindowedAttentionError(f"shape={shape!r}; pass shape='circle' or shape='square'")
+  if int(height) != height or int(width) != width or height < 1 or width < 1:
+    raise WindowedAttentionError(f"height={height}, width={width}; pass positive ints")
+  if getattr(q, "ndim", None) == 4 and q.shape[1] != height * width:
+    raise WindowedAttentionError(
+        f"q has seq {q.shape[1]} but height*width = {height * width}; pass tokens of a "
+        f"{height}x{width} grid in raster order")
+  if not (radius > 0 if shape == "circle" else radius >= 0):
+    raise WindowedAttentionError(
+        f"radius={radius} sees no key for shape={shape!r}; pass radius > 0 (circle) or >= 0 "
+        "(square)")
+  reach = neighborhood_reach(radius, shape)
+  band = reach * width + reach
+  return reference.windowed_attention(
+      q, k, v, window=(band, band), scale=scale,
+      extra_mask=neighborhood_mask_fn(width, radius, shape))
