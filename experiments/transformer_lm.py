@@ -1,0 +1,46 @@
+"""Decoder-only transformer LM on byte-level text (tokenlab's baseline).
+
+  tokenlab train --config experiments/transformer_lm.py:size=tiny --workdir runs/lm
+  variants: size=tiny|small|base|1b, data=pysrc|markov|dna, window=0 (dense) or W (windowed
+  attention with a left window of W tokens).
+"""
+
+from tokenlab.config import base_config, choose, parse_arg
+
+SIZES = {
+    #        d_model layers heads  seq  batch  steps   lr
+    "tiny": (64, 2, 2, 64, 8, 50, 3e-3),
+    "small": (256, 4, 4, 256, 16, 600, 1.5e-3),
+    "base": (768, 12, 12, 1024, 256, 20000, 6e-4),
+    "1b": (2048, 16, 16, 2048, 512, 50000, 3e-4),
+}
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, size="small", data="pysrc", window=0)
+  d, layers, heads, seq, batch, steps, lr = choose("size", arg.size, SIZES)
+  c = base_config()
+  c.seed = 0
+  c.train.steps = steps
+  c.train.batch_size = batch
+  c.train.log_every = max(steps // 50, 1)
+  c.train.eval_every = max(steps // 4, 1)
+  c.train.eval_batches = 20
+  c.checkpoint.every_steps = max(steps // 4, 1)
+  c.optimizer.lr = lr
+  c.optimizer.warmup_steps = max(steps // 20, 1)
+  if arg.size in ("base", "1b"):
+    c.train.compute_dtype = "bfloat16"
+    c.mesh.data, c.mesh.fsdp = 1, -1
+  c.model.name = "transformer_lm"
+  c.model.vocab_size = 256
+  c.model.d_model = d
+  c.model.num_layers = layers
+  c.model.num_heads = heads
+  c.model.window = (arg.window, 0) if arg.window else None
+  c.model.scan_layers = arg.size in ("base", "1b")
+  c.model.remat = "full" if arg.size == "1b" else "none"
+  c.data.name = arg.data
+  c.data.tokenizer = "bytes"
+  c.data.seq_len = seq
+  return c

@@ -1,0 +1,223 @@
+"""Experiment configs: load an experiment file, apply command-line overrides, validate.
+
+An experiment is a Python file with ``get_config(arg: str | None) -> ConfigDict`` (the
+ml-collections / big_vision convention). It is named on the command line as
+``experiments/transformer_lm.py:size=tiny``; the part after ``:`` is passed to ``get_config``
+and is usually parsed with :func:`parse_arg`. Overrides ``--config.a.b=value`` set existing
+keys only: a misspelled key fails before any compute, naming the nearest valid key.
+
+Every experiment starts from :func:`base_config`, which holds the keys that tools rely on.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+from typing import Any
+
+import ml_collections
+from ml_collections import ConfigDict
+
+from tokenlab.errors import ConfigError, nearest
+
+# Logical axis -> mesh axes (t5x / MaxText style). `batch` is split over every data-parallel
+# axis; parameters are sharded over `fsdp` along their embed dimension and over `tensor`
+# along heads / mlp / vocab.
+DEFAULT_SHARDING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("norm", None),
+    ("layers", None),
+)
+
+
+def base_config() -> ConfigDict:
+  """The keys every experiment has; experiment files fill in model and data."""
+  c = ConfigDict()
+  c.seed = 0
+  c.train = ConfigDict(dict(
+      steps=1000,
+      batch_size=32,            # global, across all processes
+      grad_accum_steps=1,       # micro-batches per step
+      log_every=50,
+      eval_every=500,           # 0 = only at the end
+      eval_batches=20,          # 0 = the whole validation split
+      clip_grad_norm=1.0,       # 0 = off
+      on_nonfinite="halt",      # halt: stop, keeping the last good checkpoint; skip: drop update
+      param_dtype="float32",
+      compute_dtype="float32",  # e.g. bfloat16 for mixed precision
+      progress=True,
+  ))
+  c.checkpoint = ConfigDict(dict(every_steps=500, keep=3, async_save=True))
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding_rules = DEFAULT_SHARDING_RULES
+  c.optimizer = ConfigDict(dict(
+      name="adamw", lr=3e-4, schedule="cosine", warmup_steps=100, min_lr_ratio=0.1,
+      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1))
+  c.model = ConfigDict(dict(name=""))
+  c.data = ConfigDict(dict(name=""))
+  return c
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
+  """Parses 'size=tiny,window=64' into a ConfigDict over `defaults` (types follow defaults)."""
+  out = ConfigDict(defaults)
+  if not arg:
+    return out
+  for item in arg.split(","):
+    if not item:
+      continue
+    if "=" not in item:
+      raise ConfigError(f"config argument '{item}' must look like key=value (e.g. size=tiny)")
+    key, value = item.split("=", 1)
+    if key not in defaults:
+      raise ConfigError(f"unknown config argument '{key}'{nearest(key, defaults)}; "
+                        f"valid: {', '.join(sorted(defaults))}")
+    out[key] = _parse_value(value, defaults[key], key)
+  return out
+
+
+def choose(name: str, value: str, options: dict) -> Any:
+  """options[value], or a ConfigError listing the valid variants of argument `name`."""
+  if value not in options:
+    raise ConfigError(f"unknown {name}='{value}'{nearest(str(value), map(str, options))}; "
+                      f"valid: {', '.join(map(str, options))}")
+  return options[value]
+
+
+# Names users reach for that mean a key with another name.
+_SYNONYMS = {"learning_rate": "lr", "num_steps": "steps", "max_steps": "steps",
+             "batch": "batch_size", "global_batch_size": "batch_size", "seqlen": "seq_len",
+             "sequence_length": "seq_len", "dataset": "name"}
+
+
+def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ConfigDict:
+  """Loads 'path/to/experiment.py[:arg]', applies overrides 'a.b=value', validates keys."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"experiment file '{path}' not found; name one like "
+                      f"experiments/transformer_lm.py:size=tiny")
+  module_spec = importlib.util.spec_from_file_location(f"_tokenlab_exp_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"experiment file '{path}' has no get_config(arg) function")
+  config = module.get_config(arg or None)
+  _check_base_keys(config, path)
+  apply_overrides(config, overrides)
+  config.lock()
+  return config
+
+
+def _check_base_keys(config: ConfigDict, path: str) -> None:
+  base = flatten(base_config())
+  have = flatten(config)
+  missing = [k for k in base if k not in have and not k.startswith(("model.", "data."))]
+  if missing:
+    raise ConfigError(f"experiment '{path}' lacks keys {missing[:5]}; start it from "
+                      f"tokenlab.config.base_config()")
+
+
+def apply_overrides(config: ConfigDict, overrides: list[str] | tuple[str, ...]) -> None:
+  """Sets 'a.b.c=value' entries on `config` in place; only existing keys may be set."""
+  for item in overrides:
+    item = item[len("--config."):] if item.startswith("--config.") else item
+    item = item[len("config."):] if item.startswith("config.") else item
+    if "=" not in item:
+      raise ConfigError(f"override '{item}' must look like --config.a.b=value")
+    key, value = item.split("=", 1)
+    set_path(config, key, value)
+
+
+def set_path(config: ConfigDict, key: str, raw: str) -> None:
+  parts = key.split(".")
+  node = config
+  for i, part in enumerate(parts):
+    valid = list(node.keys()) if isinstance(node, ConfigDict) else []
+    if part not in valid:
+      full = ".".join(parts[:i + 1])
+      if _SYNONYMS.get(part) in valid:
+        hint = f" (did you mean '{'.'.join(parts[:i] + [_SYNONYMS[part]])}'?)"
+      else:
+        options = [k for k in flatten(config) if k.count(".") == i] or list(flatten(config))
+        hint = nearest(full, options)
+      raise ConfigError(f"unknown config key '{full}'{hint}")
+    if i == len(parts) - 1:
+      with node.unlocked() if node.is_locked else _null():
+        node[part] = _parse_value(raw, node[part], key)
+    else:
+      node = node[part]
+
+
+class _null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *a):
+    return False
+
+
+def _parse_value(raw: str, current: Any, key: str) -> Any:
+  """Parses `raw` to the type of the current value (bool/int/float/str/tuple/None)."""
+  try:
+    if isinstance(current, bool):
+      if raw.lower() in ("true", "1", "yes"):
+        return True
+      if raw.lower() in ("false", "0", "no"):
+        return False
+      raise ValueError
+    if isinstance(current, int):
+      return int(raw)
+    if isinstance(current, float):
+      return float(raw)
+    if isinstance(current, str):
+      return raw
+    if isinstance(current, ConfigDict):
+      raise ConfigError(f"'{key}' is a group of keys; set one of its keys: "
+                        f"{', '.join(sorted(current.keys()))}")
+    value = ast.literal_eval(raw)
+    if isinstance(current, (tuple, list)) and isinstance(value, list):
+      value = tuple(value)
+    return value
+  except (ValueError, SyntaxError):
+    if current is None:
+      return raw
+    raise ConfigError(f"cannot parse '{raw}' for '{key}' (expected {type(current).__name__})")
+
+
+def flatten(config: ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+  """{'a.b': value} for every leaf of a nested config."""
+  out = {}
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, (ConfigDict, dict)):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def to_json(config: ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def from_json(text: str) -> ConfigDict:
+  return ConfigDict(json.loads(text))
+
+
+def config_diff(a: ConfigDict, b: ConfigDict) -> list[str]:
+  """Keys whose values differ between two configs (tuples and lists compare equal)."""
+  fa, fb = flatten(json.loads(to_json(a))), flatten(json.loads(to_json(b)))
+  return sorted(k for k in set(fa) | set(fb) if fa.get(k, "<absent>") != fb.get(k, "<absent>"))
+
+
+__all__ = ["base_config", "parse_arg", "choose", "load_config", "apply_overrides", "flatten", "to_json",
+           "from_json", "config_diff", "DEFAULT_SHARDING_RULES", "ml_collections"]

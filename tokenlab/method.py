@@ -1,0 +1,103 @@
+"""The contract between a method and the trainer.
+
+A method never touches the trainer and the trainer never knows a method's name. What passes
+between them:
+
+* ``init(rng, batch) -> params``: a parameter pytree whose leaves carry logical axis names
+  (``flax.linen.with_logical_partitioning``), so the trainer can shard them by config rules.
+* ``loss(params, batch, rng) -> (loss, metrics)``: a scalar to minimise and a dict of
+  :class:`Average` (or plain scalars) to log.
+* optionally ``sample(params, prompt, rng, **kw)`` for generative methods, and
+  ``flops_per_token(seq_len)`` for an analytic MFU.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from ml_collections import ConfigDict
+
+from tokenlab.errors import ConfigError, nearest
+
+PyTree = Any
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class Average:
+  """A metric kept as (total, count) so that averages over micro-batches, devices and eval
+  batches are exact: the mean of a ratio is taken once, at the end.
+
+  Example: bits per byte = Average(total=sum of nll in bits, count=number of bytes).
+  """
+  total: jax.Array
+  count: jax.Array
+
+  @classmethod
+  def of(cls, total: jax.Array, count: jax.Array) -> "Average":
+    return cls(jnp.asarray(total, jnp.float32), jnp.asarray(count, jnp.float32))
+
+  def __add__(self, other: "Average") -> "Average":
+    return Average(self.total + other.total, self.count + other.count)
+
+  def value(self) -> jax.Array:
+    return self.total / jnp.maximum(self.count, 1e-12)
+
+
+def as_average(value: Any) -> Average:
+  """Plain scalars count as one observation."""
+  return value if isinstance(value, Average) else Average.of(value, 1.0)
+
+
+class Method(abc.ABC):
+  """Base class of every paper method; see the module docstring for the contract."""
+
+  #: dataclass type holding the method's model hyper-parameters (config.model minus `name`).
+  Config: type = None  # type: ignore[assignment]
+
+  def __init__(self, config: Any):
+    self.config = config
+
+  @classmethod
+  def from_config(cls, model_cfg: ConfigDict | dict) -> "Method":
+    """Builds the method from ``config.model``; unknown keys fail with the nearest valid one."""
+    return cls(dataclass_from_config(cls.Config, model_cfg, prefix="model"))
+
+  @abc.abstractmethod
+  def init(self, rng: jax.Array, batch: Batch) -> PyTree:
+    """Returns logically-annotated parameters for a batch of this shape."""
+
+  @abc.abstractmethod
+  def loss(self, params: PyTree, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    """Returns (scalar loss, metrics)."""
+
+  def eval_metrics(self, params: PyTree, batch: Batch, rng: jax.Array) -> dict[str, Any]:
+    """Metrics on held-out data; by default those of the loss."""
+    return self.loss(params, batch, rng)[1]
+
+  def flops_per_token(self, seq_len: int) -> float | None:
+    """Training FLOPs (forward + backward) per token, or None to use XLA's cost analysis."""
+    return None
+
+
+def dataclass_from_config(cls: type, cfg: ConfigDict | dict, *, prefix: str) -> Any:
+  """Instantiates dataclass `cls` from config entries (ignoring `name`).
+
+  Raises ConfigError naming the nearest field for an unknown key.
+  """
+  values = dict(cfg.to_dict() if isinstance(cfg, ConfigDict) else cfg)
+  values.pop("name", None)
+  fields = {f.name for f in dataclasses.fields(cls)}
+  for key in values:
+    if key not in fields:
+      raise ConfigError(f"unknown key '{prefix}.{key}'{nearest(key, fields)}; valid keys: "
+                        f"{', '.join(sorted(fields))}")
+  for f in dataclasses.fields(cls):
+    if f.name in values and isinstance(values[f.name], list):
+      values[f.name] = tuple(values[f.name])
+  return cls(**values)

@@ -1,0 +1,86 @@
+"""Pre-norm transformer blocks and a stack of them (optionally scanned and rematerialised)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tokenlab.nn.attention import MultiHeadAttention
+from tokenlab.nn.layers import RMSNorm, SwiGLU
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class TransformerBlock(nn.Module):
+  """x + Attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x)). (batch, length, embed) in and out."""
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  num_kv_heads: int | None = None
+  causal: bool = True
+  window: tuple[int, int] | None = None
+  attention_impl: str | None = None
+  rope_theta: float = 10000.0
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> jax.Array:
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    h = RMSNorm(param_dtype=self.param_dtype, name="attn_norm")(x)
+    x = x + MultiHeadAttention(
+        num_heads=self.num_heads, head_dim=self.head_dim, num_kv_heads=self.num_kv_heads,
+        causal=self.causal, window=self.window, implementation=self.attention_impl,
+        rope_theta=self.rope_theta, param_dtype=self.param_dtype, name="attn")(
+            h, positions=positions, segment_ids=segment_ids)
+    h = RMSNorm(param_dtype=self.param_dtype, name="mlp_norm")(x)
+    return x + SwiGLU(self.mlp_dim, param_dtype=self.param_dtype, name="mlp")(h)
+
+
+class TransformerStack(nn.Module):
+  """`num_layers` blocks followed by a final norm.
+
+  With `scan=True` the layers are one `nn.scan` (parameters stacked on a leading `layers`
+  axis): compile time stays flat in depth, which matters for the 1b-size configs.
+  """
+  num_layers: int
+  block: dict  # TransformerBlock keyword arguments
+  scan: bool = False
+  remat: str = "none"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> jax.Array:
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat='{self.remat}' unknown; use one of {sorted(REMAT_POLICIES)}")
+    block_cls = TransformerBlock
+    if self.remat != "none":
+      block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat],
+                           prevent_cse=not self.scan)
+    if self.scan:
+      scanned = nn.scan(_ScanAdapter, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast, nn.broadcast), length=self.num_layers,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = scanned(block_cls=block_cls, block=self.block, name="layers")(
+          x, positions, segment_ids)
+    else:
+      for i in range(self.num_layers):
+        x = block_cls(**self.block, name=f"layer_{i}")(x, positions, segment_ids)
+    return RMSNorm(param_dtype=self.block.get("param_dtype", jnp.float32), name="final_norm")(x)
+
+
+class _ScanAdapter(nn.Module):
+  """Gives a block the (carry, xs) -> (carry, ys) signature nn.scan wants."""
+  block_cls: Any
+  block: dict
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids):
+    return self.block_cls(**self.block, name="block")(x, positions, segment_ids), None

@@ -1,0 +1,65 @@
+"""Loading a trained run from its workdir for eval and sampling."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from tokenlab import config as config_lib
+from tokenlab import registry
+from tokenlab.errors import TokenlabError
+from tokenlab.method import Method
+from tokenlab.train import partitioning
+from tokenlab.train.checkpoint import Checkpointer
+from tokenlab.train.mesh import make_mesh
+from tokenlab.train.optimizer import make_optimizer
+from tokenlab.train.state import abstract_state, state_layout
+
+
+@dataclasses.dataclass
+class TrainedRun:
+  config: ConfigDict
+  method: Method
+  params: Any
+  step: int
+  mesh: Mesh
+  rules: Any
+
+
+def load_config_from_workdir(workdir: str) -> ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise TokenlabError(f"{workdir} has no config.json; train into it first with "
+                        f"`tokenlab train --config ... --workdir {workdir}`")
+  with open(path) as f:
+    return config_lib.from_json(f.read())
+
+
+def load_trained(workdir: str, example_batch: dict[str, np.ndarray],
+                 step: int | None = None) -> TrainedRun:
+  """Restores the parameters of the latest (or given) checkpoint in `workdir`.
+
+  `example_batch` gives the shapes the model is initialised with (any batch of the run's data).
+  """
+  config = load_config_from_workdir(workdir)
+  mesh = make_mesh(config.mesh)
+  rules = partitioning.rules_from_config(config.sharding_rules)
+  method = registry.build_method(config.model)
+  tx = make_optimizer(config.optimizer, config.train.steps, config.train.clip_grad_norm)
+  ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), async_save=False)
+  step = step if step is not None else ckpt.latest_step()
+  if step is None:
+    raise TokenlabError(f"{workdir}/checkpoints holds no checkpoint yet; train first")
+  example = {k: jnp.zeros(np.shape(v), np.asarray(v).dtype) for k, v in example_batch.items()}
+  state_shapes, shardings = state_layout(lambda r: method.init(r, example), tx, mesh, rules,
+                                         jnp.dtype(config.train.param_dtype))
+  state = ckpt.restore(step, abstract_state(shardings, state_shapes))
+  ckpt.close()
+  return TrainedRun(config, method, state.params, int(step), mesh, rules)

@@ -1,0 +1,307 @@
+"""The training loop: one function that runs any experiment, from a laptop to a pod slice.
+
+    train(config, workdir)
+
+1. checks the workdir (a different config there is refused, naming the keys that differ),
+2. builds the mesh, the method and the data pipeline,
+3. initialises the state already sharded, or restores state + data iterator from the latest
+   checkpoint in WORKDIR/checkpoints,
+4. runs jitted steps with in/out shardings and donated state, logging to metrics.jsonl /
+   TensorBoard with a progress bar (loss, tokens/s, MFU), evaluating and checkpointing
+   periodically; SIGTERM saves a checkpoint at the next step boundary and returns.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+from tokenlab import config as config_lib
+from tokenlab import registry
+from tokenlab.errors import ConfigError, TokenlabError
+from tokenlab.train import partitioning
+from tokenlab.train.checkpoint import Checkpointer
+from tokenlab.train.mesh import make_mesh
+from tokenlab.train.metrics import MetricsWriter, peak_flops, reduce_metrics
+from tokenlab.train.optimizer import make_optimizer, make_schedule
+from tokenlab.train.state import abstract_state, count_params, init_sharded_state
+from tokenlab.train.step import make_eval_step, make_train_step
+
+# Keys that may change between runs in one workdir without invalidating its checkpoints.
+RESUMABLE_CHANGES = ("train.progress", "train.log_every", "train.eval_every",
+                     "train.eval_batches", "checkpoint.every_steps", "checkpoint.keep",
+                     "checkpoint.async_save", "train.steps")
+
+IteratorFn = Callable[..., Iterator[dict[str, np.ndarray]]]
+
+
+def check_workdir(config: ConfigDict, workdir: str) -> None:
+  """Writes WORKDIR/config.json, or refuses a workdir that holds a different experiment."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = config_lib.from_json(f.read())
+    diff = [k for k in config_lib.config_diff(previous, config)
+            if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
+    if diff:
+      raise TokenlabError(f"workdir {workdir} holds a run with a different config (keys "
+                          f"{', '.join(diff[:6])}{'...' if len(diff) > 6 else ''}); use a new "
+                          f"--workdir, or the same config to resume")
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write(config_lib.to_json(config))
+    os.replace(tmp, path)
+
+
+def _default_iterators(config: ConfigDict) -> tuple[IteratorFn, IteratorFn]:
+  from tokenlab import data as data_lib
+  data_lib.validate_data_config(config.data)
+
+  def train_fn(batch_size, seed):
+    return data_lib.make_iterator(config.data, split="train", batch_size=batch_size, seed=seed,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count(), shuffle=True)
+
+  def eval_fn(batch_size, seed):
+    return data_lib.make_iterator(config.data, split="validation", batch_size=batch_size,
+                                  seed=seed, process_index=jax.process_index(),
+                                  process_count=jax.process_count(), shuffle=False,
+                                  num_epochs=1)
+  return train_fn, eval_fn
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks at step boundaries."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread (e.g. some test runners): no handler.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
+
+
+def validate_batch(config: ConfigDict, mesh, rules) -> tuple[int, int]:
+  """Returns (per-process batch, micro-batch) or raises ConfigError naming the fix."""
+  batch = config.train.batch_size
+  accum = config.train.grad_accum_steps
+  dp = partitioning.data_parallel_size(mesh, rules)
+  if accum < 1 or batch % accum:
+    raise ConfigError(f"config.train.batch_size={batch} is not divisible by "
+                      f"config.train.grad_accum_steps={accum}; choose a multiple of {accum}")
+  micro = batch // accum
+  if micro % dp:
+    axes = partitioning.batch_axes(rules)
+    raise ConfigError(f"config.train.batch_size={batch} (micro-batch {micro}) is not divisible "
+                      f"by the data-parallel mesh axes {axes} of size {dp}; use a multiple of "
+                      f"{dp * accum} for train.batch_size or change config.mesh")
+  if batch % jax.process_count():
+    raise ConfigError(f"config.train.batch_size={batch} is not divisible by the "
+                      f"{jax.process_count()} processes")
+  return batch // jax.process_count(), micro
+
+
+def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None = None,
+          eval_iter_fn: IteratorFn | None = None) -> dict[str, Any]:
+  """Runs (or resumes) the experiment `config` in `workdir`; returns the last metrics."""
+  tc = config.train
+  on_nonfinite = tc.on_nonfinite
+  if on_nonfinite not in ("halt", "skip"):
+    raise ConfigError(f"config.train.on_nonfinite must be 'halt' or 'skip', got "
+                      f"'{on_nonfinite}'")
+  mesh = make_mesh(config.mesh)
+  rules = partitioning.rules_from_config(config.sharding_rules)
+  partitioning.check_rules(rules, mesh)
+  local_batch, micro = validate_batch(config, mesh, rules)
+  method = registry.build_method(config.model)
+  if train_iter_fn is None or eval_iter_fn is None:
+    default_train, default_eval = _default_iterators(config)
+    train_iter_fn = train_iter_fn or default_train
+    eval_iter_fn = eval_iter_fn or default_eval
+  check_workdir(config, workdir)
+  is_main = jax.process_index() == 0
+
+  train_iter = train_iter_fn(local_batch, config.seed)
+  first = next(train_iter)
+  batch_shardings = {k: partitioning.batch_sharding(mesh, rules, np.ndim(v))
+                     for k, v in first.items()}
+  example = {k: jax.ShapeDtypeStruct((micro, *np.shape(v)[1:]), np.asarray(v).dtype)
+             for k, v in first.items()}
+
+  schedule = make_schedule(config.optimizer, tc.steps)
+  tx = make_optimizer(config.optimizer, tc.steps, tc.clip_grad_norm)
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng, eval_rng = jax.random.split(rng, 3)
+  init_params = lambda r: method.init(
+      r, {k: jnp.zeros(s.shape, s.dtype) for k, s in example.items()})
+  state, state_sh = init_sharded_state(init_params, tx, init_rng, mesh, rules,
+                                       jnp.dtype(tc.param_dtype))
+  n_params = count_params(state.params)
+
+  ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                      keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+  start = ckpt.latest_step() or 0
+  pending = [first]
+  if start:
+    state = ckpt.restore(start, abstract_state(state_sh, state), train_iter)
+    pending = []
+  compute_dtype = jnp.dtype(tc.compute_dtype)
+  micro_constraint = lambda mb: jax.tree.map(
+      lambda x: jax.lax.with_sharding_constraint(
+          x, partitioning.batch_sharding(mesh, rules, x.ndim)), mb)
+  step_fn = make_train_step(method, tx, compute_dtype=compute_dtype,
+                            grad_accum_steps=tc.grad_accum_steps, on_nonfinite=on_nonfinite,
+                            schedule=schedule, micro_batch_constraint=micro_constraint)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    jit_step = jax.jit(step_fn, in_shardings=(state_sh, batch_shardings, None),
+                       out_shardings=(state_sh, None), donate_argnums=(0,))
+    jit_eval = jax.jit(make_eval_step(method, compute_dtype),
+                       in_shardings=(state_sh.params, batch_shardings, None))
+
+  def to_global(local: dict) -> dict:
+    return {k: jax.make_array_from_process_local_data(batch_shardings[k], np.asarray(v))
+            for k, v in local.items()}
+
+  seq_len = int(np.shape(first["inputs"])[1]) if "inputs" in first else 1
+  tokens_per_step = tc.batch_size * seq_len
+  flops_token = method.flops_per_token(seq_len) if "inputs" in first else None
+  peak, peak_source = peak_flops()
+  writer = MetricsWriter(workdir, enabled=is_main)
+  if is_main and start == 0:
+    writer.write(0, {"info/params": n_params, "info/devices": jax.device_count(),
+                     "info/peak_flops": peak})
+
+  def evaluate(step: int) -> dict[str, float]:
+    it = eval_iter_fn(local_batch, config.seed)
+    results = []
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      for i, batch in enumerate(it):
+        if tc.eval_batches and i >= tc.eval_batches:
+          break
+        results.append(jit_eval(state.params, to_global(batch), eval_rng))
+    if not results:
+      return {}
+    return {f"eval/{k}": v for k, v in reduce_metrics(results).items()}
+
+  def check_finite(metrics: dict[str, float], step: int) -> None:
+    loss = metrics.get("train/step_loss", metrics.get("train/loss", 0.0))
+    if on_nonfinite == "halt" and not math.isfinite(loss):
+      last = ckpt.latest_step()
+      raise TokenlabError(f"non-finite training loss ({loss}) by step {step}; the last good "
+                          f"checkpoint is step {last}; lower config.optimizer.lr, use "
+                          f"float32 compute, or set --config.train.on_nonfinite=skip")
+
+  progress = None
+  if is_main and tc.progress:
+    from tqdm.auto import tqdm
+    progress = tqdm(total=tc.steps, initial=start, desc="train", dynamic_ncols=True,
+                    unit="step")
+
+  # Compile ahead of time so that compile time is not counted as step time.
+  t_compile = time.perf_counter()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    probe = to_global(pending[0] if pending else first)
+    compiled_step = jit_step.lower(state, probe, step_rng).compile()
+  compile_sec = time.perf_counter() - t_compile
+  flops_step = (flops_token * tokens_per_step if flops_token else
+                _xla_flops(compiled_step) * jax.device_count())
+  if is_main and start == 0:
+    writer.write(0, {"perf/compile_sec": compile_sec, "perf/flops_per_step": flops_step})
+
+  window: list[dict] = []   # device metrics of the steps since the last log
+  window_time = 0.0         # seconds spent in those steps (eval and checkpoint time excluded)
+  t_mark = time.perf_counter()
+  last: dict[str, Any] = {}
+  step = start
+
+  def pause_clock() -> None:
+    nonlocal window_time
+    jax.block_until_ready(state)
+    window_time += time.perf_counter() - t_mark
+
+  with _Preemption() as preempt:
+    while step < tc.steps:
+      batch = pending.pop() if pending else next(train_iter)
+      with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        state, metrics = compiled_step(state, to_global(batch), step_rng)
+      step += 1
+      window.append(metrics)
+      log_now = step % tc.log_every == 0 or step == tc.steps
+      eval_now = (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps
+      save_now = (step % config.checkpoint.every_steps == 0 or step == tc.steps
+                  or preempt.requested)
+      if not (log_now or save_now or eval_now):
+        if progress is not None:
+          progress.update(1)
+        continue
+      pause_clock()
+      if log_now or save_now:
+        scalars = {f"train/{k}": v for k, v in reduce_metrics(window).items()}
+        check_finite(scalars, step)
+        if log_now:
+          scalars["perf/steps_per_sec"] = len(window) / window_time
+          scalars["perf/tokens_per_sec"] = len(window) * tokens_per_step / window_time
+          scalars["perf/mfu"] = flops_step * len(window) / window_time / peak
+          last.update(scalars)
+          writer.write(step, scalars)
+          if progress is not None:
+            progress.set_postfix(loss=f"{scalars['train/loss']:.4f}",
+                                 tok_s=f"{scalars['perf/tokens_per_sec']:.0f}",
+                                 mfu=f"{100 * scalars['perf/mfu']:.1f}%")
+          window, window_time = [], 0.0
+      if save_now:
+        ckpt.save(step, state, train_iter)
+      if eval_now:
+        ev = evaluate(step)
+        if ev:
+          last.update(ev)
+          writer.write(step, ev)
+          if progress is not None:
+            progress.write(f"step {step}: " + ", ".join(
+                f"{k}={v:.4f}" for k, v in sorted(ev.items())))
+      if progress is not None:
+        progress.update(1)
+      t_mark = time.perf_counter()
+      if preempt.requested:
+        if progress is not None:
+          progress.write(f"SIGTERM: saved checkpoint at step {step}; re-run to resume")
+        break
+  if progress is not None:
+    progress.close()
+  ckpt.close()
+  writer.close()
+  last.update({"step": step, "info/params": n_params, "info/peak_source": peak_source})
+  return last
+
+
+def _xla_flops(compiled) -> float:
+  """FLOPs of one step of one device's program from XLA's cost analysis."""
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0))
+  except Exception:  # Cost analysis is best-effort on some backends.
+    return 0.0
