@@ -147,7 +147,8 @@ def set_path(config: ConfigDict, key: str, raw: str) -> None:
       if _SYNONYMS.get(part) in valid:
         hint = f" (did you mean '{'.'.join(parts[:i] + [_SYNONYMS[part]])}'?)"
       else:
-        options = [k for k in flatten(config) if k.count(".") == i] or list(flatten(config))
+        options = {".".join(k.split(".")[:i + 1]) for k in flatten(config)
+                   if k.count(".") >= i}
         hint = nearest(full, options)
       raise ConfigError(f"unknown config key '{full}'{hint}")
     if i == len(parts) - 1:
