@@ -1,4 +1,4 @@
-"""The `tokenlab` command: train | eval | sample | plot | data | bench.
+"""The `tokenlab` command: train | eval | sample | plot | data | plan | scale | bench.
 
   tokenlab train --config experiments/transformer_lm.py:size=tiny --workdir runs/x \\
       --config.optimizer.lr=3e-4
@@ -146,6 +146,16 @@ def _cmd_data(args: argparse.Namespace, rest: list[str]) -> int:
   return data_cli.main(rest)
 
 
+def _cmd_plan(args: argparse.Namespace, rest: list[str]) -> int:
+  from tokenlab import plan
+  return plan.main(rest)
+
+
+def _cmd_scale(args: argparse.Namespace, rest: list[str]) -> int:
+  from tokenlab import scale
+  return scale.main(rest)
+
+
 def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
   from tokenlab import bench
   if args.name is None:
@@ -188,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("data", help="build / list / show embedded datasets", add_help=False)
   p.set_defaults(func=_cmd_data)
+
+  p = sub.add_parser("plan", help="compile a config ahead of time for N devices and report "
+                     "per-device memory and whether it fits a chip", add_help=False)
+  p.set_defaults(func=_cmd_plan)
+
+  p = sub.add_parser("scale", help="run a scaling study (sweeps of mesh / size) into CSV + PNG",
+                     add_help=False)
+  p.set_defaults(func=_cmd_scale)
 
   p = sub.add_parser("bench", help="run a benchmark against its named peer and print ratios",
                      add_help=False)
