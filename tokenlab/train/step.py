@@ -82,7 +82,7 @@ def make_train_step(method, tx: optax.GradientTransformation, *, compute_dtype,
       grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
       loss = loss / grad_accum_steps
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
