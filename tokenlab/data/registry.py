@@ -1,0 +1,59 @@
+"""The embedded datasets by name: kind, default builder options and where the builder lives.
+
+Kept free of heavy imports (no tfds) so configs can be validated before anything is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import types
+from collections.abc import Mapping
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What the pipeline needs to know about one embedded dataset.
+
+  Attributes:
+    name: the name configs use (`config.data.name`).
+    kind: 'text' (documents of bytes, tokenized and packed) or 'image' (image + label).
+    module: the module holding the tfds builder (`Builder`) and the record helpers.
+    default_options: builder options and their defaults; the types are the accepted types.
+    description: one line for `tokenlab data list`.
+  """
+  name: str
+  kind: str
+  module: str
+  default_options: Mapping[str, Any]
+  description: str
+
+  def load(self) -> types.ModuleType:
+    """Imports and returns the dataset's module (imports tfds)."""
+    return importlib.import_module(self.module)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "markov": DatasetSpec(
+        name="markov", kind="text", module="tokenlab.data.markov",
+        default_options={"k": 4, "p": 0.8, "q": 0.8, "num_train": 2000,
+                         "num_validation": 200, "length": 1024, "seed": 0},
+        description="binary k-th order switching Markov source, '0'/'1' text"),
+    "pysrc": DatasetSpec(
+        name="pysrc", kind="text", module="tokenlab.data.pysrc",
+        default_options={"validation_percent": 5},
+        description="Python 3.11.7 standard-library source files (pinned snapshot)"),
+    "dna": DatasetSpec(
+        name="dna", kind="text", module="tokenlab.data.dna",
+        default_options={"length": 512, "num_train": 2000, "num_validation": 200, "seed": 0,
+                         "num_motifs": 4, "motif_length": 12, "motif_prob": 0.5,
+                         "repeats_per_kb": 4.0, "mutation_rate": 0.02},
+        description="synthetic genome windows: background, tandem repeats, planted motifs"),
+    "digits": DatasetSpec(
+        name="digits", kind="image", module="tokenlab.data.digits",
+        default_options={"size": 8, "validation_percent": 10, "seed": 0},
+        description="scikit-learn's 8x8 handwritten digits, optionally upsampled"),
+}
+
+TOKENIZERS = ("bytes", "sentencepiece", "bpe")
