@@ -149,15 +149,14 @@ def test_tome_decisions_and_merge_match_transcription(n, r, protected):
 def test_tome_ties_break_to_lowest_index():
   # One-hot metrics make exact ties everywhere (cosine similarities are exactly 0 or 1).
   rng = _rng(7)
-  for trial in range(4):
-    n = 20 + trial
-    metric = np.eye(3, dtype=np.float32)[rng.integers(0, 3, size=(2, n))]
-    x = rng.normal(size=(2, n, 4)).astype(np.float32)
-    r = 3 + 2 * trial
+  n = 21
+  for r in (4, 10):
+    metric = np.eye(3, dtype=np.float32)[rng.integers(0, 3, size=(4, n))]
+    x = rng.normal(size=(4, n, 4)).astype(np.float32)
     pairs, want_x, _ = tome_numpy(metric, x, r, 1)
     plan = bipartite_soft_matching(jnp.asarray(metric), r, protected=1,
                                    implementation="reference")
-    for bi in range(2):
+    for bi in range(4):
       assert {(int(s), int(d)) for s, d in zip(plan.src_idx[bi], plan.dst_idx[bi])} == pairs[bi]
     merged, _ = merge_tokens(jnp.asarray(x), plan, implementation="reference")
     np.testing.assert_allclose(np.asarray(merged), want_x, rtol=1e-5, atol=1e-6)
@@ -330,7 +329,7 @@ def test_gradients_match_finite_differences(impl):
 def test_pallas_matches_reference(impl):
   rng = _rng(2024)
   # Odd sizes that are not multiples of any block size.
-  for n, r, protected in ((37, 9, 1), (150, 75, 0), (6, 3, 2)):
+  for n, r, protected in ((150, 75, 0), (7, 2, 2)):
     metric = jnp.asarray(rng.normal(size=(2, n, 8)).astype(np.float32))
     x = jnp.asarray(rng.normal(size=(2, n, 5)).astype(np.float32))
     want = bipartite_soft_matching(metric, r, protected=protected, implementation="reference")
@@ -341,7 +340,7 @@ def test_pallas_matches_reference(impl):
     mg, sg = merge_tokens(x, want, implementation=impl)
     np.testing.assert_allclose(np.asarray(mg), np.asarray(mw), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(sg), np.asarray(sw))
-  for n, p, m in ((300, 0.2, None), (45, 0.02, 5), (64, 0.9, None)):
+  for n, p, m in ((300, 0.2, None), (45, 0.05, 5)):
     x = jnp.asarray(rng.normal(size=(2, n, 7)).astype(np.float32))
     bnd = rng.random((2, n)) < p
     if m is not None:
@@ -353,7 +352,7 @@ def test_pallas_matches_reference(impl):
     np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), rtol=1e-5, atol=1e-5)
     for a, b in zip(got[1:], want[1:]):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  for n, window, r in ((37, 8, 3), (64, 16, 8), (10, 4, 1)):
+  for n, window, r in ((37, 8, 3), (64, 16, 8)):
     x = jnp.asarray(rng.normal(size=(2, n, 6)).astype(np.float32))
     metric = jnp.asarray(rng.normal(size=(2, n, 4)).astype(np.float32))
     s = jnp.asarray(rng.integers(1, 3, size=(2, n)).astype(np.float32))

@@ -320,19 +320,26 @@ def _local_window_merge(x, metric, w, window, r, impl, interp):
 
 def _local_window_fused(x, metric, w, window, r, kernels, interpret):
   """The fused window kernel forward; the shared segment-mean VJP backward."""
+  return _window_vjp(x, w, metric, window, r, kernels, interpret)
 
-  @jax.custom_vjp
-  def run(x, w):
-    return kernels.local_window_merge(x, metric, w, window, r, interpret=interpret)
 
-  def fwd(x, w):
-    merged, gid, wsum = kernels.local_window_merge(x, metric, w, window, r, interpret=interpret)
-    return (merged, gid, wsum), (x, w, gid, merged, wsum)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _window_vjp(x, w, metric, window, r, kernels, interpret):
+  return kernels.local_window_merge(x, metric, w, window, r, interpret=interpret)
 
-  def bwd(res, g):
-    x_, w_, gid, merged, wsum = res
-    g_merged, _, g_wsum = g
-    return _segment_mean_grads(x_, w_, gid, merged, wsum, g_merged, g_wsum)
 
-  run.defvjp(fwd, bwd)
-  return run(x, w)
+def _window_vjp_fwd(x, w, metric, window, r, kernels, interpret):
+  merged, gid, wsum = kernels.local_window_merge(x, metric, w, window, r, interpret=interpret)
+  return (merged, gid, wsum), (x, w, metric, gid, merged, wsum)
+
+
+def _window_vjp_bwd(window, r, kernels, interpret, res, g):
+  del window, r, kernels, interpret
+  x, w, metric, gid, merged, wsum = res
+  g_merged, _, g_wsum = g
+  gx, gw = _segment_mean_grads(x, w, gid, merged, wsum, g_merged, g_wsum)
+  # The matching is a discrete decision: no gradient flows into the metric (as in ToMe).
+  return gx, gw, jnp.zeros_like(metric)
+
+
+_window_vjp.defvjp(_window_vjp_fwd, _window_vjp_bwd)
