@@ -1,0 +1,47 @@
+"""tokenlab's data: embedded datasets as tfds builders, tokenizers, and the grain pipeline.
+
+Public API:
+
+  validate_data_config(data_cfg)      ConfigError naming the fix for a bad `config.data`
+  default_data_config(name)           the full default `config.data` of a dataset
+  make_iterator(data_cfg, split=..., batch_size=..., seed=..., ...)
+                                      a checkpointable iterator of batches (see pipeline.py)
+  vocab_size(data_cfg)                the tokenizer's number of ids
+  get_tokenizer(data_cfg)             the tokenizer (bytes | sentencepiece | bpe)
+  DATASETS                            name -> DatasetSpec (kind, default options)
+
+Datasets (`tokenlab data list`): markov, pysrc, dna, digits. Each is built on first use into
+the data dir (`config.data.data_dir`, else $TOKENLAB_DATA_DIR, else ~/.cache/tokenlab/tfds).
+Heavy imports (tfds, grain) happen on first use, not on `import tokenlab.data`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenlab.data.config import default_data_config, validate_data_config
+from tokenlab.data.registry import DATASETS, TOKENIZERS
+
+__all__ = ["DATASETS", "TOKENIZERS", "default_data_config", "validate_data_config",
+           "make_iterator", "vocab_size", "get_tokenizer"]
+
+
+def make_iterator(data_cfg: Any, *, split: str, batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1, shuffle: bool = True,
+                  num_epochs: int | None = None):
+  """Returns a checkpointable grain iterator of batches; see `pipeline.make_iterator`."""
+  from tokenlab.data import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.make_iterator(data_cfg, split=split, batch_size=batch_size, seed=seed,
+                                process_index=process_index, process_count=process_count,
+                                shuffle=shuffle, num_epochs=num_epochs)
+
+
+def vocab_size(data_cfg: Any) -> int:
+  """Returns the number of token ids of the config's tokenizer (training it if needed)."""
+  return get_tokenizer(data_cfg).vocab_size
+
+
+def get_tokenizer(data_cfg: Any):
+  """Returns the config's tokenizer, trained and cached on first use."""
+  from tokenlab.data import tokenizers  # pylint: disable=g-import-not-at-top
+  return tokenizers.get_tokenizer(data_cfg)

@@ -107,7 +107,7 @@ def _quiet() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _build_lock(path: epath.Path) -> Iterator[None]:
+def build_lock(path: epath.Path) -> Iterator[None]:
   """Exclusive lock on `path` for local disks; a no-op on remote storage."""
   if "://" in os.fspath(path):
     yield
@@ -149,7 +149,7 @@ def prepare(cls: type[OptionsBuilder], options: Mapping[str, Any],
   if ready:
     return builder
   lock = epath.Path(data_dir) / f".{builder.name}.{builder.builder_config.name}.lock"
-  with _build_lock(lock):
+  with build_lock(lock):
     builder, ready = _make_builder(cls, options, data_dir)  # Another process may have built it.
     if not ready:
       try:

@@ -1,0 +1,173 @@
+"""The grain input pipeline: shard, shuffle, tokenize, pack, batch; checkpointable.
+
+Order of operations (one process of `process_count`):
+
+  records of the split (tfds array_record data source, random access)
+  -> this process's records: indices process_index, process_index + process_count, ...
+  -> shuffled with `seed` (a fresh order every epoch), repeated `num_epochs` times
+  -> text: each document tokenized into next-token pairs inputs = ids[:-1],
+     targets = ids[1:] (so no target ever crosses a document boundary)
+  -> packed by concatenate-and-split (grain's ConcatThenSplitIterDataset): documents are
+     laid end to end and cut every seq_len tokens; a document cut at a row end continues
+     at the start of the next row, with positions starting again at 0; the last row of a
+     finite stream is padded (segment id 0)
+  -> with shuffle, packed rows are shuffled within windows of rows, so one long document
+     does not fill a whole batch
+  -> batches of `batch_size` (per process); a last partial batch is padded with rows whose
+     loss_mask is 0 (label -1), so a finite pass sees every token exactly once.
+
+Sequence batches: inputs, targets, segment_ids, positions, target_bytes (int32) and
+loss_mask (float32), each (batch_size, seq_len); dna adds labels (int32, region label of the
+target token when all its bases share one, else -1; -1 on padding). Image batches: image
+float32 (batch_size, size, size, 1), label int32 (-1 on padding), mask float32 (batch_size,).
+
+The returned iterator is a grain DatasetIterator: next(), get_state(), set_state().
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grain
+import numpy as np
+
+from tokenlab.data import config, registry, sources, storage
+from tokenlab.data.tokenizers import Tokenizer, get_tokenizer
+from tokenlab.errors import ConfigError, TokenlabError
+
+_ROW_SHUFFLE_WINDOW = 256  # Packed rows shuffled together (train only).
+_READ = grain.ReadOptions(num_threads=2, prefetch_buffer_size=32)
+
+
+@dataclasses.dataclass
+class TokenizeDocument(grain.transforms.Map):
+  """Record -> {inputs, targets, target_bytes[, labels]} of one document (int32 (n-1,))."""
+  tokenizer: Tokenizer
+  dataset: str
+  with_labels: bool
+
+  def map(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
+    module = registry.DATASETS[self.dataset].load()
+    ids = self.tokenizer.encode(module.document(record))
+    lengths = self.tokenizer.token_lengths()[ids]
+    out = {"inputs": ids[:-1], "targets": ids[1:], "target_bytes": lengths[1:]}
+    if self.with_labels:
+      out["labels"] = _token_labels(module.byte_labels(record), lengths)[1:]
+    return out
+
+
+def _token_labels(byte_labels: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+  """Returns each token's label: its bytes' label when they agree, else -1. int32 (n,)."""
+  if len(lengths) == 0:
+    return np.zeros(0, np.int32)
+  starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+  lo = np.minimum.reduceat(byte_labels, starts)
+  hi = np.maximum.reduceat(byte_labels, starts)
+  return np.where(lo == hi, lo, -1).astype(np.int32)
+
+
+def _finish_row(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Packed row (grain's names) -> the batch fields; masks padding."""
+  seg = row["inputs_segment_ids"].astype(np.int32)
+  real = seg > 0
+  out = {"inputs": row["inputs"].astype(np.int32),
+         "targets": row["targets"].astype(np.int32),
+         "segment_ids": seg,
+         "positions": row["inputs_positions"].astype(np.int32),
+         "loss_mask": real.astype(np.float32),
+         "target_bytes": np.where(real, row["target_bytes"], 0).astype(np.int32)}
+  if "labels" in row:
+    out["labels"] = np.where(real, row["labels"], -1).astype(np.int32)
+  return out
+
+
+def _image_example(record: dict[str, Any]) -> dict[str, np.ndarray]:
+  return {"image": np.asarray(record["image"], np.float32),
+          "label": np.int32(record["label"]), "mask": np.float32(1.0)}
+
+
+@dataclasses.dataclass
+class PadBatch:
+  """Stacks examples into a batch, padding up to `batch_size` with masked examples."""
+  batch_size: int
+
+  def __call__(self, examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    out = {}
+    for key in examples[0]:
+      stacked = np.stack([ex[key] for ex in examples])
+      missing = self.batch_size - len(examples)
+      if missing:
+        pad = np.full((missing,) + stacked.shape[1:], -1 if key in ("labels", "label") else 0,
+                      stacked.dtype)
+        stacked = np.concatenate([stacked, pad])
+      out[key] = stacked
+    return out
+
+
+def make_dataset(data_cfg: Any, *, split: str, batch_size: int, seed: int,
+                 process_index: int = 0, process_count: int = 1, shuffle: bool = True,
+                 num_epochs: int | None = None) -> grain.IterDataset:
+  """Returns the batched grain IterDataset; see `make_iterator` for the arguments."""
+  cfg = config.resolve(data_cfg)
+  if split not in storage.SPLITS:
+    raise ConfigError(f"unknown split '{split}'; use one of: {', '.join(storage.SPLITS)}")
+  if batch_size < 1:
+    raise ConfigError(f"batch_size={batch_size} must be >= 1 (it is the per-process batch)")
+  if not 0 <= process_index < process_count:
+    raise TokenlabError(f"process_index={process_index} is outside 0..{process_count - 1}")
+  spec = registry.DATASETS[cfg["name"]]
+  src = sources.data_source(cfg, split)
+  if len(src) < process_count:
+    raise TokenlabError(f"{cfg['name']}/{split} has {len(src)} records, fewer than the "
+                        f"{process_count} processes; make the split larger")
+  ds = grain.MapDataset.source(src)[process_index::process_count]
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs)
+  if spec.kind == "image":
+    ids = ds.map(_image_example).to_iter_dataset(_READ)
+  else:
+    tok = get_tokenizer(cfg)
+    with_labels = hasattr(spec.load(), "byte_labels")
+    ids = ds.map(TokenizeDocument(tok, cfg["name"], with_labels)).to_iter_dataset(_READ)
+    ids = ids.filter(lambda ex: len(ex["inputs"]) > 0)
+    keys = ["inputs", "targets", "target_bytes"] + (["labels"] if with_labels else [])
+    ids = grain.experimental.ConcatThenSplitIterDataset(
+        ids, length_struct={k: cfg["seq_len"] for k in keys})
+    ids = ids.map(_finish_row)
+    if shuffle:
+      ids = grain.experimental.WindowShuffleIterDataset(
+          ids, window_size=_ROW_SHUFFLE_WINDOW, seed=seed)
+  ids = ids.batch(batch_size, drop_remainder=False, batch_fn=PadBatch(batch_size))
+  if cfg["worker_count"] > 0:
+    ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg["worker_count"]))
+  return ids
+
+
+def make_iterator(data_cfg: Any, *, split: str, batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1, shuffle: bool = True,
+                  num_epochs: int | None = None) -> grain.DatasetIterator:
+  """Returns a checkpointable iterator of batches (dicts of numpy arrays).
+
+  Args:
+    data_cfg: the data config (`config.data`).
+    split: 'train' or 'validation'.
+    batch_size: examples (packed rows) per batch on THIS process (global // process_count).
+    seed: shuffling seed; the same seed gives the same batches.
+    process_index, process_count: this process sees records process_index::process_count.
+    shuffle: shuffle records (every epoch anew) and packed rows; False keeps stored order.
+    num_epochs: passes over the records; None = forever. With a finite number the last
+      batch is padded (loss_mask 0), so every target is seen exactly once per epoch.
+
+  Returns:
+    A grain DatasetIterator: next(it), it.get_state(), it.set_state(state).
+  """
+  return iter(make_dataset(data_cfg, split=split, batch_size=batch_size, seed=seed,
+                           process_index=process_index, process_count=process_count,
+                           shuffle=shuffle, num_epochs=num_epochs))
+
+
+def vocab_size(data_cfg: Any) -> int:
+  """Returns the number of token ids of the config's tokenizer (trains it if needed)."""
+  return get_tokenizer(data_cfg).vocab_size
