@@ -167,7 +167,3 @@ def make_iterator(data_cfg: Any, *, split: str, batch_size: int, seed: int,
                            process_index=process_index, process_count=process_count,
                            shuffle=shuffle, num_epochs=num_epochs))
 
-
-def vocab_size(data_cfg: Any) -> int:
-  """Returns the number of token ids of the config's tokenizer (trains it if needed)."""
-  return get_tokenizer(data_cfg).vocab_size
