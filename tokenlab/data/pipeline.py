@@ -105,6 +105,41 @@ class PadBatch:
     return out
 
 
+def _tuple_slices(state: Any) -> Any:
+  """Returns `state` with grain's packing slices turned back into tuples.
+
+  grain's concat-then-split packer compares its remainder slices with the tuple (-1, -1);
+  after a JSON round trip (how grain's orbax handler stores iterator state) they are lists,
+  the comparison fails, and a restored iterator would drift. This undoes the JSON change.
+  """
+  if isinstance(state, dict):
+    return {k: ({f: tuple(v) for f, v in val.items()} if k == "remainder_slices"
+                else _tuple_slices(val)) for k, val in state.items()}
+  if isinstance(state, list):
+    return [_tuple_slices(v) for v in state]
+  return state
+
+
+class _RestorableIterator(grain.DatasetIterator):
+  """Passes batches through; makes `set_state` accept JSON-round-tripped states."""
+
+  def __next__(self):
+    return next(self._parent)
+
+  def get_state(self) -> dict[str, Any]:
+    return self._parent.get_state()
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(_tuple_slices(state))
+
+
+class _RestorableDataset(grain.IterDataset):
+  """Wraps a dataset so its iterators restore from JSON states (see `_tuple_slices`)."""
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _RestorableIterator(self._parent.__iter__())
+
+
 def make_dataset(data_cfg: Any, *, split: str, batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1, shuffle: bool = True,
                  num_epochs: int | None = None) -> grain.IterDataset:
@@ -142,7 +177,7 @@ def make_dataset(data_cfg: Any, *, split: str, batch_size: int, seed: int,
   ids = ids.batch(batch_size, drop_remainder=False, batch_fn=PadBatch(batch_size))
   if cfg["worker_count"] > 0:
     ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg["worker_count"]))
-  return ids
+  return _RestorableDataset(ids)
 
 
 def make_iterator(data_cfg: Any, *, split: str, batch_size: int, seed: int,
