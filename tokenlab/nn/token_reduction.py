@@ -1,0 +1,335 @@
+"""Token reduction toolbox: merging and pruning of tokens inside transformers.
+
+Built on `tokenlab.kernels.token_merge`:
+
+- ToMe (Bolya et al., ICLR 2023; `facebookresearch/ToMe`): `ToMeBlock` is a ViT block that
+  merges r tokens between attention and MLP, tracks token sizes and uses proportional
+  attention (log size added to the logits); `ToMeEncoder` stacks them and composes group ids
+  so `unmerge` can bring the output back to the input length.
+- Attention-score pruning (EViT-style): keep the tokens the class token (or everyone) attends to
+  most (`prune_by_attention`).
+- AIM (arXiv 2412.03248; LaVi-Lab/AIM): `pagerank_importance` runs PageRank over attention
+  maps (M = softmax(logits / 0.1), 5 iterations from uniform, RMS over heads);
+  `aim_retain_schedule` is the layer-wise retain ratio (full until half depth, then linear to
+  0); `tome_reduce` is the pre-LLM "two rounds of ToMe" merging.
+- Baselines: `random_prune`, `avg_pool_tokens` (1-D or 2-D grid).
+
+Pruning keeps tokens in their original order and returns their indices; merging returns group
+ids and sizes. Every function takes (B, N, D) tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tokenlab.errors import TokenlabError
+from tokenlab.kernels.token_merge import (bipartite_soft_matching, merge_by_boundaries,
+                                          merge_tokens)
+from tokenlab.nn.attention import dot_product_attention
+from tokenlab.nn.layers import DenseGeneral
+
+__all__ = ["proportional_attention_bias", "compose_group_ids", "ToMeBlock", "ToMeEncoder",
+           "parse_r", "attention_logits", "attention_probs", "keep_top_k", "prune_by_attention", "pagerank",
+           "pagerank_importance", "aim_retain_schedule", "retain_count", "aim_prune",
+           "tome_reduce", "random_prune", "avg_pool_tokens"]
+
+
+# ---------------------------------------------------------------------------------------------
+# ToMe inside a ViT.
+
+
+def proportional_attention_bias(sizes: jax.Array | None) -> jax.Array | None:
+  """(B, N) token sizes -> (B, 1, 1, N) logits bias log(size), or None.
+
+  With it, a token standing for s merged tokens gets the attention s copies would get.
+  """
+  if sizes is None:
+    return None
+  return jnp.log(sizes.astype(jnp.float32))[:, None, None, :]
+
+
+def compose_group_ids(group_ids: jax.Array, later: jax.Array) -> jax.Array:
+  """Group of each original token after a second merge: (B, N) ids into (B, M) ids -> (B, N)."""
+  return jnp.take_along_axis(later, group_ids, axis=1)
+
+
+class ToMeBlock(nn.Module):
+  """Pre-norm ViT block with ToMe between attention and MLP.
+
+  (B, N, D), sizes (B, N) or None -> (B, N - r', D), sizes (B, N - r'), plan (None if no
+  merge), where r' = min(r, (N - protected) // 2). The similarity metric is the attention
+  keys averaged over heads, as in ToMe.
+
+  Attributes:
+    num_heads: attention heads (D must divide).
+    mlp_dim: hidden width of the GELU MLP.
+    r: tokens merged away in this block.
+    protected: leading tokens that never merge (1 for a class token).
+    prop_attn: add log(size) to the attention logits (ToMe's proportional attention).
+  """
+  num_heads: int
+  mlp_dim: int
+  r: int = 0
+  protected: int = 1
+  prop_attn: bool = True
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, sizes: jax.Array | None = None):
+    b, n, d = x.shape
+    if d % self.num_heads:
+      raise TokenlabError(f"width {d} is not divisible by num_heads={self.num_heads}; "
+                          "pick num_heads dividing the width")
+    hd = d // self.num_heads
+    h = nn.LayerNorm(param_dtype=self.param_dtype, name="attn_norm")(x)
+    qkv = lambda name: DenseGeneral((self.num_heads, hd), ("embed", "heads", "head_dim"),
+                                    use_bias=True, param_dtype=self.param_dtype, name=name)(h)
+    q, k, v = qkv("query"), qkv("key"), qkv("value")
+    bias = proportional_attention_bias(sizes) if self.prop_attn else None
+    a = dot_product_attention(q, k, v, bias=bias)
+    x = x + DenseGeneral((d,), ("heads", "head_dim", "embed"), in_dims=2, use_bias=True,
+                         param_dtype=self.param_dtype, name="out")(a)
+    plan = None
+    if self.r > 0:
+      plan = bipartite_soft_matching(k.mean(axis=2), self.r, protected=self.protected)
+      if plan.num_out < n:
+        x, sizes = merge_tokens(x, plan, sizes)
+      else:
+        plan = None
+    h = nn.LayerNorm(param_dtype=self.param_dtype, name="mlp_norm")(x)
+    h = DenseGeneral((self.mlp_dim,), ("embed", "mlp"), use_bias=True,
+                     param_dtype=self.param_dtype, name="mlp_in")(h)
+    h = DenseGeneral((d,), ("mlp", "embed"), use_bias=True, param_dtype=self.param_dtype,
+                     name="mlp_out")(nn.gelu(h))
+    return x + h, sizes, plan
+
+
+def parse_r(num_layers: int, r: int | Sequence[int]) -> list[int]:
+  """ToMe's schedule: a constant r per layer, or an explicit list of num_layers values."""
+  if isinstance(r, (int, np.integer)):
+    return [int(r)] * num_layers
+  r = [int(v) for v in r]
+  if len(r) != num_layers:
+    raise TokenlabError(f"r lists {len(r)} values for {num_layers} layers; give one per layer")
+  return r
+
+
+class ToMeEncoder(nn.Module):
+  """A stack of ToMeBlocks with size tracking and composed group ids.
+
+  (B, N, D) -> x (B, M, D), sizes (B, M), group_ids (B, N) in [0, M): `unmerge(x, group_ids)`
+  gives every input token its final merged vector (ToMe's source tracing, as ids).
+  """
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  r: Any = 0  # int, or one int per layer
+  protected: int = 1
+  prop_attn: bool = True
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array):
+    b, n, _ = x.shape
+    group_ids = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+    sizes = None
+    for i, r in enumerate(parse_r(self.num_layers, self.r)):
+      x, sizes, plan = ToMeBlock(self.num_heads, self.mlp_dim, r=r, protected=self.protected,
+                                 prop_attn=self.prop_attn, param_dtype=self.param_dtype,
+                                 name=f"block_{i}")(x, sizes)
+      if plan is not None:
+        group_ids = compose_group_ids(group_ids, plan.group_ids)
+    if sizes is None:
+      sizes = jnp.ones(x.shape[:2], jnp.float32)
+    x = nn.LayerNorm(param_dtype=self.param_dtype, name="final_norm")(x)
+    return x, sizes, group_ids
+
+
+def tome_reduce(x: jax.Array, rs: Sequence[int], *, metric: jax.Array | None = None,
+                sizes: jax.Array | None = None, protected: int = 0):
+  """Rounds of ToMe merging outside a transformer (AIM's pre-LLM step: two rounds keep 25%).
+
+  Args:
+    x: (B, N, D) tokens; metric: similarity features for the first round (default x; later
+      rounds use the merged tokens).
+    rs: tokens removed per round, e.g. (N // 2, N // 4) keeps a quarter.
+    sizes: (B, N) initial sizes or None.
+    protected: leading tokens that never merge.
+  Returns:
+    merged (B, M, D), sizes (B, M), group_ids (B, N) for `unmerge`.
+  """
+  b, n, _ = x.shape
+  group_ids = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+  sizes = jnp.ones((b, n), jnp.float32) if sizes is None else sizes
+  m = x if metric is None else metric
+  for r in rs:
+    plan = bipartite_soft_matching(m, int(r), protected=protected)
+    x, sizes = merge_tokens(x, plan, sizes)
+    group_ids = compose_group_ids(group_ids, plan.group_ids)
+    m = x
+  return x, sizes, group_ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Pruning.
+
+
+def attention_probs(q: jax.Array, k: jax.Array, *, bias: jax.Array | None = None,
+                    mask: jax.Array | None = None) -> jax.Array:
+  """Softmax attention maps (B, H, N, N) from q, k (B, N, H, Dh); what scoring needs."""
+  logits = attention_logits(q, k, bias=bias, mask=mask)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def attention_logits(q: jax.Array, k: jax.Array, *, bias: jax.Array | None = None,
+                     mask: jax.Array | None = None) -> jax.Array:
+  """Scaled logits (B, H, N, N) in float32; masked entries are -inf."""
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
+  logits = logits / np.sqrt(q.shape[-1])
+  if bias is not None:
+    logits = logits + bias
+  if mask is not None:
+    logits = jnp.where(mask, logits, -jnp.inf)
+  return logits
+
+
+def keep_top_k(x: jax.Array, scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """The k highest-scoring tokens in their original order (ties: lower index).
+
+  x (B, N, D), scores (B, N) -> kept (B, k, D), indices (B, k) int32 ascending.
+  """
+  n = x.shape[1]
+  if not 0 <= k <= n:
+    raise TokenlabError(f"cannot keep {k} of {n} tokens; pass 0 <= keep <= {n}")
+  _, idx = jax.lax.top_k(scores, k)
+  idx = jnp.sort(idx.astype(jnp.int32), axis=1)
+  return jnp.take_along_axis(x, idx[..., None], axis=1), idx
+
+
+def _protect(scores: jax.Array, protected: int) -> jax.Array:
+  pos = jnp.arange(scores.shape[1])
+  return jnp.where(pos[None, :] < protected, jnp.inf, scores.astype(jnp.float32))
+
+
+def prune_by_attention(x: jax.Array, probs: jax.Array, keep: int, *, protected: int = 1,
+                       score: str = "cls") -> tuple[jax.Array, jax.Array]:
+  """Attention-score pruning: keep the `keep` tokens that receive the most attention.
+
+  Args:
+    x: (B, N, D); probs: (B, H, N, N) attention maps (rows = queries).
+    keep: tokens kept, protected ones included.
+    protected: leading tokens always kept (the class token).
+    score: "cls" = attention from token 0, averaged over heads (EViT); "received" = mean
+      attention received over all queries and heads.
+  Returns:
+    kept (B, keep, D) and their indices (B, keep), in original order.
+  """
+  if score == "cls":
+    s = probs[:, :, 0, :].mean(axis=1)
+  elif score == "received":
+    s = probs.mean(axis=(1, 2))
+  else:
+    raise TokenlabError(f"unknown score '{score}'; use 'cls' or 'received'")
+  if keep < min(protected, x.shape[1]):
+    raise TokenlabError(f"keep={keep} is below protected={protected}; keep at least the "
+                        "protected tokens")
+  return keep_top_k(x, _protect(s, protected), keep)
+
+
+def random_prune(x: jax.Array, keep: int, rng: jax.Array, *, protected: int = 0
+                 ) -> tuple[jax.Array, jax.Array]:
+  """Baseline: keep `keep` tokens at random (protected ones always), in original order."""
+  s = jax.random.uniform(rng, x.shape[:2])
+  return keep_top_k(x, _protect(s, protected), keep)
+
+
+def avg_pool_tokens(x: jax.Array, factor: int, *, grid: tuple[int, int] | None = None):
+  """Baseline: average pooling of neighbouring tokens.
+
+  1-D (grid None): groups of `factor` consecutive tokens (the last may be short), via
+  merge_by_boundaries -> (pooled (B, ceil(N / factor), D), group_ids (B, N), counts).
+  2-D (grid=(h, w), N = h * w row-major patches): factor x factor squares; h and w must be
+  multiples of factor -> (pooled (B, N / factor^2, D), group_ids (B, N), counts).
+  """
+  b, n, d = x.shape
+  if factor < 1:
+    raise TokenlabError(f"factor must be >= 1, got {factor}")
+  if grid is None:
+    m = -(-n // factor)
+    bnd = jnp.broadcast_to(jnp.arange(n) % factor == 0, (b, n))
+    return merge_by_boundaries(x, bnd, max_groups=m)
+  h, w = grid
+  if h * w != n or h % factor or w % factor:
+    raise TokenlabError(f"grid {grid} must multiply to N={n} with both sides multiples of "
+                        f"factor={factor}; pad the image or pick another factor")
+  hf, wf = h // factor, w // factor
+  pooled = x.reshape(b, hf, factor, wf, factor, d).mean(axis=(2, 4)).reshape(b, hf * wf, d)
+  rows, cols = np.divmod(np.arange(n), w)
+  gid = jnp.asarray((rows // factor) * wf + cols // factor, jnp.int32)
+  counts = jnp.full((b, hf * wf), factor * factor, jnp.int32)
+  return pooled, jnp.broadcast_to(gid, (b, n)), counts
+
+
+# ---------------------------------------------------------------------------------------------
+# AIM: PageRank importance and the layer-wise retain schedule.
+
+
+def pagerank(transition: jax.Array, iters: int = 5) -> jax.Array:
+  """pi <- pi M, `iters` times from uniform. transition (..., N, N) row-stochastic -> (..., N)."""
+  n = transition.shape[-1]
+  pi = jnp.full(transition.shape[:-1], 1.0 / n, jnp.float32)
+  for _ in range(iters):
+    pi = jnp.einsum("...i,...ij->...j", pi, transition.astype(jnp.float32))
+  return pi
+
+
+def pagerank_importance(logits: jax.Array, *, temperature: float = 0.1, iters: int = 5
+                        ) -> jax.Array:
+  """AIM's token importance: (B, H, N, N) attention logits (masked = -inf) -> (B, N).
+
+  M = softmax(logits / temperature) per row; PageRank `iters` steps from uniform; the
+  importance is the root mean square of the stationary estimate over heads.
+  """
+  if logits.ndim != 4:
+    raise TokenlabError(f"logits must be (batch, heads, queries, keys), got {logits.shape}")
+  m = jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+  pi = pagerank(m, iters)
+  return jnp.sqrt(jnp.mean(pi * pi, axis=1))
+
+
+def aim_retain_schedule(num_layers: int, *, start: int | None = None, end_ratio: float = 0.0
+                        ) -> list[float]:
+  """Retain ratio per layer: 1.0 before `start` (default half depth), then linear to end_ratio
+  at the last layer."""
+  start = num_layers // 2 if start is None else start
+  if not 0 <= start <= num_layers:
+    raise TokenlabError(f"start={start} must lie in [0, {num_layers}]")
+  span = num_layers - start
+  return [1.0 if i < start else 1.0 - (1.0 - end_ratio) * (i - start + 1) / span
+          for i in range(num_layers)]
+
+
+def retain_count(num_tokens: int, ratio: float) -> int:
+  """Tokens kept at a retain ratio (rounded, within [0, num_tokens])."""
+  return int(min(num_tokens, max(0, round(num_tokens * ratio))))
+
+
+def aim_prune(x: jax.Array, logits: jax.Array, keep: int, *,
+              protected_mask: jax.Array | None = None, temperature: float = 0.1,
+              iters: int = 5) -> tuple[jax.Array, jax.Array]:
+  """Keeps the `keep` most important tokens by AIM's PageRank; protected (text) tokens always.
+
+  x (B, N, D); logits (B, H, N, N); protected_mask (B, N) or (N,) bool. `keep` counts the
+  protected tokens too. Returns kept (B, keep, D) and indices (B, keep) in original order.
+  """
+  s = pagerank_importance(logits, temperature=temperature, iters=iters)
+  if protected_mask is not None:
+    s = jnp.where(jnp.broadcast_to(protected_mask, s.shape), jnp.inf, s)
+  return keep_top_k(x, s, keep)
+
