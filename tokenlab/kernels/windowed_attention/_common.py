@@ -126,14 +126,15 @@ def band_blocks(outer, outer_block: int, inner_block: int, inner_len: int, befor
   n_inner = cdiv(inner_len, inner_block)
   first = outer * outer_block
   last = first + outer_block - 1
-  lo = _max(_floordiv(first - before, inner_block), 0)
-  hi = _min(_floordiv(last + after, inner_block) + 1, n_inner)
-  # Inner block b is full iff b*B >= last - before and b*B + B - 1 <= first + after.
-  full_lo = _max(_cdiv(last - before, inner_block), lo)
-  full_hi = _min(_floordiv(first + after + 1, inner_block), inner_len // inner_block, hi)
+  # Numerators are clamped at 0 first, so truncating division is floor division (kernels
+  # lower lax.div, which truncates) and every bound is already >= 0.
+  lo = _div(_max(first - before, 0), inner_block)
+  hi = _min(_div(last + after, inner_block) + 1, n_inner)
+  # Inner block b is full iff b*B >= last - before and b*B + B - 1 <= first + after (and it
+  # lies wholly inside inner_len).
+  full_lo = _min(_max(_div(_max(last - before, 0) + inner_block - 1, inner_block), lo), hi)
+  full_hi = _min(_div(first + after + 1, inner_block), inner_len // inner_block, hi)
   full_hi = _max(full_hi, full_lo)
-  full_lo = _min(full_lo, hi)
-  full_hi = _min(full_hi, hi)
   return lo, full_lo, full_hi, hi
 
 
@@ -167,15 +168,11 @@ def _min(*xs):
   return min(xs)
 
 
-def _floordiv(a, b: int):
-  # jax.lax.div rounds toward zero; floor division must round toward -inf for negative a.
+def _div(a, b: int):
+  """a // b for a >= 0, on Python ints or traced int32 scalars."""
   if _is_traced(a):
-    return jnp.floor_divide(a, b)
+    return jax.lax.div(a, jnp.asarray(b, dtype=a.dtype))
   return a // b
-
-
-def _cdiv(a, b: int):
-  return -_floordiv(-a, b)
 
 
 def window_mask(q_pos: jax.Array, k_pos: jax.Array, left: int, right: int,

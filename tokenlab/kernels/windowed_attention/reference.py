@@ -25,6 +25,10 @@ import numpy as np
 from tokenlab.kernels.windowed_attention import _common
 from tokenlab.kernels.windowed_attention._common import MASK_VALUE, Problem
 
+# Query positions per step of the loop over chunks: the step's logits (heads x rows x band)
+# then stay within a few MiB, i.e. in cache on a CPU.
+CHUNK_ROWS = 512
+
 
 def default_block(left: int, right: int, seq: int) -> int:
   """Block size that keeps the band tight without making blocks tiny.
@@ -43,7 +47,8 @@ def default_block(left: int, right: int, seq: int) -> int:
 
 def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window=(0, 0),
                        segment_ids: jax.Array | None = None, scale: float | None = None,
-                       block: int | None = None, extra_mask=None) -> jax.Array:
+                       block: int | None = None, chunk_rows: int = CHUNK_ROWS,
+                       extra_mask=None) -> jax.Array:
   """Windowed attention, blocked reference.
 
   Args:
@@ -53,6 +58,7 @@ def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window=(0, 0
     segment_ids: optional (batch, seq) ints; a query sees only keys of its own segment.
     scale: logit scale, default 1/sqrt(head_dim).
     block: block size (positions); default from `default_block`.
+    chunk_rows: query positions per step of the loop over chunks (memory vs. loop overhead).
     extra_mask: optional static callable (q_pos, k_pos) -> bool array applied on top of the
       window (both int32 arrays that broadcast); used by neighborhood_attention_2d. It must be
       True on the diagonal so that every query sees at least itself.
@@ -65,24 +71,25 @@ def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window=(0, 0
     block = default_block(prob.left, prob.right, prob.seq)
   if segment_ids is not None:
     segment_ids = segment_ids.astype(jnp.int32)
-  return _attention(q, k, v, segment_ids, prob, block, extra_mask)
+  geo = _geometry(prob, block, chunk_rows)
+  return _attention(q, k, v, segment_ids, prob, geo, extra_mask)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _attention(q, k, v, segment_ids, prob: Problem, block: int, extra_mask):
-  out, _ = _forward(q, k, v, segment_ids, prob, block, extra_mask)
+def _attention(q, k, v, segment_ids, prob: Problem, geo, extra_mask):
+  out, _ = _forward(q, k, v, segment_ids, prob, geo, extra_mask)
   return out.astype(q.dtype)
 
 
-def _attention_fwd(q, k, v, segment_ids, prob, block, extra_mask):
-  out, lse = _forward(q, k, v, segment_ids, prob, block, extra_mask)
+def _attention_fwd(q, k, v, segment_ids, prob, geo, extra_mask):
+  out, lse = _forward(q, k, v, segment_ids, prob, geo, extra_mask)
   # out is kept in float32: delta = rowsum(out * dout) in the backward pass needs it exact.
   return out.astype(q.dtype), (q, k, v, segment_ids, out, lse)
 
 
-def _attention_bwd(prob, block, extra_mask, res, dout):
+def _attention_bwd(prob, geo, extra_mask, res, dout):
   q, k, v, segment_ids, out, lse = res
-  dq, dk, dv = _backward(q, k, v, segment_ids, out, lse, dout, prob, block, extra_mask)
+  dq, dk, dv = _backward(q, k, v, segment_ids, out, lse, dout, prob, geo, extra_mask)
   seg_ct = None if segment_ids is None else np.zeros(segment_ids.shape, jax.dtypes.float0)
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), seg_ct
 
@@ -90,125 +97,201 @@ def _attention_bwd(prob, block, extra_mask, res, dout):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def _layout(prob: Problem, block: int):
-  """Static band geometry: (n_blocks, padded seq, a, c, T)."""
+@dataclasses.dataclass(frozen=True)
+class _Geometry:
+  """Static band geometry of one call."""
+  block: int  # positions per block (queries and keys alike)
+  nb: int  # blocks covering seq
+  a: int  # key blocks before a query block's own block that it may see
+  c: int  # key blocks after it
+  chunk: int  # query blocks per step of the loop over chunks
+  n_chunks: int
+
+  @property
+  def t_count(self) -> int:
+    return self.a + self.c + 1
+
+  @property
+  def nb_q(self) -> int:  # query blocks, padded to whole chunks
+    return self.n_chunks * self.chunk
+
+  @property
+  def nb_k(self) -> int:  # key blocks, with a before and c after the padded query blocks
+    return self.a + self.nb_q + self.c
+
+
+def _geometry(prob: Problem, block: int, chunk_rows: int = CHUNK_ROWS) -> _Geometry:
+  if block < 1:
+    raise _common.WindowedAttentionError(f"block={block}; pass a block size >= 1")
   nb = _common.cdiv(prob.seq, block)
   # Blocks beyond the sequence are all padding; never gather more than exist.
   a = min(_common.cdiv(prob.left, block), nb - 1)
   c = min(_common.cdiv(prob.right, block), nb - 1)
-  return nb, nb * block, a, c, a + c + 1
+  chunk = max(1, min(nb, chunk_rows // block))
+  return _Geometry(block, nb, a, c, chunk, _common.cdiv(nb, chunk))
 
 
-def _to_blocks_q(x, prob, block, nb, n_pad):
-  """(b, seq, heads, d) -> (b, kv_heads, nb, groups*block, d) float32."""
+def _q_chunks(x, prob: Problem, geo: _Geometry):
+  """(b, seq, heads, d) -> (n_chunks, b, kv_heads, chunk, groups*block, d) float32."""
   b, s, h, d = x.shape
-  x = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, n_pad - s), (0, 0), (0, 0)))
-  x = x.reshape(b, nb, block, prob.kv_heads, prob.groups, d)
-  x = x.transpose(0, 3, 1, 4, 2, 5)  # b, K, nb, g, block, d
-  return x.reshape(b, prob.kv_heads, nb, prob.groups * block, d)
+  g = h // prob.kv_heads
+  x = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, geo.nb_q * geo.block - s), (0, 0), (0, 0)))
+  x = x.reshape(b, geo.n_chunks, geo.chunk, geo.block, prob.kv_heads, g, d)
+  x = x.transpose(1, 0, 4, 2, 5, 3, 6)  # nc, b, K, chunk, g, block, d
+  return x.reshape(geo.n_chunks, b, prob.kv_heads, geo.chunk, g * geo.block, d)
 
 
-def _from_blocks_q(x, prob, block, nb):
-  """Inverse of _to_blocks_q: -> (b, seq, heads, d)."""
-  b, kh, _, _, d = x.shape
-  x = x.reshape(b, kh, nb, prob.groups, block, d).transpose(0, 2, 4, 1, 3, 5)
-  return x.reshape(b, nb * block, kh * prob.groups, d)[:, :prob.seq]
+def _from_q_chunks(x, prob: Problem, geo: _Geometry, heads: int):
+  """Inverse of _q_chunks: -> (b, seq, heads, d)."""
+  nc, b, kh, _, _, d = x.shape
+  g = heads // kh
+  x = x.reshape(nc, b, kh, geo.chunk, g, geo.block, d).transpose(1, 0, 3, 5, 2, 4, 6)
+  return x.reshape(b, nc * geo.chunk * geo.block, heads, d)[:, :prob.seq]
 
 
-def _band(x, a, c, nb):
-  """(b, K, nb, block, ...) -> (b, K, nb, T*block, ...): block n gets blocks n-a .. n+c."""
-  pad = [(0, 0)] * x.ndim
-  pad[2] = (a, c)
-  xp = jnp.pad(x, pad)
-  views = [xp[:, :, t:t + nb] for t in range(a + c + 1)]
-  x = jnp.stack(views, axis=3)  # b, K, nb, T, block, ...
+def _kv_blocks(x, prob: Problem, geo: _Geometry):
+  """(b, seq, kv_heads, d) -> (b, kv_heads, nb_k, block, d) float32, a blocks of zeros first."""
+  b, s, kh, d = x.shape
+  bl = geo.block
+  x = jnp.pad(x.astype(jnp.float32), ((0, 0), (geo.a * bl, geo.nb_k * bl - s - geo.a * bl),
+                                      (0, 0), (0, 0)))
+  return x.reshape(b, geo.nb_k, bl, kh, d).transpose(0, 3, 1, 2, 4)
+
+
+def _from_kv_blocks(x, prob: Problem, geo: _Geometry):
+  b, kh, _, bl, d = x.shape
+  x = x[:, :, geo.a:geo.a + geo.nb].transpose(0, 2, 3, 1, 4)
+  return x.reshape(b, geo.nb * bl, kh, d)[:, :prob.seq]
+
+
+def _band(x, geo: _Geometry):
+  """(b, K, chunk+a+c, block, ...) -> (b, K, chunk, T*block, ...).
+
+  Query block n of the chunk gets key blocks n .. n+a+c of the slice, i.e. its own block
+  and a before and c after it: T shifted views stacked side by side.
+  """
+  views = [x[:, :, t:t + geo.chunk] for t in range(geo.t_count)]
+  x = jnp.stack(views, axis=3)  # b, K, chunk, T, block, ...
   return x.reshape(x.shape[:3] + (-1,) + x.shape[5:])
 
 
-def _unband(x, a, c, nb, block):
-  """Adjoint of _band: (b, K, nb, T*block, ...) -> (b, K, nb, block, ...), summing views."""
-  t_count = a + c + 1
-  x = x.reshape(x.shape[:3] + (t_count, block) + x.shape[4:])
+def _unband(x, geo: _Geometry):
+  """Adjoint of _band: (b, K, chunk, T*block, ...) -> (b, K, chunk+a+c, block, ...)."""
+  x = x.reshape(x.shape[:3] + (geo.t_count, geo.block) + x.shape[4:])
   total = None
-  for t in range(t_count):
-    # View t of query block n is key block n - a + t, i.e. row n + t of the padded array.
+  for t in range(geo.t_count):
     pad = [(0, 0)] * (x.ndim - 1)
-    pad[2] = (t, a + c - t)
+    pad[2] = (t, geo.t_count - 1 - t)
     part = jnp.pad(x[:, :, :, t], pad)
     total = part if total is None else total + part
-  return total[:, :, a:a + nb]
+  return total
 
 
-def _mask(segment_ids, prob: Problem, block, nb, n_pad, a, t_count, extra_mask):
-  """Boolean mask broadcastable to the logits (b, K, nb, groups*block, T*block)."""
-  # Query offset r in its block, band column t*block + s -> key offset (t - a)*block + s - r
-  # from the query: the window test does not depend on the block index.
-  rows = np.arange(block)
-  cols = np.arange(t_count * block)
-  diff = (cols[None, :] - a * block) - rows[:, None]
-  win = (diff >= -prob.left) & (diff <= prob.right)  # (block, T*block)
-  # Keys before 0 or past seq (padding) are invisible.
-  key_pos = (np.arange(nb)[:, None] - a) * block + cols[None, :]  # (nb, T*block)
-  valid = (key_pos >= 0) & (key_pos < prob.seq)
-  mask = jnp.asarray(win)[None, :, :] & jnp.asarray(valid)[:, None, :]  # (nb, block, T*block)
+def _chunk_mask(ci, seg_blocks, prob: Problem, geo: _Geometry, extra_mask):
+  """Mask broadcastable to one chunk's logits (b, K, chunk, groups*block, T*block)."""
+  bl, g = geo.block, prob.groups
+  # Query offset r in its block and band column j = t*block + s: the key lies
+  # (t - a)*block + s - r after the query, whatever the block index, so the window test is
+  # one static (block, T*block) pattern.
+  rows = np.arange(bl)
+  cols = np.arange(geo.t_count * bl)
+  diff = (cols[None, :] - geo.a * bl) - rows[:, None]
+  win = np.tile((diff >= -prob.left) & (diff <= prob.right), (g, 1))  # (g*block, T*block)
+  # Keys before 0 or from seq on (padding) are invisible.
+  q_block = ci * geo.chunk + jnp.arange(geo.chunk, dtype=jnp.int32)  # (chunk,)
+  key_pos = (q_block[:, None] - geo.a) * bl + jnp.asarray(cols, jnp.int32)[None, :]
+  valid = (key_pos >= 0) & (key_pos < prob.seq)  # (chunk, T*block)
+  mask = jnp.asarray(win)[None] & valid[:, None, :]  # (chunk, g*block, T*block)
   if extra_mask is not None:
-    q_pos = (np.arange(nb)[:, None] * block + rows[None, :])[:, :, None]
-    mask = mask & extra_mask(jnp.asarray(q_pos, jnp.int32), jnp.asarray(key_pos, jnp.int32)[:, None, :])
-  mask = jnp.tile(mask, (1, prob.groups, 1))[None, None]  # (1, 1, nb, g*block, T*block)
-  if segment_ids is not None:
-    seg = jnp.pad(segment_ids, ((0, 0), (0, n_pad - prob.seq)), constant_values=-1)
-    seg = seg.reshape(-1, 1, nb, block)
-    seg_k = _band(seg[..., None], a, t_count - 1 - a, nb)[..., 0]  # (b, 1, nb, T*block)
-    seg_q = jnp.tile(seg, (1, 1, 1, prob.groups))  # (b, 1, nb, g*block)
-    mask = mask & (seg_q[..., :, None] == seg_k[..., None, :])
+    q_pos = q_block[:, None] * bl + jnp.asarray(np.tile(rows, g), jnp.int32)[None, :]
+    mask = mask & extra_mask(q_pos[:, :, None], key_pos[:, None, :])
+  mask = mask[None, None]
+  if seg_blocks is not None:
+    seg = jax.lax.dynamic_slice_in_dim(seg_blocks, ci * geo.chunk, geo.chunk + geo.a + geo.c,
+                                       axis=1)  # (b, chunk+a+c, block)
+    seg_k = _band(seg[:, None], geo)[:, 0]  # (b, chunk, T*block)
+    seg_q = jnp.tile(seg[:, geo.a:geo.a + geo.chunk], (1, 1, g))  # (b, chunk, g*block)
+    mask = mask & (seg_q[:, None, :, :, None] == seg_k[:, None, :, None, :])
   return mask
 
 
-def _logits(q, k, segment_ids, prob, block, extra_mask):
-  nb, n_pad, a, c, t_count = _layout(prob, block)
-  qb = _to_blocks_q(q, prob, block, nb, n_pad) * prob.scale
-  kb = _to_blocks_q(k, dataclasses.replace(prob, heads=prob.kv_heads), block, nb, n_pad)
-  kband = _band(kb, a, c, nb)
-  s = jnp.einsum("zknqd,zkntd->zknqt", qb, kband)
-  mask = _mask(segment_ids, prob, block, nb, n_pad, a, t_count, extra_mask)
-  return qb, kband, jnp.where(mask, s, MASK_VALUE), mask
+def _seg_blocks(segment_ids, geo: _Geometry):
+  if segment_ids is None:
+    return None
+  s = segment_ids.shape[1]
+  bl = geo.block
+  seg = jnp.pad(segment_ids, ((0, 0), (geo.a * bl, geo.nb_k * bl - s - geo.a * bl)),
+                constant_values=-1)
+  return seg.reshape(seg.shape[0], geo.nb_k, bl)
 
 
-def _forward(q, k, v, segment_ids, prob, block, extra_mask):
-  nb, n_pad, a, c, _ = _layout(prob, block)
-  kv_prob = dataclasses.replace(prob, heads=prob.kv_heads)
-  _, _, s, _ = _logits(q, k, segment_ids, prob, block, extra_mask)
-  vband = _band(_to_blocks_q(v, kv_prob, block, nb, n_pad), a, c, nb)
-  m = jnp.max(s, axis=-1, keepdims=True)
-  p = jnp.exp(s - m)
-  # Every real query sees at least itself, so l >= 1 there; rows of padding may see nothing,
-  # and then l counts masked entries (exp(0) = 1 each): finite garbage that is sliced off.
-  l = jnp.sum(p, axis=-1, keepdims=True)
-  o = jnp.einsum("zknqt,zkntd->zknqd", p, vband) / l
-  lse = (m + jnp.log(l))[..., 0]  # (b, K, nb, g*block)
-  return _from_blocks_q(o, prob, block, nb), lse
+def _chunk_logits(ci, qc, kb, seg_blocks, prob, geo, extra_mask):
+  """Masked logits of chunk ci and its key band: ((b,K,chunk,gB,TB), (b,K,chunk,TB,d))."""
+  span = geo.chunk + geo.a + geo.c
+  kband = _band(jax.lax.dynamic_slice_in_dim(kb, ci * geo.chunk, span, axis=2), geo)
+  s = jnp.einsum("zknqd,zkntd->zknqt", qc, kband)
+  mask = _chunk_mask(ci, seg_blocks, prob, geo, extra_mask)
+  return jnp.where(mask, s, MASK_VALUE), kband
 
 
-def _backward(q, k, v, segment_ids, out, lse, dout, prob, block, extra_mask):
-  nb, n_pad, a, c, _ = _layout(prob, block)
-  kv_prob = dataclasses.replace(prob, heads=prob.kv_heads)
-  qb, kband, s, _ = _logits(q, k, segment_ids, prob, block, extra_mask)
-  vband = _band(_to_blocks_q(v, kv_prob, block, nb, n_pad), a, c, nb)
-  # Masked logits are MASK_VALUE, so exp(s - lse) is exactly 0 there.
-  p = jnp.exp(s - lse[..., None])
-  do = _to_blocks_q(dout, prob, block, nb, n_pad)
-  ob = _to_blocks_q(out, prob, block, nb, n_pad)
-  delta = jnp.sum(ob * do, axis=-1)  # (b, K, nb, g*block) = rowsum(p * dp)
-  dp = jnp.einsum("zknqd,zkntd->zknqt", do, vband)
-  ds = p * (dp - delta[..., None])
-  dq = jnp.einsum("zknqt,zkntd->zknqd", ds, kband) * prob.scale
-  dk_band = jnp.einsum("zknqt,zknqd->zkntd", ds, qb)  # qb already carries the scale
-  dv_band = jnp.einsum("zknqt,zknqd->zkntd", p, do)
-  dk = _unband(dk_band, a, c, nb, block)
-  dv = _unband(dv_band, a, c, nb, block)
-  dk = _from_blocks_q(dk, kv_prob, block, nb)
-  dv = _from_blocks_q(dv, kv_prob, block, nb)
-  return _from_blocks_q(dq, prob, block, nb), dk, dv
+def _forward(q, k, v, segment_ids, prob, geo, extra_mask):
+  qs = _q_chunks(q, prob, geo) * prob.scale
+  kb = _kv_blocks(k, prob, geo)
+  vb = _kv_blocks(v, prob, geo)
+  seg_blocks = _seg_blocks(segment_ids, geo)
+  span = geo.chunk + geo.a + geo.c
+
+  def step(args):
+    ci, qc = args
+    s, _ = _chunk_logits(ci, qc, kb, seg_blocks, prob, geo, extra_mask)
+    vband = _band(jax.lax.dynamic_slice_in_dim(vb, ci * geo.chunk, span, axis=2), geo)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    p = jnp.exp(s - m)
+    # Every real query sees at least itself, so l >= 1 there; a row of padding may see
+    # nothing, and then l counts masked entries (exp(0) = 1 each): finite garbage, sliced off.
+    l = jnp.sum(p, axis=-1, keepdims=True)
+    o = jnp.einsum("zknqt,zkntd->zknqd", p, vband) / l
+    return o, (m + jnp.log(l))[..., 0]
+
+  # A loop over chunks of query blocks keeps each step's logits cache-sized and the compiled
+  # temporary memory at O(seq * d) instead of O(seq * band).
+  o, lse = jax.lax.map(step, (jnp.arange(geo.n_chunks, dtype=jnp.int32), qs))
+  return _from_q_chunks(o, prob, geo, prob.heads), lse
+
+
+def _backward(q, k, v, segment_ids, out, lse, dout, prob, geo, extra_mask):
+  qs = _q_chunks(q, prob, geo) * prob.scale
+  kb = _kv_blocks(k, prob, geo)
+  vb = _kv_blocks(v, prob, geo)
+  do = _q_chunks(dout, prob, geo)
+  delta = jnp.sum(_q_chunks(out, prob, geo) * do, axis=-1)  # rowsum(p * dp)
+  seg_blocks = _seg_blocks(segment_ids, geo)
+  span = geo.chunk + geo.a + geo.c
+
+  def step(carry, args):
+    dk_acc, dv_acc = carry
+    ci, qc, doc, deltac, lsec = args
+    s, kband = _chunk_logits(ci, qc, kb, seg_blocks, prob, geo, extra_mask)
+    vband = _band(jax.lax.dynamic_slice_in_dim(vb, ci * geo.chunk, span, axis=2), geo)
+    # Masked logits are MASK_VALUE, so exp(s - lse) is exactly 0 there.
+    p = jnp.exp(s - lsec[..., None])
+    dp = jnp.einsum("zknqd,zkntd->zknqt", doc, vband)
+    ds = p * (dp - deltac[..., None])
+    dq = jnp.einsum("zknqt,zkntd->zknqd", ds, kband) * prob.scale
+    dk = _unband(jnp.einsum("zknqt,zknqd->zkntd", ds, qc), geo)  # qc carries the scale
+    dv = _unband(jnp.einsum("zknqt,zknqd->zkntd", p, doc), geo)
+    start = ci * geo.chunk
+    dk_acc = jax.lax.dynamic_update_slice_in_dim(
+        dk_acc, jax.lax.dynamic_slice_in_dim(dk_acc, start, span, axis=2) + dk, start, axis=2)
+    dv_acc = jax.lax.dynamic_update_slice_in_dim(
+        dv_acc, jax.lax.dynamic_slice_in_dim(dv_acc, start, span, axis=2) + dv, start, axis=2)
+    return (dk_acc, dv_acc), dq
+
+  init = (jnp.zeros_like(kb), jnp.zeros_like(vb))
+  xs = (jnp.arange(geo.n_chunks, dtype=jnp.int32), qs, do, delta, lse)
+  (dk, dv), dq = jax.lax.scan(step, init, xs)
+  return (_from_q_chunks(dq, prob, geo, prob.heads), _from_kv_blocks(dk, prob, geo),
+          _from_kv_blocks(dv, prob, geo))
 
 
 def dense_reference(q, k, v, *, window, segment_ids=None, scale=None, extra_mask=None,
