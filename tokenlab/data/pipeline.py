@@ -176,6 +176,10 @@ def make_dataset(data_cfg: Any, *, split: str, batch_size: int, seed: int,
           ids, window_size=_ROW_SHUFFLE_WINDOW, seed=seed)
   ids = ids.batch(batch_size, drop_remainder=False, batch_fn=PadBatch(batch_size))
   if cfg["worker_count"] > 0:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():
+      # grain's workers read absl flags; tokenlab's CLI does not parse absl flags.
+      flags.FLAGS.mark_as_parsed()
     ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg["worker_count"]))
   return _RestorableDataset(ids)
 
