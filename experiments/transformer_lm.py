@@ -6,6 +6,7 @@
 """
 
 from tokenlab.config import base_config, choose, parse_arg
+from tokenlab.data import default_data_config
 
 SIZES = {
     #        d_model layers heads  seq  batch  steps   lr
@@ -40,7 +41,7 @@ def get_config(arg=None):
   c.model.window = (arg.window, 0) if arg.window else None
   c.model.scan_layers = arg.size in ("base", "1b")
   c.model.remat = "full" if arg.size == "1b" else "none"
-  c.data.name = arg.data
+  c.data = default_data_config(arg.data)
   c.data.tokenizer = "bytes"
   c.data.seq_len = seq
   return c

@@ -286,6 +286,8 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
         progress.update(1)
       t_mark = time.perf_counter()
       if preempt.requested:
+        if not save_now:  # SIGTERM arrived during eval: save this step before leaving.
+          ckpt.save(step, state, train_iter)
         if progress is not None:
           progress.write(f"SIGTERM: saved checkpoint at step {step}; re-run to resume")
         break
