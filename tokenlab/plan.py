@@ -122,8 +122,11 @@ def batch_spec(config, batch_size: int) -> dict[str, Any]:
     raise ConfigError(f"cannot infer the batch shape of data '{config.data.get('name')}' "
                       f"without config.data.seq_len; add tokenlab.data.batch_spec for it")
   shape = (batch_size, int(config.data.seq_len))
-  names = ("inputs", "targets", "positions", "segment_ids", "loss_mask", "target_bytes")
-  return {k: jax.ShapeDtypeStruct(shape, np.int32) for k in names}
+  # The fields of tokenlab.data.pipeline's packed text rows.
+  ints = ("inputs", "targets", "segment_ids", "positions", "target_bytes")
+  spec = {k: jax.ShapeDtypeStruct(shape, np.int32) for k in ints}
+  spec["loss_mask"] = jax.ShapeDtypeStruct(shape, np.float32)
+  return spec
 
 
 def _nbytes(shape, dtype) -> int:
