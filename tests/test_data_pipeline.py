@@ -133,3 +133,22 @@ def test_bad_arguments_raise_user_errors(markov_cfg):
   with pytest.raises(TokenlabError, match="fewer than the 100 processes"):
     data.make_iterator(markov_cfg, split="validation", batch_size=2, seed=0,
                        process_index=0, process_count=100)
+
+
+def test_bpe_pretokenized_split_gives_the_same_batches_as_encoding_on_the_fly(
+    markov_cfg, monkeypatch):
+  from tokenlab.data import pipeline
+  cfg = markov_cfg.copy_and_resolve_references()
+  cfg.tokenizer, cfg.vocab_size = "bpe", 32
+  kw = dict(split="validation", batch_size=3, seed=0, shuffle=False, num_epochs=1)
+  fast = list(data.make_iterator(cfg, **kw))
+  monkeypatch.setattr(pipeline, "_pretokenize", lambda *a: None)
+  slow = list(data.make_iterator(cfg, **kw))
+  _assert_batches_equal(fast, slow)
+  # BPE tokens stand for several bytes; all bytes but each document's first are targets.
+  tok = data.get_tokenizer(cfg)
+  first = sum(len(tok.token_bytes(int(tok.encode(bytes(d + 48))[0])))
+              for d in markov.documents("validation", cfg.options.to_dict()))
+  total = sum(b["target_bytes"].sum() for b in fast)
+  assert total == 12 * LENGTH - first
+  assert sum(b["loss_mask"].sum() for b in fast) < total / 2

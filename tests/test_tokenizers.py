@@ -130,3 +130,18 @@ def test_get_tokenizer_trains_once_and_caches_by_options_and_vocab(tmp_path):
   sp = data.get_tokenizer(cfg)
   assert isinstance(sp, SentencePieceTokenizer) and sp.vocab_size <= 24
   assert tokenizer_path(data.config.resolve(cfg)).exists()
+
+
+def test_bpe_encode_batch_equals_encode_per_document(pysrc_docs):
+  docs = _markov_docs(num=30, length=200) + [b"", b"0", b"01"]
+  tok = BPETokenizer.train(docs, vocab_size=64)
+  batch = tok.encode_batch(docs)
+  assert len(batch) == len(docs)
+  for ids, doc in zip(batch, docs):
+    np.testing.assert_array_equal(ids, tok.encode(doc))
+  big = BPETokenizer.train(pysrc_docs[:4], vocab_size=400)
+  for ids, doc in zip(big.encode_batch(pysrc_docs[4:7]), pysrc_docs[4:7]):
+    np.testing.assert_array_equal(ids, big.encode(doc))
+    # encode() of a long file takes the apply-every-merge path; a short slice the
+    # lowest-rank-first path: both must agree with the batch on the same text.
+    np.testing.assert_array_equal(big.encode(doc[:50]), big.encode_batch([doc[:50]])[0])

@@ -27,13 +27,14 @@ The returned iterator is a grain DatasetIterator: next(), get_state(), set_state
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import grain
 import numpy as np
 
 from tokenlab.data import config, registry, sources, storage
-from tokenlab.data.tokenizers import Tokenizer, get_tokenizer
+from tokenlab.data.tokenizers import BPETokenizer, Tokenizer, get_tokenizer, tokenizer_path
 from tokenlab.errors import ConfigError, TokenlabError
 
 _ROW_SHUFFLE_WINDOW = 256  # Packed rows shuffled together (train only).
@@ -42,19 +43,63 @@ _READ = grain.ReadOptions(num_threads=2, prefetch_buffer_size=32)
 
 @dataclasses.dataclass
 class TokenizeDocument(grain.transforms.Map):
-  """Record -> {inputs, targets, target_bytes[, labels]} of one document (int32 (n-1,))."""
+  """Record index -> {inputs, targets, target_bytes[, labels]}, int32 (n-1,) each.
+
+  Attributes:
+    source: the split's records.
+    tokenizer: the tokenizer.
+    dataset: dataset name (its module says where the document and labels are).
+    with_labels: add per-target region labels (dna).
+    pretokenized: token ids of every record, or None to encode on the fly.
+  """
+  source: Any
   tokenizer: Tokenizer
   dataset: str
   with_labels: bool
+  pretokenized: list[np.ndarray] | None = None
 
-  def map(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
+  def map(self, index: int) -> dict[str, np.ndarray]:
+    index = int(index)
     module = registry.DATASETS[self.dataset].load()
-    ids = self.tokenizer.encode(module.document(record))
+    record = self.source[index]
+    if self.pretokenized is not None:
+      ids = self.pretokenized[index]
+    else:
+      ids = self.tokenizer.encode(module.document(record))
     lengths = self.tokenizer.token_lengths()[ids]
     out = {"inputs": ids[:-1], "targets": ids[1:], "target_bytes": lengths[1:]}
     if self.with_labels:
       out["labels"] = _token_labels(module.byte_labels(record), lengths)[1:]
     return out
+
+
+# (tokenizer file, split) -> token ids of every record; filled once per process.
+_PRETOKENIZED: dict[tuple[str, str], list[np.ndarray]] = {}
+_PRETOKENIZE_MAX_BYTES = 256 << 20  # Splits larger than this are encoded on the fly.
+
+
+def _pretokenize(cfg: dict[str, Any], split: str, source: Any,
+                 tok: Tokenizer) -> list[np.ndarray] | None:
+  """Encodes the whole split in one pass when the tokenizer is much faster that way (BPE)."""
+  if not isinstance(tok, BPETokenizer):
+    return None
+  key = (str(tokenizer_path(cfg)), split)
+  if key not in _PRETOKENIZED:
+    module = registry.DATASETS[cfg["name"]].load()
+    docs, total = [], 0
+    for i in range(len(source)):
+      docs.append(bytes(module.document(source[i])))
+      total += len(docs[-1])
+      if total > _PRETOKENIZE_MAX_BYTES:
+        return None
+    _PRETOKENIZED[key] = tok.encode_batch(docs)
+  return _PRETOKENIZED[key]
+
+
+def _image_example(source: Any, index: int) -> dict[str, np.ndarray]:
+  record = source[int(index)]
+  return {"image": np.asarray(record["image"], np.float32),
+          "label": np.int32(record["label"]), "mask": np.float32(1.0)}
 
 
 def _token_labels(byte_labels: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -80,11 +125,6 @@ def _finish_row(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   if "labels" in row:
     out["labels"] = np.where(real, row["labels"], -1).astype(np.int32)
   return out
-
-
-def _image_example(record: dict[str, Any]) -> dict[str, np.ndarray]:
-  return {"image": np.asarray(record["image"], np.float32),
-          "label": np.int32(record["label"]), "mask": np.float32(1.0)}
 
 
 @dataclasses.dataclass
@@ -156,16 +196,19 @@ def make_dataset(data_cfg: Any, *, split: str, batch_size: int, seed: int,
   if len(src) < process_count:
     raise TokenlabError(f"{cfg['name']}/{split} has {len(src)} records, fewer than the "
                         f"{process_count} processes; make the split larger")
-  ds = grain.MapDataset.source(src)[process_index::process_count]
+  # The pipeline runs on record indices; records are read (and tokenized) in the map.
+  ds = grain.MapDataset.range(len(src))[process_index::process_count]
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
   if spec.kind == "image":
-    ids = ds.map(_image_example).to_iter_dataset(_READ)
+    ids = ds.map(functools.partial(_image_example, src)).to_iter_dataset(_READ)
   else:
     tok = get_tokenizer(cfg)
     with_labels = hasattr(spec.load(), "byte_labels")
-    ids = ds.map(TokenizeDocument(tok, cfg["name"], with_labels)).to_iter_dataset(_READ)
+    tokenize = TokenizeDocument(src, tok, cfg["name"], with_labels,
+                                _pretokenize(cfg, split, src, tok))
+    ids = ds.map(tokenize).to_iter_dataset(_READ)
     ids = ids.filter(lambda ex: len(ex["inputs"]) > 0)
     keys = ["inputs", "targets", "target_bytes"] + (["labels"] if with_labels else [])
     ids = grain.experimental.ConcatThenSplitIterDataset(

@@ -141,23 +141,53 @@ class BPETokenizer(Tokenizer):
 
   # --- encoding -------------------------------------------------------------------------
 
-  def encode(self, data: bytes) -> np.ndarray:
+  def _byte_ids(self, data: bytes) -> np.ndarray:
     ids = self._byte_to_id[np.frombuffer(bytes(data), np.uint8)]
     if len(ids) and ids.min() < 0:
       bad = bytes(data)[int(np.argmin(ids))]
       raise TokenlabError(f"byte {bad:#04x} is not in this BPE tokenizer's alphabet (trained "
                           "on other bytes); use data.vocab_size > 256 for a full-byte alphabet")
+    return ids
+
+  def _apply_merges(self, ids: np.ndarray) -> np.ndarray:
+    """Merges `ids` (int64, -1 = document separator) down to tokens."""
     n_alpha = len(self.alphabet)
+    if len(ids) > 8 * len(self.merges):
+      # Long input: nearly every merge occurs, so applying all of them in rank order (two
+      # compares per merge) beats searching for the lowest-rank pair present each step.
+      for rank, (a, b) in enumerate(self.merges):
+        ids = merge_pair(ids, a, b, n_alpha + rank)
+      return ids
     while len(ids) >= 2 and len(self._keys):
-      keys = ids[:-1] * self.vocab_size + ids[1:]
+      left, right = ids[:-1], ids[1:]
+      keys = left * self.vocab_size + right
       idx = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
-      ranks = np.where(self._keys[idx] == keys, self._ranks[idx], _NO_RANK)
+      found = (self._keys[idx] == keys) & (left >= 0) & (right >= 0)
+      ranks = np.where(found, self._ranks[idx], _NO_RANK)
       rank = int(ranks.min())
       if rank == _NO_RANK:
         break
       a, b = self.merges[rank]
       ids = merge_pair(ids, a, b, n_alpha + rank)
-    return ids.astype(np.int32)
+    return ids
+
+  def encode(self, data: bytes) -> np.ndarray:
+    return self._apply_merges(self._byte_ids(data)).astype(np.int32)
+
+  def encode_batch(self, docs: Sequence[bytes]) -> list[np.ndarray]:
+    """Encodes many documents in one pass (the loop runs once for all of them).
+
+    Same result as [encode(d) for d in docs], much faster for many short documents.
+    """
+    parts = []
+    for d in docs:
+      parts += [self._byte_ids(d), np.array([-1])]
+    if not parts:
+      return []
+    ids = self._apply_merges(np.concatenate(parts))
+    cuts = np.flatnonzero(ids < 0)
+    starts = np.concatenate([[0], cuts[:-1] + 1])
+    return [ids[a:b].astype(np.int32) for a, b in zip(starts, cuts)]
 
   def token_bytes(self, token_id: int) -> bytes:
     return self._pieces[token_id]
