@@ -85,6 +85,10 @@ def test_eval_sees_every_validation_document_once_with_padded_last_batch(markov_
   assert len(docs) == 12 and set(docs) == expected
   total = sum(b["target_bytes"].sum() for b in batches)
   assert total == 12 * (LENGTH - 1)
+  from tokenlab.data.pipeline import masked_batch_like
+  filler = masked_batch_like(batches[0])
+  assert {k: v.shape for k, v in filler.items()} == {k: v.shape for k, v in batches[0].items()}
+  assert filler["loss_mask"].sum() == 0 and filler["target_bytes"].sum() == 0
 
 
 def test_processes_see_disjoint_records_covering_the_split(markov_cfg):

@@ -96,6 +96,10 @@ def _pretokenize(cfg: dict[str, Any], split: str, source: Any,
   return _PRETOKENIZED[key]
 
 
+def _has_targets(example: dict[str, np.ndarray]) -> bool:
+  return len(example["inputs"]) > 0  # A one-token document has nothing to predict.
+
+
 def _image_example(source: Any, index: int) -> dict[str, np.ndarray]:
   record = source[int(index)]
   return {"image": np.asarray(record["image"], np.float32),
@@ -143,6 +147,15 @@ class PadBatch:
         stacked = np.concatenate([stacked, pad])
       out[key] = stacked
     return out
+
+
+def masked_batch_like(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Returns a batch of the same shapes that contributes nothing (every mask 0, labels -1).
+
+  For multi-process eval: processes can run out of batches at different steps; one that is
+  done feeds these until all are, so every process runs the same number of steps.
+  """
+  return {k: np.full_like(v, -1 if k in ("labels", "label") else 0) for k, v in batch.items()}
 
 
 def _tuple_slices(state: Any) -> Any:
@@ -209,7 +222,7 @@ def make_dataset(data_cfg: Any, *, split: str, batch_size: int, seed: int,
     tokenize = TokenizeDocument(src, tok, cfg["name"], with_labels,
                                 _pretokenize(cfg, split, src, tok))
     ids = ds.map(tokenize).to_iter_dataset(_READ)
-    ids = ids.filter(lambda ex: len(ex["inputs"]) > 0)
+    ids = ids.filter(_has_targets)
     keys = ["inputs", "targets", "target_bytes"] + (["labels"] if with_labels else [])
     ids = grain.experimental.ConcatThenSplitIterDataset(
         ids, length_struct={k: cfg["seq_len"] for k in keys})
