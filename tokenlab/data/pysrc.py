@@ -24,14 +24,18 @@ import tensorflow_datasets as tfds
 from tokenlab.data import storage
 from tokenlab.errors import ConfigError, TokenlabError
 
-_ASSETS = "tokenlab.data.assets"
 ARCHIVE = "pysrc_snapshot.tar.xz"
 MANIFEST = "pysrc_manifest.json"
 
 
+def _assets():
+  # assets/ is package data of tokenlab.data (no __init__.py), found relative to it.
+  return resources.files("tokenlab.data").joinpath("assets")
+
+
 def manifest() -> dict[str, Any]:
   """Returns the snapshot's manifest: python_version, archive_sha256, files [{path, sha256}]."""
-  return json.loads(resources.files(_ASSETS).joinpath(MANIFEST).read_text())
+  return json.loads(_assets().joinpath(MANIFEST).read_text())
 
 
 @functools.lru_cache(maxsize=1)
@@ -42,7 +46,7 @@ def files() -> dict[str, bytes]:
     TokenlabError: the archive or a file does not match its manifest checksum.
   """
   man = manifest()
-  archive = resources.files(_ASSETS).joinpath(ARCHIVE).read_bytes()
+  archive = _assets().joinpath(ARCHIVE).read_bytes()
   if hashlib.sha256(archive).hexdigest() != man["archive_sha256"]:
     raise TokenlabError(f"{ARCHIVE} does not match its manifest checksum; reinstall tokenlab "
                         "or re-make it with tokenlab/data/assets/make_pysrc_snapshot.py")
