@@ -113,3 +113,90 @@ def test_workdir_with_another_config_is_refused(tmp_path, data_dir):
   with pytest.raises(TokenlabError, match="model.d_model"):
     train(_config(data_dir, "--config.train.steps=2", "--config.model.d_model=32"), workdir)
   assert open(os.path.join(workdir, "config.json")).read() == before
+
+
+def test_checkpoint_restores_onto_another_mesh_and_refuses_another_model(tmp_path):
+  """Saved with data=4, restored with data=2 x fsdp=2 (orbax reshards); a checkpoint of a
+  different model is refused, naming parameters, and left as it was."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+  import optax
+  from ml_collections import ConfigDict
+  from tokenlab.config import DEFAULT_SHARDING_RULES
+  from tokenlab.errors import TokenlabError
+  from tokenlab.methods.transformer_lm import TransformerLM, TransformerLMConfig
+  from tokenlab.train import partitioning
+  from tokenlab.train.checkpoint import Checkpointer
+  from tokenlab.train.mesh import make_mesh
+  from tokenlab.train.state import abstract_state, init_sharded_state, state_layout
+
+  rules = partitioning.rules_from_config(DEFAULT_SHARDING_RULES)
+  example = {"inputs": jnp.zeros((4, 8), jnp.int32)}
+  tx = optax.adam(1e-3)
+
+  def layout(d_model, mesh):
+    method = TransformerLM(TransformerLMConfig(vocab_size=32, d_model=d_model, num_layers=1,
+                                               num_heads=2))
+    return lambda r: method.init(r, example), mesh
+
+  init, mesh4 = layout(16, make_mesh(ConfigDict({"data": 4, "fsdp": 1, "tensor": 1})))
+  state, _ = init_sharded_state(init, tx, jax.random.key(0), mesh4, rules, jnp.float32)
+  ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=True)
+  ckpt.save(5, state)
+  ckpt.close()
+
+  mesh22 = make_mesh(ConfigDict({"data": 2, "fsdp": 2, "tensor": 1}))
+  shapes, shardings = state_layout(init, tx, mesh22, rules, jnp.float32)
+  ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
+  restored = ckpt.restore(5, abstract_state(shardings, shapes))
+  kernel = restored.params["decoder"]["layer_0"]["mlp"]["up"]["kernel"]
+  assert kernel.sharding.spec == P("fsdp", "tensor")
+  assert kernel.sharding.mesh.shape == mesh22.shape
+  np.testing.assert_array_equal(
+      np.asarray(kernel), np.asarray(state.params["decoder"]["layer_0"]["mlp"]["up"]["kernel"]))
+
+  other, _ = layout(32, mesh22)
+  shapes, shardings = state_layout(other, tx, mesh22, rules, jnp.float32)
+  listing = sorted(os.listdir(tmp_path / "ckpt" / "5"))
+  with pytest.raises(TokenlabError, match=r"different model .*params\.decoder\.\S+: "
+                                          r"checkpoint \(\d+[^)]*\) vs model \("):
+    ckpt.restore(5, abstract_state(shardings, shapes))
+  assert sorted(os.listdir(tmp_path / "ckpt" / "5")) == listing
+  ckpt.close()
+
+
+def test_sigkill_during_saves_leaves_a_restorable_checkpoint(tmp_path, data_dir):
+  """A run killed with SIGKILL while it saves every step resumes from its latest complete
+  checkpoint (orbax writes to a temporary directory and renames it when done)."""
+  import subprocess
+  import sys
+  import time
+  workdir = tmp_path / "run"
+  args = [sys.executable, "-m", "tokenlab.cli", "train", "--config", EXP,
+          "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
+          "--config.train.steps=400", "--config.checkpoint.every_steps=1",
+          "--config.train.progress=false", "--config.train.eval_every=0"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpts = workdir / "checkpoints"
+  deadline = time.time() + 120
+  while time.time() < deadline and proc.poll() is None:
+    done = [d for d in (os.listdir(ckpts) if ckpts.exists() else []) if d.isdigit()]
+    if len(done) >= 3:
+      break
+    time.sleep(0.05)
+  time.sleep(0.13)  # Land somewhere inside a later save.
+  proc.kill()
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+  config = load_config(EXP, [f"--config.data.data_dir={data_dir}", "--config.train.steps=400",
+                             "--config.checkpoint.every_steps=1",
+                             "--config.train.progress=false", "--config.train.eval_every=0",
+                             "--config.mesh.data=-1"])
+  from tokenlab.train.checkpoint import Checkpointer
+  latest = Checkpointer(str(ckpts)).latest_step()
+  assert latest is not None and latest >= 3
+  with config.unlocked():
+    config.train.steps = latest + 2
+  result = train(config, str(workdir))
+  assert result["step"] == latest + 2

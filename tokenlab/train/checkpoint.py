@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -40,8 +41,13 @@ class Checkpointer:
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
-    """Restores the state into `abstract_state`'s shapes and shardings (orbax reshards), and
-    the data iterator in place."""
+    """Restores the state into `abstract_state`'s shapes and shardings (orbax reshards onto
+    whatever mesh the shardings name), and the data iterator in place.
+
+    A checkpoint of another model is refused before anything is read, listing the first
+    parameters whose names or shapes differ.
+    """
+    self.check_compatible(step, abstract_state)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -54,9 +60,39 @@ class Checkpointer:
           f"saved with") from e
     return restored["state"]
 
+  def check_compatible(self, step: int, abstract_state: Any) -> None:
+    saved = _shapes(self.manager.item_metadata(step)["state"])
+    wanted = _shapes(abstract_state)
+    problems = [f"{k}: checkpoint {saved[k]} vs model {wanted[k]}"
+                for k in wanted if k in saved and saved[k] != wanted[k]]
+    problems += [f"{k}: not in checkpoint" for k in wanted if k not in saved]
+    problems += [f"{k}: not in model" for k in saved if k not in wanted]
+    if problems:
+      raise TokenlabError(
+          f"checkpoint {self.directory}/{step} is from a different model ({len(problems)} "
+          f"mismatches; first: {'; '.join(problems[:3])}); nothing was overwritten: use a "
+          f"new --workdir or the model config it was saved with")
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{'params.decoder.layer_0...': shape} for every array (metadata) leaf of `tree`."""
+  tree = getattr(tree, "tree", tree)
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if hasattr(leaf, "shape"):
+      out[".".join(_key_name(k) for k in path)] = tuple(leaf.shape)
+  return out
+
+
+def _key_name(key: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)

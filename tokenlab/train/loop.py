@@ -82,21 +82,37 @@ def _default_iterators(config: ConfigDict) -> tuple[IteratorFn, IteratorFn]:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks at step boundaries."""
+  """Turns SIGTERM (what TPU VMs and SLURM send) into a stop at a step boundary.
+
+  One process: a signal handler sets a flag. Several processes: JAX's preemption service
+  (started by jax.distributed.initialize) makes every process see the notice at the *same*
+  step, so all of them save the same step and exit together.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._multi = jax.process_count() > 1
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread (e.g. some test runners): no handler.
-      self._previous = None
+    if not self._multi:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # Not the main thread (e.g. some test runners): no handler.
+        self._previous = None
     return self
 
   def _handle(self, signum, frame):
     self.requested = True
+
+  def check(self, step: int) -> bool:
+    if self._multi and not self.requested:
+      from jax.experimental import multihost_utils
+      try:
+        self.requested = bool(multihost_utils.reached_preemption_sync_point(step))
+      except RuntimeError:  # Preemption service not running (e.g. explicit coordinator).
+        pass
+    return self.requested
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -252,7 +268,7 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
       log_now = step % tc.log_every == 0 or step == tc.steps
       eval_now = (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps
       save_now = (step % config.checkpoint.every_steps == 0 or step == tc.steps
-                  or preempt.requested)
+                  or preempt.check(step))
       if not (log_now or save_now or eval_now):
         if progress is not None:
           progress.update(1)
