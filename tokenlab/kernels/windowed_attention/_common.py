@@ -128,12 +128,12 @@ def band_blocks(outer, outer_block: int, inner_block: int, inner_len: int, befor
   last = first + outer_block - 1
   # Numerators are clamped at 0 first, so truncating division is floor division (kernels
   # lower lax.div, which truncates) and every bound is already >= 0.
-  lo = _div(_max(first - before, 0), inner_block)
-  hi = _min(_div(last + after, inner_block) + 1, n_inner)
+  lo = div(_max(first - before, 0), inner_block)
+  hi = _min(div(last + after, inner_block) + 1, n_inner)
   # Inner block b is full iff b*B >= last - before and b*B + B - 1 <= first + after (and it
   # lies wholly inside inner_len).
-  full_lo = _min(_max(_div(_max(last - before, 0) + inner_block - 1, inner_block), lo), hi)
-  full_hi = _min(_div(first + after + 1, inner_block), inner_len // inner_block, hi)
+  full_lo = _min(_max(div(_max(last - before, 0) + inner_block - 1, inner_block), lo), hi)
+  full_hi = _min(div(first + after + 1, inner_block), inner_len // inner_block, hi)
   full_hi = _max(full_hi, full_lo)
   return lo, full_lo, full_hi, hi
 
@@ -168,7 +168,7 @@ def _min(*xs):
   return min(xs)
 
 
-def _div(a, b: int):
+def div(a, b: int):
   """a // b for a >= 0, on Python ints or traced int32 scalars."""
   if _is_traced(a):
     return jax.lax.div(a, jnp.asarray(b, dtype=a.dtype))

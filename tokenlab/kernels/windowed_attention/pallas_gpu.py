@@ -189,8 +189,8 @@ def _forward(q, k, v, seg, cfg: _Config):
   n, dp = cfg.n_pad, cfg.d_pad
   in_specs = [
       pl.BlockSpec((None, bq, None, dp), lambda i, z, h: (z, i, h, 0)),
-      pl.BlockSpec((None, n, None, dp), lambda i, z, h: (z, 0, h // g, 0)),
-      pl.BlockSpec((None, n, None, dp), lambda i, z, h: (z, 0, h // g, 0)),
+      pl.BlockSpec((None, n, None, dp), lambda i, z, h: (z, 0, _common.div(h, g), 0)),
+      pl.BlockSpec((None, n, None, dp), lambda i, z, h: (z, 0, _common.div(h, g), 0)),
   ]
   args = [qp, kp, vp]
   if has_seg:
@@ -304,8 +304,8 @@ def _backward(q, k, v, seg, out, lse, dout, cfg: _Config):
       pl.BlockSpec((None, bq, None, dp), lambda i, z, h: (z, i, h, 0)),
       pl.BlockSpec((None, None, bq), lambda i, z, h: (z, h, i)),
       pl.BlockSpec((None, None, bq), lambda i, z, h: (z, h, i)),
-      pl.BlockSpec((None, n, None, dp), lambda i, z, h: (z, 0, h // g, 0)),
-      pl.BlockSpec((None, n, None, dp), lambda i, z, h: (z, 0, h // g, 0)),
+      pl.BlockSpec((None, n, None, dp), lambda i, z, h: (z, 0, _common.div(h, g), 0)),
+      pl.BlockSpec((None, n, None, dp), lambda i, z, h: (z, 0, _common.div(h, g), 0)),
   ]
   args = [qp, dop, lse, delta, kp, vp]
   if has_seg:
@@ -321,8 +321,8 @@ def _backward(q, k, v, seg, out, lse, dout, cfg: _Config):
 
   bq, bk = blocks.block_q_dkv, blocks.block_k_dkv
   in_specs = [
-      pl.BlockSpec((None, bk, None, dp), lambda j, z, h: (z, j, h // g, 0)),
-      pl.BlockSpec((None, bk, None, dp), lambda j, z, h: (z, j, h // g, 0)),
+      pl.BlockSpec((None, bk, None, dp), lambda j, z, h: (z, j, _common.div(h, g), 0)),
+      pl.BlockSpec((None, bk, None, dp), lambda j, z, h: (z, j, _common.div(h, g), 0)),
       pl.BlockSpec((None, n, None, dp), lambda j, z, h: (z, 0, h, 0)),
       pl.BlockSpec((None, n, None, dp), lambda j, z, h: (z, 0, h, 0)),
       pl.BlockSpec((None, None, n), lambda j, z, h: (z, h, 0)),

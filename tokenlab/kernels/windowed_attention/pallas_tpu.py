@@ -213,7 +213,7 @@ def _forward(q, k, v, seg, cfg: _Config):
 
   def kv_map(z, h, i, j):
     kb, _ = _band_index(i, bq, bk, prob.left, prob.right, prob, j, clamp=True)
-    return z, h // g, kb, 0
+    return z, _common.div(h, g), kb, 0
 
   in_specs = [pl.BlockSpec((None, None, bq, d), lambda z, h, i, j: (z, h, i, 0)),
               pl.BlockSpec((None, None, bk, d), kv_map),
@@ -332,7 +332,7 @@ def _backward(q, k, v, seg, out, lse, dout, cfg: _Config):
 
   def kv_map(z, h, i, j):
     kb, _ = _band_index(i, bq, bk, prob.left, prob.right, prob, j, clamp=True)
-    return z, h // g, kb, 0
+    return z, _common.div(h, g), kb, 0
 
   q_spec = pl.BlockSpec((None, None, bq, d), lambda z, h, i, j: (z, h, i, 0))
   col_spec = pl.BlockSpec((None, None, bq, 1), lambda z, h, i, j: (z, h, i, 0))
