@@ -115,6 +115,9 @@ def test_dna_batches_carry_target_labels(tmp_path):
   np.testing.assert_array_equal(labels, want_labels)
   assert targets.astype(np.uint8).tobytes() == want_bases
   assert all((b["labels"][b["loss_mask"] == 0] == -1).all() for b in batches)
+  spec = data.batch_spec(cfg, 4)
+  assert {k: (s.shape, s.dtype) for k, s in spec.items()} == {
+      k: (v.shape, v.dtype) for k, v in batches[0].items()}
   assert len(want_labels) == 6 * (opts["length"] - 1)
 
 
@@ -140,6 +143,9 @@ def test_digits_upsampled_split_and_batches(tmp_path):
   mask = np.concatenate([b["mask"] for b in batches])
   labels = np.concatenate([b["label"] for b in batches])
   assert mask.sum() == 180 and (labels[mask == 0] == -1).all()
+  spec = data.batch_spec(cfg, 64)
+  assert {k: (s.shape, s.dtype) for k, s in spec.items()} == {
+      k: (v.shape, v.dtype) for k, v in batches[0].items()}
   assert sorted(labels[mask > 0]) == sorted(y[val])
 
 

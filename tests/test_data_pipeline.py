@@ -64,6 +64,9 @@ def test_batch_layout(markov_cfg):
   assert (pos[:, 1:][~same] == 0).all()
   assert (b["target_bytes"] == b["loss_mask"]).all()  # One byte per bytes-token.
   assert data.vocab_size(markov_cfg) == 256
+  spec = data.batch_spec(markov_cfg, 3)
+  assert {k: (s.shape, s.dtype) for k, s in spec.items()} == {
+      k: (v.shape, v.dtype) for k, v in b.items()}
 
 
 def test_same_seed_same_batches_other_seed_differs(markov_cfg):

@@ -7,6 +7,7 @@ Public API:
   make_iterator(data_cfg, split=..., batch_size=..., seed=..., ...)
                                       a checkpointable iterator of batches (see pipeline.py)
   vocab_size(data_cfg)                the tokenizer's number of ids
+  batch_spec(data_cfg, batch_size)    {field: jax.ShapeDtypeStruct} of a batch, nothing built
   get_tokenizer(data_cfg)             the tokenizer (bytes | sentencepiece | bpe)
   DATASETS                            name -> DatasetSpec (kind, default options)
 
@@ -23,7 +24,7 @@ from tokenlab.data.config import default_data_config, validate_data_config
 from tokenlab.data.registry import DATASETS, TOKENIZERS
 
 __all__ = ["DATASETS", "TOKENIZERS", "default_data_config", "validate_data_config",
-           "make_iterator", "vocab_size", "get_tokenizer"]
+           "make_iterator", "vocab_size", "get_tokenizer", "batch_spec"]
 
 
 def make_iterator(data_cfg: Any, *, split: str, batch_size: int, seed: int,
@@ -45,3 +46,29 @@ def get_tokenizer(data_cfg: Any):
   """Returns the config's tokenizer, trained and cached on first use."""
   from tokenlab.data import tokenizers  # pylint: disable=g-import-not-at-top
   return tokenizers.get_tokenizer(data_cfg)
+
+
+def batch_spec(data_cfg: Any, batch_size: int) -> dict[str, Any]:
+  """Returns {field: jax.ShapeDtypeStruct} of one batch of `batch_size` rows.
+
+  Builds no data and trains no tokenizer, so plans and AOT compiles can use it. Text:
+  inputs, targets, segment_ids, positions, target_bytes int32 and loss_mask float32, each
+  (batch_size, seq_len), plus labels int32 for dna. Images: image float32
+  (batch_size, size, size, 1), label int32 and mask float32 (batch_size,).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tokenlab.data import config  # pylint: disable=g-import-not-at-top
+  cfg = config.resolve(data_cfg)
+  if DATASETS[cfg["name"]].kind == "image":
+    size = cfg["options"]["size"]
+    return {"image": jax.ShapeDtypeStruct((batch_size, size, size, 1), np.float32),
+            "label": jax.ShapeDtypeStruct((batch_size,), np.int32),
+            "mask": jax.ShapeDtypeStruct((batch_size,), np.float32)}
+  shape = (batch_size, cfg["seq_len"])
+  ints = ["inputs", "targets", "segment_ids", "positions", "target_bytes"]
+  if cfg["name"] == "dna":
+    ints.append("labels")
+  spec = {k: jax.ShapeDtypeStruct(shape, np.int32) for k in ints}
+  spec["loss_mask"] = jax.ShapeDtypeStruct(shape, np.float32)
+  return spec
