@@ -39,15 +39,15 @@ def test_tome_block_merges_r_tokens_and_tracks_sizes():
   rng = _rng(1)
   x = jnp.asarray(rng.normal(size=(2, 17, 16)).astype(np.float32))
   block = tr.ToMeBlock(num_heads=2, mlp_dim=32, r=5, protected=1)
-  params = block.init(jax.random.key(0), x)
-  y, sizes, plan = block.apply(params, x)
+  params = jax.jit(block.init)(jax.random.key(0), x)
+  y, sizes, plan = jax.jit(block.apply)(params, x)
   assert y.shape == (2, 12, 16) and sizes.shape == (2, 12)
   np.testing.assert_array_equal(np.asarray(sizes).sum(1), [17, 17])
   assert int(plan.group_ids[0, 0]) == 0 and np.all(np.asarray(plan.group_ids)[:, 1:] > 0)
   # r = 0 with the same parameters is the plain block (log 1 = 0 bias changes nothing).
   plain = tr.ToMeBlock(num_heads=2, mlp_dim=32, r=0)
-  y0, s0, p0 = plain.apply(params, x)
-  y0b, _, _ = plain.apply(params, x, jnp.ones((2, 17)))
+  y0, s0, p0 = jax.jit(plain.apply)(params, x)
+  y0b, _, _ = jax.jit(plain.apply)(params, x, jnp.ones((2, 17)))
   assert p0 is None and s0 is None and y0.shape == x.shape
   np.testing.assert_allclose(np.asarray(y0b), np.asarray(y0), rtol=1e-5, atol=1e-5)
 
@@ -56,7 +56,7 @@ def test_tome_encoder_group_ids_unmerge_to_input_length():
   rng = _rng(2)
   x = jnp.asarray(rng.normal(size=(2, 33, 16)).astype(np.float32))
   enc = tr.ToMeEncoder(num_layers=3, num_heads=2, mlp_dim=32, r=[8, 0, 6], protected=1)
-  params = enc.init(jax.random.key(1), x)
+  params = jax.jit(enc.init)(jax.random.key(1), x)
   y, sizes, gid = jax.jit(enc.apply)(params, x)
   assert y.shape == (2, 33 - 14, 16)
   np.testing.assert_array_equal(np.asarray(sizes).sum(1), [33, 33])

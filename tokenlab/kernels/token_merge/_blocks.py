@@ -65,19 +65,20 @@ def window_block(x, metric, w, r_w: int):
   m = m / jnp.maximum(jnp.sqrt(jnp.sum(m * m, axis=-1, keepdims=True)), 1e-30)
   sim = jnp.sum(m[:, :-1] * m[:, 1:], axis=-1)  # (nw, W - 1)
   pair = lax.broadcasted_iota(jnp.int32, sim.shape, 1)
-  free = jnp.ones(sim.shape, bool)
-  chosen = jnp.zeros(sim.shape, bool)
-  stuck = jnp.zeros((nw,), bool)
-  for _ in range(r_w):
+
+  def round_(_, carry):
+    free, chosen, stuck = carry
     key = jnp.where(free, sim, -jnp.inf)
     mx = jnp.max(key, axis=1, keepdims=True)
     q = jnp.min(jnp.where(free & (key == mx), pair, BIG), axis=1, keepdims=True)
     ok = q < BIG
-    stuck = stuck | ~ok[:, 0]
-    hit = (pair == q) & ok
-    chosen = chosen | hit
+    chosen = chosen | ((pair == q) & ok)
     # A chosen pair blocks itself and both neighbours.
     free = free & ~((pair >= q - 1) & (pair <= q + 1) & ok)
+    return free, chosen, stuck | ~ok[:, 0]
+
+  init = (jnp.ones(sim.shape, bool), jnp.zeros(sim.shape, bool), jnp.zeros((nw,), bool))
+  _, chosen, stuck = lax.fori_loop(0, r_w, round_, init)
   fallback = (pair % 2 == 0) & (pair < 2 * r_w)
   chosen = jnp.where(stuck[:, None], fallback, chosen)
   zero_col = jnp.zeros((nw, 1), bool)

@@ -68,7 +68,7 @@ def best_match(a: jax.Array, b: jax.Array, protected_a: int, protected_b: int, *
     mx, idx = jax.lax.fori_loop(0, nb_p // block_b, body, init)
     row = i * block_a + jax.lax.broadcasted_iota(jnp.int32, (block_a,), 0)
     max_ref[...] = jnp.where(row < protected_a, -jnp.inf, mx)
-    idx_ref[...] = idx
+    idx_ref[...] = jnp.where(row < protected_a, 0, idx)  # as the reference: no match
 
   node_max, node_idx = pl.pallas_call(
       kernel,

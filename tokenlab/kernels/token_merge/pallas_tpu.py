@@ -61,7 +61,7 @@ def best_match(a: jax.Array, b: jax.Array, protected_a: int, protected_b: int, *
     run_max, run_idx = _blocks.merge_running(max_ref[0], idx_ref[0], mx, idx)
     row = i * block_a + jax.lax.broadcasted_iota(jnp.int32, (block_a,), 0)
     max_ref[0] = jnp.where(row < protected_a, -jnp.inf, run_max)
-    idx_ref[0] = run_idx
+    idx_ref[0] = jnp.where(row < protected_a, 0, run_idx)  # as the reference: no match
 
   node_max, node_idx = pl.pallas_call(
       kernel,

@@ -223,21 +223,22 @@ def greedy_window_pairs(sim: jax.Array, valid: jax.Array, r_w: jax.Array) -> jax
   order = jnp.argsort(-key, axis=-1, stable=True).astype(jnp.int32)
   tok = lax.broadcasted_iota(jnp.int32, sim.shape[:-1] + (p + 1,), sim.ndim - 1)
   pair = lax.broadcasted_iota(jnp.int32, sim.shape, sim.ndim - 1)
-  used = jnp.zeros(sim.shape[:-1] + (p + 1,), bool)
-  chosen = jnp.zeros(sim.shape, bool)
-  count = jnp.zeros(sim.shape[:-1], jnp.int32)
-  # Static loop of window - 1 steps, vectorised over all windows; one-hot masks instead of
-  # scatters keep it to plain elementwise ops.
-  for k in range(p):
-    q = order[..., k]
+  # A loop of window - 1 steps, vectorised over all windows; one-hot masks instead of
+  # scatters keep each step to plain elementwise ops.
+  def step(k, carry):
+    used, chosen, count = carry
+    q = lax.dynamic_index_in_dim(order, k, axis=order.ndim - 1, keepdims=False)
     q_valid = jnp.take_along_axis(valid, q[..., None], axis=-1)[..., 0]
-    left = tok == q[..., None]
-    right = tok == (q[..., None] + 1)
-    free = ~jnp.any(used & (left | right), axis=-1)
+    pair_tokens = (tok == q[..., None]) | (tok == q[..., None] + 1)
+    free = ~jnp.any(used & pair_tokens, axis=-1)
     take = free & q_valid & (count < r_w)
-    used = used | ((left | right) & take[..., None])
+    used = used | (pair_tokens & take[..., None])
     chosen = chosen | ((pair == q[..., None]) & take[..., None])
-    count = count + take.astype(jnp.int32)
+    return used, chosen, count + take.astype(jnp.int32)
+
+  init = (jnp.zeros(sim.shape[:-1] + (p + 1,), bool), jnp.zeros(sim.shape, bool),
+          jnp.zeros(sim.shape[:-1], jnp.int32))
+  _, chosen, count = lax.fori_loop(0, p, step, init)
   fallback = (pair % 2 == 0) & (pair < 2 * r_w[..., None])
   return jnp.where((count < r_w)[..., None], fallback, chosen)
 
