@@ -1,6 +1,7 @@
 """The embedded datasets: pysrc snapshot integrity, dna labels, digits, builds and the CLI."""
 
 import hashlib
+import shutil
 import subprocess
 import sys
 from importlib import resources
@@ -207,3 +208,28 @@ def test_cli_list_build_show(tmp_path, capsys):
   assert "unknown option 'kk'" in capsys.readouterr().out
 
 
+
+
+# --- external tfds datasets --------------------------------------------------------------
+
+def test_prepared_tfds_dataset_reads_like_the_embedded_one(tmp_path):
+  # A prepared tfds dataset that tokenlab has no builder for: a built markov copied under
+  # another name (tfds then reads it from its files alone, as it would from gs://).
+  cfg = _cfg("markov", tmp_path / "a", num_train=6, num_validation=5, length=64)
+  built = sources.builder(config.resolve(cfg)).data_dir
+  shutil.copytree(built, tmp_path / "b" / "my_corpus" / "1.0.0")
+  ext = data.default_data_config("tfds")
+  ext.data_dir = str(tmp_path / "b")
+  ext.options.tfds_name = "my_corpus"
+  ext.seq_len = cfg.seq_len = 32
+  kw = dict(split="validation", batch_size=2, seed=0, shuffle=False, num_epochs=1)
+  got, want = list(data.make_iterator(ext, **kw)), list(data.make_iterator(cfg, **kw))
+  assert len(got) == len(want) > 1
+  for g, w in zip(got, want):
+    for k in w:
+      np.testing.assert_array_equal(g[k], w[k])
+  ext.options.tfds_name = "no_such_corpus"
+  with pytest.raises(TokenlabError, match="cannot read tfds dataset 'no_such_corpus'"):
+    data.make_iterator(ext, **kw)
+  with pytest.raises(TokenlabError, match="needs config.data.options.tfds_name"):
+    data.validate_data_config({"name": "tfds"})

@@ -72,7 +72,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     src = builder.as_data_source(split=split)
     line = f"  {split}: {len(src)} records"
     if registry.DATASETS[cfg["name"]].kind == "text":
-      docs = [bytes(module.document(src[i])) for i in range(len(src))]
+      document = sources.document_fn(cfg)
+      docs = [bytes(document(src[i])) for i in range(len(src))]
       line += (f", {sum(map(len, docs))} bytes, unigram entropy "
                f"{_unigram_entropy_bits(docs):.4f} bits/byte")
     print(line)
@@ -100,7 +101,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
       print(f"[{args.split} {i}] label {int(record['label'])}")
       print(_ascii_image(np.asarray(record["image"])))
       continue
-    doc = bytes(module.document(record))[:args.max_bytes]
+    doc = bytes(sources.document_fn(cfg)(record))[:args.max_bytes]
     ids = tok.encode(doc)
     pieces = "|".join(tok.token_bytes(int(t)).decode("utf-8", "replace") for t in ids)
     print(f"[{args.split} {i}] {len(doc)} bytes shown, {len(ids)} {cfg['tokenizer']} tokens")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -48,28 +49,27 @@ class TokenizeDocument(grain.transforms.Map):
   Attributes:
     source: the split's records.
     tokenizer: the tokenizer.
-    dataset: dataset name (its module says where the document and labels are).
-    with_labels: add per-target region labels (dna).
+    document: record -> document bytes.
+    byte_labels: record -> region label per document byte (dna), or None.
     pretokenized: token ids of every record, or None to encode on the fly.
   """
   source: Any
   tokenizer: Tokenizer
-  dataset: str
-  with_labels: bool
+  document: Callable[[dict[str, Any]], bytes]
+  byte_labels: Callable[[dict[str, Any]], np.ndarray] | None = None
   pretokenized: list[np.ndarray] | None = None
 
   def map(self, index: int) -> dict[str, np.ndarray]:
     index = int(index)
-    module = registry.DATASETS[self.dataset].load()
     record = self.source[index]
     if self.pretokenized is not None:
       ids = self.pretokenized[index]
     else:
-      ids = self.tokenizer.encode(module.document(record))
+      ids = self.tokenizer.encode(self.document(record))
     lengths = self.tokenizer.token_lengths()[ids]
     out = {"inputs": ids[:-1], "targets": ids[1:], "target_bytes": lengths[1:]}
-    if self.with_labels:
-      out["labels"] = _token_labels(module.byte_labels(record), lengths)[1:]
+    if self.byte_labels is not None:
+      out["labels"] = _token_labels(self.byte_labels(record), lengths)[1:]
     return out
 
 
@@ -81,14 +81,14 @@ _PRETOKENIZE_MAX_BYTES = 256 << 20  # Splits larger than this are encoded on the
 def _pretokenize(cfg: dict[str, Any], split: str, source: Any,
                  tok: Tokenizer) -> list[np.ndarray] | None:
   """Encodes the whole split in one pass when the tokenizer is much faster that way (BPE)."""
-  if not isinstance(tok, BPETokenizer):
-    return None
+  if not isinstance(tok, BPETokenizer) or registry.DATASETS[cfg["name"]].name == "tfds":
+    return None  # External tfds datasets can be any size: encode those on the fly.
   key = (str(tokenizer_path(cfg)), split)
   if key not in _PRETOKENIZED:
-    module = registry.DATASETS[cfg["name"]].load()
+    document = sources.document_fn(cfg)
     docs, total = [], 0
     for i in range(len(source)):
-      docs.append(bytes(module.document(source[i])))
+      docs.append(bytes(document(source[i])))
       total += len(docs[-1])
       if total > _PRETOKENIZE_MAX_BYTES:
         return None
@@ -218,8 +218,9 @@ def make_dataset(data_cfg: Any, *, split: str, batch_size: int, seed: int,
     ids = ds.map(functools.partial(_image_example, src)).to_iter_dataset(_READ)
   else:
     tok = get_tokenizer(cfg)
-    with_labels = hasattr(spec.load(), "byte_labels")
-    tokenize = TokenizeDocument(src, tok, cfg["name"], with_labels,
+    byte_labels = getattr(spec.load(), "byte_labels", None)
+    with_labels = byte_labels is not None
+    tokenize = TokenizeDocument(src, tok, sources.document_fn(cfg), byte_labels,
                                 _pretokenize(cfg, split, src, tok))
     ids = ds.map(tokenize).to_iter_dataset(_READ)
     ids = ids.filter(_has_targets)

@@ -19,7 +19,8 @@ class DatasetSpec:
   Attributes:
     name: the name configs use (`config.data.name`).
     kind: 'text' (documents of bytes, tokenized and packed) or 'image' (image + label).
-    module: the module holding the tfds builder (`Builder`) and the record helpers.
+    module: the module holding the record helpers and the tfds builder (`Builder`) of an
+      embedded dataset; external tfds datasets have `data_source` instead.
     default_options: builder options and their defaults; the types are the accepted types.
     description: one line for `tokenlab data list`.
   """
@@ -54,6 +55,11 @@ DATASETS: dict[str, DatasetSpec] = {
         name="digits", kind="image", module="tokenlab.data.digits",
         default_options={"size": 8, "validation_percent": 10, "seed": 0},
         description="scikit-learn's 8x8 handwritten digits, optionally upsampled"),
+    "tfds": DatasetSpec(
+        name="tfds", kind="text", module="tokenlab.data.tfds_text",
+        default_options={"tfds_name": "", "text_key": "text", "train_split": "train",
+                         "validation_split": "validation"},
+        description="a prepared tfds text dataset in the data dir (array_record), any scale"),
 }
 
 TOKENIZERS = ("bytes", "sentencepiece", "bpe")

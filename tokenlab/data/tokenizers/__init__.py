@@ -41,7 +41,7 @@ def train_documents(cfg: dict[str, Any]) -> list[bytes]:
   """Returns the train split's documents (up to 16 MiB, in stored order) of a resolved cfg."""
   from tokenlab.data import sources  # pylint: disable=g-import-not-at-top
   src = sources.data_source(cfg, "train")
-  doc = _dataset_module(cfg).document
+  doc = sources.document_fn(cfg)
   docs, total = [], 0
   for i in range(len(src)):
     docs.append(bytes(doc(src[i])))
@@ -49,11 +49,6 @@ def train_documents(cfg: dict[str, Any]) -> list[bytes]:
     if total >= _MAX_TRAIN_BYTES:
       break
   return docs
-
-
-def _dataset_module(cfg: dict[str, Any]):
-  from tokenlab.data import registry  # pylint: disable=g-import-not-at-top
-  return registry.DATASETS[cfg["name"]].load()
 
 
 def _load(kind: str, data: bytes) -> Tokenizer:
