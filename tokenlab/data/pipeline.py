@@ -81,7 +81,7 @@ _PRETOKENIZE_MAX_BYTES = 256 << 20  # Splits larger than this are encoded on the
 def _pretokenize(cfg: dict[str, Any], split: str, source: Any,
                  tok: Tokenizer) -> list[np.ndarray] | None:
   """Encodes the whole split in one pass when the tokenizer is much faster that way (BPE)."""
-  if not isinstance(tok, BPETokenizer) or registry.DATASETS[cfg["name"]].name == "tfds":
+  if not isinstance(tok, BPETokenizer) or cfg["name"] == "tfds":
     return None  # External tfds datasets can be any size: encode those on the fly.
   key = (str(tokenizer_path(cfg)), split)
   if key not in _PRETOKENIZED:
