@@ -74,7 +74,7 @@ def make_dp_train_step(method, tx: optax.GradientTransformation, mesh: Mesh, *,
     loss = jax.lax.psum(loss * weight, AXIS) / total_weight
     metrics = jax.tree.map(lambda x: jax.lax.psum(x, AXIS), metrics)
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = as_average(grad_norm)
