@@ -7,7 +7,10 @@ O(seq * window) time and memory; none builds a seq x seq array.
 
 from __future__ import annotations
 
+import inspect
 import math
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -135,3 +138,23 @@ def neighborhood_attention_2d(q: jax.Array, k: jax.Array, v: jax.Array, *, heigh
   return reference.windowed_attention(
       q, k, v, window=(band, band), scale=scale,
       extra_mask=neighborhood_mask_fn(width, radius, shape))
+
+
+class _CallablePackage(types.ModuleType):
+  """This package, callable as `windowed_attention`.
+
+  `tokenlab.kernels` exports the function `windowed_attention` lazily, but importing this
+  subpackage (same name) makes Python bind the *package* to `tokenlab.kernels.windowed_attention`,
+  shadowing the lazy export. Calling the package forwards to the function, so
+  `from tokenlab.kernels import windowed_attention` works whatever was imported first.
+  """
+
+  def __call__(self, *args, **kwargs):
+    return windowed_attention(*args, **kwargs)
+
+  @property
+  def __signature__(self):
+    return inspect.signature(windowed_attention)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
