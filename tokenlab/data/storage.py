@@ -156,8 +156,9 @@ def prepare(cls: type[OptionsBuilder], options: Mapping[str, Any],
         # tfds prints "Downloading and preparing..." banners; tokenlab reports builds itself.
         with _quiet(), contextlib.redirect_stdout(io.StringIO()):
           builder.download_and_prepare()
-      except OSError:
-        # Remote storage: another process renamed its copy in first; use it.
+      except Exception:  # pylint: disable=broad-except
+        # Remote storage: another process may have renamed its copy in first (the error
+        # type depends on the filesystem); use that copy, else the error was real.
         if not _make_builder(cls, options, data_dir)[1]:
           raise
   # A fresh builder reads the finished dataset_info.json (split sizes) from disk.
