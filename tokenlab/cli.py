@@ -1,4 +1,5 @@
-"""The `tokenlab` command: train | eval | sample | plot | data | plan | scale | bench.
+"""The `tokenlab` command: train | eval | sample | plot | data | plan | scale | repro |
+bench.
 
   tokenlab train --config experiments/transformer_lm.py:size=tiny --workdir runs/x \\
       --config.optimizer.lr=3e-4
@@ -156,6 +157,11 @@ def _cmd_scale(args: argparse.Namespace, rest: list[str]) -> int:
   return scale.main(rest)
 
 
+def _cmd_repro(args: argparse.Namespace, rest: list[str]) -> int:
+  from tokenlab import repro
+  return repro.main(rest)
+
+
 def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
   from tokenlab import bench
   if args.name is None:
@@ -206,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("scale", help="run a scaling study (sweeps of mesh / size) into CSV + PNG",
                      add_help=False)
   p.set_defaults(func=_cmd_scale)
+
+  p = sub.add_parser("repro", help="run a paper method's mini-reproduction (table, repro.md, "
+                     "PNG)", add_help=False)
+  p.set_defaults(func=_cmd_repro)
 
   p = sub.add_parser("bench", help="run a benchmark against its named peer and print ratios",
                      add_help=False)
