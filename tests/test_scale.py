@@ -140,3 +140,7 @@ def test_scale_cli_runs_points_and_writes_csv_and_png(tmp_path):
   assert float(dp["mem_state_per_device_mib"]) > 1.8 * float(fsdp["mem_state_per_device_mib"])
   png = out / "scaling.png"
   assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # --plot-only redraws the figure from the CSV alone.
+  png.unlink()
+  assert scale.main(["--plot-only", "--out", str(out)]) == 0
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

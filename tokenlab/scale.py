@@ -315,6 +315,19 @@ def _fmt(v: Any) -> Any:
   return f"{v:.6g}" if isinstance(v, float) else v
 
 
+def _float(v: Any) -> float:
+  try:
+    return float(v)
+  except (TypeError, ValueError):
+    return float("nan")
+
+
+def read_csv(path: str) -> list[dict[str, Any]]:
+  """Rows of a scaling.csv (values as strings, as `plot` accepts them)."""
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
 def plot(rows: list[dict[str, Any]], path: str, sweep_keys: list[str], title: str = "") -> str:
   """2x2 PNG: step time, tokens/s, MFU, per-device peak memory vs devices, a line per group."""
   import matplotlib
@@ -334,17 +347,22 @@ def plot(rows: list[dict[str, Any]], path: str, sweep_keys: list[str], title: st
             ("mfu", "MFU (vs measured host matmul peak)"),
             ("mem_peak_per_device_mib", "XLA peak memory per device (MiB)")]
   fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+  devices = sorted({int(r["devices"]) for r in ok})
   for ax, (key, label) in zip(axes.flat, panels):
+    values = []
     for name, rs in sorted(groups.items()):
       rs = sorted(rs, key=lambda r: int(r["devices"]))
       xs = [int(r["devices"]) for r in rs]
-      ys = [float(r.get(key, float("nan"))) * (100 if key == "mfu" else 1) for r in rs]
+      ys = [_float(r.get(key)) * (100 if key == "mfu" else 1) for r in rs]
+      values += [y for y in ys if y == y and y > 0]
       ax.plot(xs, ys, marker="o", label=name)
     ax.set_xlabel("devices")
     ax.set_ylabel(label + (" (%)" if key == "mfu" else ""))
-    ax.set_xscale("log", base=2)
+    if len(devices) > 1:
+      ax.set_xscale("log", base=2)
+    ax.set_xticks(devices, [str(d) for d in devices])
     ax.grid(alpha=0.3)
-    if key == "mem_peak_per_device_mib":
+    if values and max(values) / min(values) > 20:  # e.g. memory across model sizes
       ax.set_yscale("log")
   axes.flat[0].legend(fontsize=8)
   fig.suptitle(title or "tokenlab scale")
@@ -369,7 +387,20 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--data", choices=("synthetic", "real"), default="synthetic")
   parser.add_argument("--out", default="runs/scale")
   parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per point")
+  parser.add_argument("--plot-only", action="store_true",
+                      help="redraw OUT/scaling.png from OUT/scaling.csv; run nothing")
   args, rest = parser.parse_known_args(argv)
+  if args.plot_only:
+    csv_path = os.path.join(args.out, "scaling.csv")
+    if not os.path.exists(csv_path):
+      raise TokenlabError(f"{csv_path} not found; run the study into --out {args.out} first")
+    rows = read_csv(csv_path)
+    keys = [k for k in rows[0] if k not in CSV_FIELDS] if rows else []
+    if len({r["mode"] for r in rows}) > 1:
+      keys.append("mode")
+    print(plot(rows, os.path.join(args.out, "scaling.png"), keys,
+               title=f"tokenlab scale: {os.path.basename(os.path.abspath(args.out))}"))
+    return 0
   from tokenlab.cli import _split_overrides, resolve_experiment
   overrides = _split_overrides(rest)
   sweeps = [parse_sweep(s) for s in args.sweep]
