@@ -419,3 +419,20 @@ def test_pallas_kernels_stream_across_blocks(impl):
     got = kernels.segment_mean(x, w, gid, m_groups, interpret=True, bm=8, bn=8)
     np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-6)
+
+
+def test_benchmark_peer_computes_the_same_merge_and_bench_runs(capsys):
+  from tokenlab.bench import token_merge as bench
+  rng = _rng(31)
+  x = jnp.asarray(rng.normal(size=(2, 40, 4)).astype(np.float32))
+  metric = jnp.asarray(rng.normal(size=(2, 40, 6)).astype(np.float32))
+  peer_x, peer_s = bench.plain_jnp_tome(x, metric, 12)
+  ours_x, ours_s = merge_tokens(x, bipartite_soft_matching(metric, 12))
+  for bi in range(2):  # same rows up to order (the peer keeps ToMe's [unmerged A, B] order)
+    a = np.asarray(peer_x[bi])[np.argsort(np.asarray(peer_x[bi])[:, 0])]
+    b = np.asarray(ours_x[bi])[np.argsort(np.asarray(ours_x[bi])[:, 0])]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(np.sort(np.asarray(peer_s), 1), np.sort(np.asarray(ours_s), 1))
+  assert bench.main(["--quick", "--repeats", "1", "--cases", "tome,boundaries"]) == 0
+  out = capsys.readouterr().out
+  assert "plain_jnp_tome" in out and "copy of x" in out
