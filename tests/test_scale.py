@@ -107,6 +107,8 @@ def test_synthetic_batches_are_deterministic_and_checkpointable():
   a = scale.SyntheticBatches(cfg, 4, seed=1)
   first = next(a)
   assert first["inputs"].shape == (4, 64) and first["loss_mask"].dtype == np.float32
+  assert np.all(first["loss_mask"] == 1) and np.all(first["segment_ids"] == 1)
+  np.testing.assert_array_equal(first["positions"][2], np.arange(64))
   np.testing.assert_array_equal(first["inputs"][:, 1:], first["targets"][:, :-1])
   state = a.get_state()
   second = next(a)

@@ -133,8 +133,8 @@ def resolve_point(config_spec: str, values: dict[str, str], overrides: list[str]
 class SyntheticBatches:
   """Random-token batches of the data config's shape; checkpointable like a grain iterator.
 
-  inputs/targets are one random token stream shifted by one; positions count from 0; masks
-  and segment ids are 1. Batch i of process p depends only on (seed, p, i).
+  inputs/targets are one random token stream shifted by one; positions count from 0; masks,
+  segment ids and other integer fields are 1; other float fields (images) are N(0, 1). Batch i of process p depends only on (seed, p, i).
   """
 
   def __init__(self, config, batch_size: int, seed: int, process_index: int = 0):
@@ -160,6 +160,8 @@ class SyntheticBatches:
         out[k] = tokens[:, 1:].astype(s.dtype)
       elif k == "positions":
         out[k] = np.broadcast_to(np.arange(s.shape[-1]), s.shape).astype(s.dtype)
+      elif "mask" in k:
+        out[k] = np.ones(s.shape, s.dtype)
       elif np.issubdtype(s.dtype, np.floating):
         out[k] = rng.standard_normal(s.shape).astype(s.dtype)
       else:
