@@ -32,6 +32,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from typing import Any
 
 from tokenlab.errors import ConfigError, TokenlabError
@@ -198,7 +199,6 @@ def make_plan(config, num_devices: int, chips: list[str] | None = None,
                             grad_accum_steps=tc.grad_accum_steps,
                             on_nonfinite=tc.on_nonfinite, schedule=schedule,
                             micro_batch_constraint=micro_constraint)
-  import time
   t0 = time.perf_counter()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     jitted = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, None),
