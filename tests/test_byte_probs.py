@@ -204,10 +204,13 @@ def test_lm_logprob_fn_matches_the_transformer_logits():
   from tokenlab.methods.transformer_lm import TransformerLMConfig
   method = ByteProbs(TransformerLMConfig(vocab_size=10, d_model=16, num_layers=1, num_heads=2))
   tokens = np.array([[1, 2, 3, 4, 5, 6]], np.int32)
-  params = method.init(jax.random.key(0), {"inputs": tokens})
-  params = jax.tree.map(lambda x: getattr(x, "value", x), params,
+  # Shapes only (compiling the random init is slow on a busy CPU); numpy values.
+  shapes = jax.eval_shape(method.init, jax.random.key(0), {"inputs": tokens})
+  shapes = jax.tree.map(lambda x: getattr(x, "value", x), shapes,
                         is_leaf=lambda x: hasattr(x, "value"))
-  logits = np.asarray(method.logits(params, {"inputs": tokens}), np.float64)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.3).astype(np.float32), shapes)
+  logits = np.asarray(jax.jit(method.logits)(params, {"inputs": tokens}), np.float64)
   want = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   fn = byte_level.lm_logprob_fn(
       jax.jit(lambda t: method.module.apply({"params": params}, t)), max_len=16, batch_size=2,
