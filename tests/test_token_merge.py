@@ -436,3 +436,24 @@ def test_benchmark_peer_computes_the_same_merge_and_bench_runs(capsys):
   assert bench.main(["--quick", "--repeats", "1", "--cases", "tome,boundaries"]) == 0
   out = capsys.readouterr().out
   assert "plain_jnp_tome" in out and "copy of x" in out
+
+
+@pytest.mark.parametrize("platform,module", [("cuda", "pallas_gpu"), ("tpu", "pallas_tpu")])
+def test_pallas_kernels_lower_for_their_platform(platform, module):
+  """Lowering to Triton IR / Mosaic MLIR runs on CPU: it catches ops the Triton or Mosaic
+  lowering does not support (value slicing in Triton, for one). It does not run the kernels;
+  Mosaic's layout passes and Triton's compilation happen only on the device."""
+  import importlib
+  kernels = importlib.import_module(f"tokenlab.kernels.token_merge.{module}")
+  spec = jax.ShapeDtypeStruct
+  a = spec((1, 256, 64), jnp.float32)
+  x = spec((1, 512, 64), jnp.float32)
+  w = spec((1, 512), jnp.float32)
+  g = spec((1, 512), jnp.int32)
+  m = spec((1, 512, 16), jnp.float32)
+  cases = [(lambda a, b: kernels.best_match(a, b, 1, 0), (a, a)),
+           (lambda x, w, g: kernels.segment_mean(x, w, g, 300), (x, w, g)),
+           (lambda x, m, w: kernels.local_window_merge(x, m, w, 16, 8), (x, m, w))]
+  for f, args in cases:
+    text = jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+    assert ("triton" in text) if platform == "cuda" else ("tpu_custom_call" in text)

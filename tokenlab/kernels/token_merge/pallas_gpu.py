@@ -7,11 +7,14 @@
   (batch, block of output groups); it visits only the token blocks that hold its groups (their
   range comes from a searchsorted over the ids), accumulating with a one-hot matmul and
   dividing at the end: sum and mean in one pass over x, no atomics.
-- `local_window_merge`: one program per (batch, block of windows): similarity, greedy pair
-  selection and weighted averaging of the window, all on chip.
+- `local_window_merge`: a selection kernel per (batch, block of windows) computes the adjacent
+  similarities, the greedy pairs and the group ids on chip; `segment_mean` then averages (the
+  groups are contiguous). Unlike the TPU version it is two kernels, because Triton cannot
+  slice or compact values inside a kernel; only int32 ids travel between them.
 
-Written for the Triton backend; tests run them with interpret=True on CPU. Block sizes are
-powers of two as Triton requires; inputs are padded to them.
+Written for the Triton backend; tests run them with interpret=True on CPU and lower them to
+Triton IR for a CUDA target (no GPU needed). Loaded tensors are powers of two, as Triton
+requires; inputs are padded to them.
 """
 
 from __future__ import annotations
@@ -125,7 +128,7 @@ def segment_mean(x: jax.Array, w: jax.Array, gid: jax.Array, num_groups: int, *,
       return acc + a, wacc + s
 
     init = (jnp.zeros((bm, dp), jnp.float32), jnp.zeros((bm, 1), jnp.float32))
-    acc, wacc = jax.lax.fori_loop(lo // bn, (hi + bn - 1) // bn, body, init)
+    acc, wacc = jax.lax.fori_loop(jax.lax.div(lo, bn), jax.lax.div(hi + bn - 1, bn), body, init)
     ok = wacc > 0
     out_ref[...] = jnp.where(ok, acc / jnp.where(ok, wacc, 1.0), 0.0).astype(out_ref.dtype)
     wsum_ref[...] = wacc[:, 0]
@@ -147,73 +150,95 @@ def segment_mean(x: jax.Array, w: jax.Array, gid: jax.Array, num_groups: int, *,
   return out[:, :num_groups, :d], wsum[:, :num_groups]
 
 
-def _window_call(x, metric, w, window: int, r_w: int, interpret: bool, params, nwb: int = 8):
-  """Runs `_blocks.window_block` over the full windows of (B, nw * window, ...) inputs."""
-  bsz, n, d = x.shape
+def _select_kernel_call(metric, window: int, r_w: int, interpret: bool, nwb: int = 8):
+  """Group ids (B, nw * window) of the full windows of `metric`, computed on chip.
+
+  One program per (batch, nwb windows) loads its tokens and the same tokens shifted by one (a
+  second load, since Triton has no value slicing), computes adjacent cosine similarities,
+  runs the r_w greedy rounds and turns the chosen pairs into group ids with a cumsum.
+  """
+  bsz, n, c = metric.shape
   nw = n // window
-  c = metric.shape[2]
-  nwb = min(nwb, nw)
+  cp = pl.next_power_of_2(c)
+  nwb = min(nwb, pl.next_power_of_2(nw))
+  t = nwb * window
   nw_p = pl.cdiv(nw, nwb) * nwb
-  xw = _pad_to(x.reshape(bsz, nw, window, d), 1, nw_p)
-  mw = _pad_to(metric.reshape(bsz, nw, window, c), 1, nw_p)
-  ww = _pad_to(w.reshape(bsz, nw, window), 1, nw_p)
+  # One extra row so the shifted load of the last block stays inside the array.
+  m = _pad_to(_pad_to(metric.astype(jnp.float32), 2, cp), 1, nw_p * window + 1)
   n_out = window - r_w
 
-  def kernel(x_ref, m_ref, w_ref, out_ref, gid_ref, size_ref):
-    out, slot, size = _blocks.window_block(x_ref[...], m_ref[...], w_ref[...], r_w)
-    out_ref[...] = out
-    gid_ref[...] = slot
-    size_ref[...] = size
+  def kernel(m_ref, gid_ref):
+    i = pl.program_id(1)
+    cur = m_ref[pl.ds(i * t, t), :]
+    nxt = m_ref[pl.ds(i * t + 1, t), :]
+    unit = lambda v: v / jnp.maximum(jnp.sqrt(jnp.sum(v * v, axis=1, keepdims=True)), 1e-30)
+    sim = jnp.sum(unit(cur) * unit(nxt), axis=1).reshape(nwb, window)
+    pos = jax.lax.broadcasted_iota(jnp.int32, (nwb, window), 1)
 
-  out, slot, size = pl.pallas_call(
+    def round_(_, carry):
+      free, absorbed, stuck = carry
+      key = jnp.where(free, sim, -jnp.inf)
+      mx = jnp.max(key, axis=1)
+      q = jnp.min(jnp.where(free & (key == mx[:, None]), pos, _blocks.BIG), axis=1)
+      ok = q < _blocks.BIG
+      qb, okb = q[:, None], ok[:, None]
+      absorbed = absorbed | ((pos == qb + 1) & okb)
+      free = free & ~((pos >= qb - 1) & (pos <= qb + 1) & okb)
+      return free, absorbed, stuck | ~ok
+
+    init = (pos < window - 1, jnp.zeros((nwb, window), bool), jnp.zeros((nwb,), bool))
+    _, absorbed, stuck = jax.lax.fori_loop(0, r_w, round_, init)
+    fallback = (pos % 2 == 1) & (pos < 2 * r_w)
+    absorbed = jnp.where(stuck[:, None], fallback, absorbed)
+    slot = jnp.cumsum(jnp.where(absorbed, 0, 1), axis=1) - 1
+    win = i * nwb + jax.lax.broadcasted_iota(jnp.int32, (nwb, window), 0)
+    gid_ref[...] = win * n_out + slot
+
+  gid = pl.pallas_call(
       kernel,
       grid=(bsz, nw_p // nwb),
-      in_specs=[pl.BlockSpec((None, nwb, window, d), lambda bi, i: (bi, i, 0, 0)),
-                pl.BlockSpec((None, nwb, window, c), lambda bi, i: (bi, i, 0, 0)),
-                pl.BlockSpec((None, nwb, window), lambda bi, i: (bi, i, 0))],
-      out_specs=[pl.BlockSpec((None, nwb, n_out, d), lambda bi, i: (bi, i, 0, 0)),
-                 pl.BlockSpec((None, nwb, window), lambda bi, i: (bi, i, 0)),
-                 pl.BlockSpec((None, nwb, n_out), lambda bi, i: (bi, i, 0))],
-      out_shape=[jax.ShapeDtypeStruct((bsz, nw_p, n_out, d), x.dtype),
-                 jax.ShapeDtypeStruct((bsz, nw_p, window), jnp.int32),
-                 jax.ShapeDtypeStruct((bsz, nw_p, n_out), jnp.float32)],
-      compiler_params=params,
+      in_specs=[pl.BlockSpec((None, nw_p * window + 1, cp), lambda bi, i: (bi, 0, 0))],
+      out_specs=pl.BlockSpec((None, nwb, window), lambda bi, i: (bi, i, 0)),
+      out_shape=jax.ShapeDtypeStruct((bsz, nw_p, window), jnp.int32),
+      compiler_params=_params(),
       interpret=interpret,
-  )(xw, mw, ww)
-  gid = slot[:, :nw] + (jnp.arange(nw, dtype=jnp.int32) * n_out)[None, :, None]
-  return (out[:, :nw].reshape(bsz, nw * n_out, d), gid.reshape(bsz, nw * window),
-          size[:, :nw].reshape(bsz, nw * n_out))
+  )(m)
+  return gid[:, :nw].reshape(bsz, nw * window)
 
 
-def local_window_merge_with(window_call, x, metric, w, window: int, r: int):
-  """Full windows through `window_call`, the short last window through the reference."""
-  bsz, n, _ = x.shape
+def window_group_ids(metric, window: int, r: int, select_full) -> tuple[jax.Array, int]:
+  """Group ids (B, N) and M: full windows through `select_full`, the short tail in jnp."""
+  bsz, n, _ = metric.shape
   nfull = (n // window) * window
   r_w = min(r, window // 2)
-  parts = []
-  if nfull and r_w:
-    parts.append(window_call(x[:, :nfull], metric[:, :nfull], w[:, :nfull], window, r_w))
-  elif nfull:
-    parts.append((x[:, :nfull], jnp.broadcast_to(jnp.arange(nfull, dtype=jnp.int32), (bsz, nfull)),
-                  w[:, :nfull].astype(jnp.float32)))
+  parts, offset = [], 0
+  if nfull:
+    if r_w:
+      parts.append(select_full(metric[:, :nfull], window, r_w))
+    else:
+      parts.append(jnp.broadcast_to(jnp.arange(nfull, dtype=jnp.int32), (bsz, nfull)))
+    offset = nfull - (nfull // window) * r_w
   if nfull < n:
-    tail_gid, tail_m = ref.local_window_plan(metric[:, nfull:], window, r)
-    tail_x, tail_w = ref.segment_weighted_mean(x[:, nfull:], w[:, nfull:], tail_gid, tail_m,
-                                               sorted_ids=True)
-    parts.append((tail_x, tail_gid, tail_w))
-  outs, gids, sizes, offset = [], [], [], 0
-  for out, gid, size in parts:
-    outs.append(out)
-    gids.append(gid + offset)
-    sizes.append(size)
-    offset += out.shape[1]
-  return (jnp.concatenate(outs, axis=1), jnp.concatenate(gids, axis=1),
-          jnp.concatenate(sizes, axis=1))
+    tail, tail_m = ref.local_window_plan(metric[:, nfull:], window, r)
+    parts.append(tail + offset)
+    offset += tail_m
+  return jnp.concatenate(parts, axis=1), offset
 
 
 @functools.partial(jax.jit, static_argnames=("window", "r", "interpret"))
 def local_window_merge(x: jax.Array, metric: jax.Array, w: jax.Array, window: int, r: int, *,
                        interpret: bool = False):
-  """Fused MergeDNA local merging -> (merged (B, M, D), group_ids (B, N), sizes (B, M))."""
-  call = functools.partial(_window_call, interpret=interpret, params=_params())
-  return local_window_merge_with(call, x, metric, w, window, r)
+  """MergeDNA local merging -> (merged (B, M, D), group_ids (B, N), sizes (B, M)).
+
+  Two kernels: the window selection kernel (metric in, group ids out) and `segment_mean`
+  (local-window groups are contiguous). x is read once, by the second; only the int32 ids
+  pass between them. Triton needs power-of-two tensors, so a window that is not a power of
+  two takes its group ids from the jnp reference instead of the selection kernel.
+  """
+  if window & (window - 1) == 0:
+    select = functools.partial(_select_kernel_call, interpret=interpret)
+  else:
+    select = lambda m, win, r_w: ref.local_window_plan(m, win, r_w)[0]
+  gid, m = window_group_ids(metric, window, r, select)
+  merged, wsum = segment_mean(x, w, gid, m, interpret=interpret)
+  return merged, gid, wsum

@@ -23,8 +23,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from tokenlab.kernels.token_merge import _blocks
-from tokenlab.kernels.token_merge.pallas_gpu import _pad_to, _window_call, group_ranges
-from tokenlab.kernels.token_merge.pallas_gpu import local_window_merge_with
+from tokenlab.kernels.token_merge import reference as ref
+from tokenlab.kernels.token_merge.pallas_gpu import _pad_to, group_ranges
 
 _LANES = 128
 
@@ -109,7 +109,7 @@ def segment_mean(x: jax.Array, w: jax.Array, gid: jax.Array, num_groups: int, *,
       return acc + a, wacc + s
 
     init = (jnp.zeros((bm, d), jnp.float32), jnp.zeros((bm, 1), jnp.float32))
-    acc, wacc = jax.lax.fori_loop(lo // bn, (hi + bn - 1) // bn, body, init)
+    acc, wacc = jax.lax.fori_loop(jax.lax.div(lo, bn), jax.lax.div(hi + bn - 1, bn), body, init)
     ok = wacc > 0
     out_ref[...] = jnp.where(ok, acc / jnp.where(ok, wacc, 1.0), 0.0).astype(out_ref.dtype)
     wsum_ref[...] = wacc
@@ -132,6 +132,70 @@ def segment_mean(x: jax.Array, w: jax.Array, gid: jax.Array, num_groups: int, *,
       interpret=_interpret(interpret),
   )(ranges, x, w, gid)
   return out[:, :num_groups], wsum[:, :num_groups, 0]
+
+
+def _window_call(x, metric, w, window: int, r_w: int, interpret, params, nwb: int = 8):
+  """Runs `_blocks.window_block` over the full windows of (B, nw * window, ...) inputs."""
+  bsz, n, d = x.shape
+  nw = n // window
+  c = metric.shape[2]
+  nwb = min(nwb, nw)
+  nw_p = pl.cdiv(nw, nwb) * nwb
+  xw = _pad_to(x.reshape(bsz, nw, window, d), 1, nw_p)
+  mw = _pad_to(metric.reshape(bsz, nw, window, c), 1, nw_p)
+  ww = _pad_to(w.reshape(bsz, nw, window), 1, nw_p)
+  n_out = window - r_w
+
+  def kernel(x_ref, m_ref, w_ref, out_ref, gid_ref, size_ref):
+    out, slot, size = _blocks.window_block(x_ref[...], m_ref[...], w_ref[...], r_w)
+    out_ref[...] = out
+    gid_ref[...] = slot
+    size_ref[...] = size
+
+  out, slot, size = pl.pallas_call(
+      kernel,
+      grid=(bsz, nw_p // nwb),
+      in_specs=[pl.BlockSpec((None, nwb, window, d), lambda bi, i: (bi, i, 0, 0)),
+                pl.BlockSpec((None, nwb, window, c), lambda bi, i: (bi, i, 0, 0)),
+                pl.BlockSpec((None, nwb, window), lambda bi, i: (bi, i, 0))],
+      out_specs=[pl.BlockSpec((None, nwb, n_out, d), lambda bi, i: (bi, i, 0, 0)),
+                 pl.BlockSpec((None, nwb, window), lambda bi, i: (bi, i, 0)),
+                 pl.BlockSpec((None, nwb, n_out), lambda bi, i: (bi, i, 0))],
+      out_shape=[jax.ShapeDtypeStruct((bsz, nw_p, n_out, d), x.dtype),
+                 jax.ShapeDtypeStruct((bsz, nw_p, window), jnp.int32),
+                 jax.ShapeDtypeStruct((bsz, nw_p, n_out), jnp.float32)],
+      compiler_params=params,
+      interpret=interpret,
+  )(xw, mw, ww)
+  gid = slot[:, :nw] + (jnp.arange(nw, dtype=jnp.int32) * n_out)[None, :, None]
+  return (out[:, :nw].reshape(bsz, nw * n_out, d), gid.reshape(bsz, nw * window),
+          size[:, :nw].reshape(bsz, nw * n_out))
+
+
+def local_window_merge_with(window_call, x, metric, w, window: int, r: int):
+  """Full windows through `window_call`, the short last window through the reference."""
+  bsz, n, _ = x.shape
+  nfull = (n // window) * window
+  r_w = min(r, window // 2)
+  parts = []
+  if nfull and r_w:
+    parts.append(window_call(x[:, :nfull], metric[:, :nfull], w[:, :nfull], window, r_w))
+  elif nfull:
+    parts.append((x[:, :nfull], jnp.broadcast_to(jnp.arange(nfull, dtype=jnp.int32), (bsz, nfull)),
+                  w[:, :nfull].astype(jnp.float32)))
+  if nfull < n:
+    tail_gid, tail_m = ref.local_window_plan(metric[:, nfull:], window, r)
+    tail_x, tail_w = ref.segment_weighted_mean(x[:, nfull:], w[:, nfull:], tail_gid, tail_m,
+                                               sorted_ids=True)
+    parts.append((tail_x, tail_gid, tail_w))
+  outs, gids, sizes, offset = [], [], [], 0
+  for out, gid, size in parts:
+    outs.append(out)
+    gids.append(gid + offset)
+    sizes.append(size)
+    offset += out.shape[1]
+  return (jnp.concatenate(outs, axis=1), jnp.concatenate(gids, axis=1),
+          jnp.concatenate(sizes, axis=1))
 
 
 @functools.partial(jax.jit, static_argnames=("window", "r", "interpret"))
