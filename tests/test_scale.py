@@ -133,6 +133,7 @@ def test_scale_cli_runs_points_and_writes_csv_and_png(tmp_path):
   fsdp, dp = rows
   for r in rows:
     assert float(r["step_time_ms"]) > 0 and float(r["tokens_per_sec"]) > 0
+    assert 0 < float(r["step_time_best_ms"]) <= float(r["step_time_ms"]) * (1 + 1e-6)
     assert 0 < float(r["mfu"]) < 1.5
     assert np.isfinite(float(r["final_loss"]))
     assert int(r["tokens_per_step"]) == 8 * 64
