@@ -12,7 +12,7 @@ from tokenlab.data import default_data_config
 SIZES = {
     #        d_model heads enc dec main window  seq  batch steps   lr
     "tiny": (32, 2, 1, 1, 1, 16, 64, 8, 20, 3e-3),
-    "small": (128, 4, 1, 1, 3, 32, 256, 16, 300, 2e-3),
+    "small": (128, 4, 1, 1, 3, 32, 128, 16, 300, 2e-3),
     "base": (768, 12, 2, 2, 12, 256, 2048, 256, 20000, 6e-4),   # accelerators (TPU/GPU)
 }
 
