@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
@@ -211,12 +212,29 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
                      "info/peak_flops": peak})
 
   def evaluate(step: int) -> dict[str, float]:
-    it = eval_iter_fn(local_batch, config.seed)
-    results = []
+    """Exact metrics over the validation split (or its first eval_batches batches).
+
+    With several processes, each feeds its own shard; one that runs out first feeds
+    fully-masked batches until all are done, so every process runs the same collectives.
+    """
+    it = iter(eval_iter_fn(local_batch, config.seed))
+    results, template = [], None
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      for i, batch in enumerate(it):
+      for i in itertools.count():
         if tc.eval_batches and i >= tc.eval_batches:
           break
+        batch = next(it, None)
+        if jax.process_count() > 1:
+          from jax.experimental import multihost_utils
+          alive = multihost_utils.process_allgather(np.int32(batch is not None))
+          if not np.any(alive):
+            break
+          if batch is None:
+            from tokenlab.data.pipeline import masked_batch_like
+            batch = masked_batch_like(template)
+        elif batch is None:
+          break
+        template = batch
         results.append(jit_eval(state.params, to_global(batch), eval_rng))
     if not results:
       return {}
