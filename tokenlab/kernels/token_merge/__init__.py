@@ -314,17 +314,12 @@ def _local_window_merge(x, metric, w, window, r, impl, interp):
     from tokenlab.kernels.token_merge import pallas_gpu as kernels
   else:
     from tokenlab.kernels.token_merge import pallas_tpu as kernels
-  return _local_window_fused(x, metric, w, window, r, kernels, interp)
-
-
-
-def _local_window_fused(x, metric, w, window, r, kernels, interpret):
-  """The fused window kernel forward; the shared segment-mean VJP backward."""
-  return _window_vjp(x, w, metric, window, r, kernels, interpret)
+  return _window_vjp(x, w, metric, window, r, kernels, interp)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _window_vjp(x, w, metric, window, r, kernels, interpret):
+  """The window kernels' forward with the shared segment-mean backward."""
   return kernels.local_window_merge(x, metric, w, window, r, interpret=interpret)
 
 
