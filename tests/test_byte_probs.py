@@ -221,3 +221,21 @@ def test_lm_logprob_fn_matches_the_transformer_logits():
   tok = _bpe(b"01", 10)
   bl = method.byte_level(params, tok, max_len=16)
   assert bl.next_byte_probs([((1,), b"01")]).shape == (1, 256)
+
+
+def test_experiment_variants():
+  from tokenlab.config import load_config
+  for arg in ("size=tiny", "size=tiny,data=pysrc,vocab=512", "size=small,tokenizer=bytes",
+              "size=base"):
+    c = load_config(f"experiments/byte_probs.py:{arg}")
+    assert c.model.vocab_size == c.data.vocab_size and c.model.name == "byte_probs"
+
+
+def test_repro_quick(tmp_path):
+  import os
+  from tokenlab import repro
+  report = repro.run("byte_probs", workdir=str(tmp_path), quick=True)
+  assert report.verdict == repro.NOT_ASSESSED
+  assert os.path.exists(tmp_path / "repro.md")
+  kinds = {a for a, _, _ in report.rows}
+  assert {"markov bpe64 naive", "markov bpe64 healing", "markov bpe64 exact"} <= kinds
