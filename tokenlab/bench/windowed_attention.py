@@ -6,8 +6,9 @@
 
 Each case times ours and the peer alternately in one process and reports the best of
 `--repeats` runs of each (the minimum is the least disturbed by other work on a shared
-machine) and their ratio. The CPU suite also reports time at the longest seq over time at
-`--base-seq` (linear scaling gives seq ratio), and compiled temporary memory
+machine) and their ratio. The CPU suite then times ours alone at every seq of `--seqs`
+(alternating between seqs) and prints time(longest) / time(shortest) (linear scaling gives
+the seq ratio), and compiled temporary memory
 (`jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes`) per seq.
 """
 
@@ -116,23 +117,31 @@ def _cpu_suite(args: argparse.Namespace) -> int:
         f"{args.implementation or 'default'}, peer=jax.nn.dot_product_attention(xla, "
         f"local_window_size={window}); batch={args.batch} heads={args.heads} "
         f"head_dim={args.head_dim} {args.dtype}; best of {args.repeats}")
-  print(f"{'case':<22}{'seq':>7}{'ours ms':>11}{'peer ms':>11}{'peer/ours':>11}")
-  times = {}
-  for seq in seqs:
-    x = _inputs(args.batch, seq, args.heads, args.heads, args.head_dim, dtype)
-    with_peer = seq <= args.base_seq  # the peer is O(seq^2): 32k would need ~17 GB logits
-    for name, mk in (("forward", lambda f: f), ("forward+backward", _fwd_bwd)):
-      fns = [mk(ours)] + ([mk(peer)] if with_peer else [])
-      t = _best_times(fns, x, args.repeats)
-      times[(name, seq)] = t[0]
-      peer_ms = f"{t[1] * 1e3:11.1f}" if with_peer else f"{'-':>11}"
-      ratio = f"{t[1] / t[0]:10.1f}x" if with_peer else f"{'-':>11}"
-      print(f"{name:<22}{seq:>7}{t[0] * 1e3:11.1f}{peer_ms}{ratio}", flush=True)
-  if len(seqs) > 1:
-    lo, hi = min(seqs), max(seqs)
-    for name in ("forward", "forward+backward"):
-      print(f"scaling {name}: time(seq {hi}) / time(seq {lo}) = "
-            f"{times[(name, hi)] / times[(name, lo)]:.2f} (linear = {hi / lo:.0f})")
+  base = _inputs(args.batch, args.base_seq, args.heads, args.heads, args.head_dim, dtype)
+  print(f"vs peer at seq {args.base_seq}:")
+  print(f"{'case':<22}{'ours ms':>11}{'peer ms':>11}{'peer/ours':>11}")
+  for name, mk in (("forward", lambda f: f), ("forward+backward", _fwd_bwd)):
+    t = _best_times([mk(ours), mk(peer)], base, args.repeats)
+    print(f"{name:<22}{t[0] * 1e3:11.1f}{t[1] * 1e3:11.1f}{t[1] / t[0]:10.1f}x", flush=True)
+  # Scaling: ours at every seq, timed alternately across seqs (the O(seq^2) peer would need
+  # ~17 GB of logits at 32k and is left out), so that drifting load hits all seqs alike.
+  print(f"scaling of ours (best of {args.repeats}, seqs timed alternately):")
+  xs = {seq: _inputs(args.batch, seq, args.heads, args.heads, args.head_dim, dtype)
+        for seq in seqs}
+  lo, hi = min(seqs), max(seqs)
+  for name, mk in (("forward", lambda f: f), ("forward+backward", _fwd_bwd)):
+    fn = jax.jit(mk(ours))
+    for seq in seqs:
+      jax.block_until_ready(fn(*xs[seq]))
+    best = {seq: float("inf") for seq in seqs}
+    for _ in range(args.repeats):
+      for seq in seqs:
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*xs[seq]))
+        best[seq] = min(best[seq], time.perf_counter() - start)
+    cells = ", ".join(f"seq {seq}: {best[seq] * 1e3:.1f} ms" for seq in seqs)
+    print(f"{name:<18} {cells}; time({hi})/time({lo}) = {best[hi] / best[lo]:.2f} "
+          f"(linear = {hi / lo:.0f})", flush=True)
   print("compiled temporary memory (MiB):")
   print(f"{'seq':>7}{'ours fwd':>11}{'ours f+b':>11}{'peer fwd':>11}{'peer f+b':>11}")
   for seq in args.memory_seqs:
