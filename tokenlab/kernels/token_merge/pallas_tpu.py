@@ -5,9 +5,8 @@ Same algorithms as pallas_gpu.py, laid out for the TPU:
 - `best_match`: grid (batch, A blocks, B blocks) with the B axis a sequential reduction; the
   running max/argmax lives in the resident output block, so scores stay in VMEM.
 - `segment_mean`: grid (batch, output-group blocks). The token range of each output block is
-  prefetched into SMEM (scalar prefetch); the kernel DMAs just those token blocks of x from HBM
-  and accumulates with one-hot matmuls on the MXU (f32, precision HIGHEST). The DMA is not
-  double-buffered yet (a known limit: latency-bound for very short groups).
+  prefetched into SMEM (scalar prefetch); the kernel DMAs just those token blocks of x from HBM,
+  double-buffered, and accumulates with one-hot matmuls on the MXU (f32, precision HIGHEST).
 - `local_window_merge`: blocks of 8 windows per grid step, everything in VMEM.
 
 Tests run them in TPU interpret mode on CPU (`pltpu.InterpretParams`).
@@ -94,22 +93,37 @@ def segment_mean(x: jax.Array, w: jax.Array, gid: jax.Array, num_groups: int, *,
   w = _pad_to(w.astype(jnp.float32), 1, n_p)[:, None, :]
   gid = _pad_to(gid, 1, n_p, _blocks.BIG)[:, None, :]
 
-  def kernel(range_ref, x_hbm, w_ref, g_ref, out_ref, wsum_ref, xbuf):
+  def kernel(range_ref, x_hbm, w_ref, g_ref, out_ref, wsum_ref, xbuf, sem):
     bi, i = pl.program_id(0), pl.program_id(1)
-    lo = range_ref[bi, i]
-    hi = range_ref[bi, i + 1]
+    first = jax.lax.div(range_ref[bi, i], bn)
+    last = jax.lax.div(range_ref[bi, i + 1] + bn - 1, bn)  # exclusive
     g0 = i * bm
 
+    def copy(k, slot):
+      return pltpu.make_async_copy(x_hbm.at[bi, pl.ds(pl.multiple_of(k * bn, bn), bn)],
+                                   xbuf.at[slot], sem.at[slot])
+
+    @pl.when(first < last)
+    def _():
+      copy(first, 0).start()
+
     def body(k, carry):
+      # Double buffering: block k + 1 streams in while block k is reduced.
+      slot = jax.lax.rem(k - first, 2)
+
+      @pl.when(k + 1 < last)
+      def _():
+        copy(k + 1, 1 - slot).start()
+
+      copy(k, slot).wait()
       acc, wacc = carry
       start = pl.multiple_of(k * bn, bn)
-      pltpu.sync_copy(x_hbm.at[bi, pl.ds(start, bn)], xbuf)
-      a, s = _blocks.segment_block(xbuf[...], w_ref[0, pl.ds(start, bn)],
+      a, s = _blocks.segment_block(xbuf[slot], w_ref[0, pl.ds(start, bn)],
                                    g_ref[0, pl.ds(start, bn)], g0, bm)
       return acc + a, wacc + s
 
     init = (jnp.zeros((bm, d), jnp.float32), jnp.zeros((bm, 1), jnp.float32))
-    acc, wacc = jax.lax.fori_loop(jax.lax.div(lo, bn), jax.lax.div(hi + bn - 1, bn), body, init)
+    acc, wacc = jax.lax.fori_loop(first, last, body, init)
     ok = wacc > 0
     out_ref[...] = jnp.where(ok, acc / jnp.where(ok, wacc, 1.0), 0.0).astype(out_ref.dtype)
     wsum_ref[...] = wacc
@@ -124,7 +138,7 @@ def segment_mean(x: jax.Array, w: jax.Array, gid: jax.Array, num_groups: int, *,
                     pl.BlockSpec((None, 1, n_p), lambda bi, i, rng: (bi, 0, 0))],
           out_specs=[pl.BlockSpec((None, bm, d), lambda bi, i, rng: (bi, i, 0)),
                      pl.BlockSpec((None, bm, 1), lambda bi, i, rng: (bi, i, 0))],
-          scratch_shapes=[pltpu.VMEM((bn, d), x.dtype)],
+          scratch_shapes=[pltpu.VMEM((2, bn, d), x.dtype), pltpu.SemaphoreType.DMA((2,))],
       ),
       out_shape=[jax.ShapeDtypeStruct((bsz, m_p, d), x.dtype),
                  jax.ShapeDtypeStruct((bsz, m_p, 1), jnp.float32)],
