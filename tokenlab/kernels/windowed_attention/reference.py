@@ -2,15 +2,16 @@
 
 Both sequences are cut into blocks of `block` positions. Query block n sees key blocks
 ``n - a .. n + c`` (a = ceil(left / block), c = ceil(right / block)); those T = a + c + 1 key
-blocks are gathered side by side into a *band* of T * block keys by stacking T shifted views
-of the blocked keys (no gather, no N x N array). Each query block then does one dense
-(block x T*block) attention with a mask, which is vectorised over all blocks at once: on CPU
-one large batched matmul beats a loop over blocks by a wide margin.
+blocks are laid side by side into a *band* of T * block keys by stacking T shifted views
+of the blocked keys (no gather, never an N x N array). Each query block then does one dense
+(block x T*block) masked attention. Blocks are batched: a `lax.map` walks chunks of about
+CHUNK_ROWS query positions and each step is one batched matmul over the chunk's blocks, which
+on CPU beats a loop over single blocks by a wide margin and keeps each step's logits in cache.
 
-Memory is O(seq * T * block * heads), linear in seq. The backward pass is a custom VJP that
-recomputes the probabilities from the saved log-sum-exp (as flash attention does), so autodiff
-does not keep the (seq x T*block) probabilities of every block alive as residuals beyond
-what the recompute needs; dk and dv come back from the band by summing the T shifted views.
+Compiled temporary memory is O(seq * heads * head_dim) plus one chunk's logits, linear in
+seq. The backward pass is a custom VJP that saves only the output and the log-sum-exp and
+recomputes the probabilities chunk by chunk (as flash attention does); dk and dv come back
+from the band by summing the T shifted views into a scan carry.
 """
 
 from __future__ import annotations
