@@ -51,8 +51,8 @@ def _resolve(implementation: str | None, interpret: bool | None) -> tuple[str, b
 
 def _check_3d(name: str, x) -> None:
   if getattr(x, "ndim", None) != 3:
-    raise TokenlabError(f"{name} must be (batch, tokens, dim), got shape {getattr(x, 'shape', None)}; "
-                        "add a batch axis with x[None]")
+    raise TokenlabError(f"{name} must be (batch, tokens, dim), got shape "
+                        f"{getattr(x, 'shape', None)}; add a batch axis with x[None]")
 
 
 def _check_int(name: str, value, lo: int) -> int:
@@ -190,7 +190,8 @@ def unmerge(merged: jax.Array, group_ids: jax.Array) -> jax.Array:
   _check_3d("merged", merged)
   if getattr(group_ids, "ndim", None) != 2 or group_ids.shape[0] != merged.shape[0]:
     raise TokenlabError(f"group_ids must be (batch, tokens) with batch {merged.shape[0]}, got "
-                        f"{getattr(group_ids, 'shape', None)}; pass the group_ids the merge returned")
+                        f"{getattr(group_ids, 'shape', None)}; pass the group_ids the merge "
+                        "returned")
   return _gather(merged, group_ids)
 
 
