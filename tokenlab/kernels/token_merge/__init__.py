@@ -148,8 +148,8 @@ def merge_by_boundaries(x: jax.Array, boundaries: jax.Array, *, weights: jax.Arr
     boundaries: (B, N) bool, True where a new group starts; position 0 always starts one.
     weights: optional (B, N) nonnegative weights (e.g. boundary probabilities); the group
       value is sum(w x) / sum(w). Differentiable in x and weights.
-    max_groups: M, the padded number of output groups (default N). With concrete boundaries,
-      more groups than M raises TokenlabError. Under jit the count cannot be checked: tokens of
+    max_groups: M, the padded number of output groups (default N). With concrete boundaries
+      (outside jit; checked on the host, which syncs) more groups than M raises TokenlabError. Under jit the count cannot be checked: tokens of
       groups >= M are then left out of `merged`, but their `group_ids` still say so
       (`group_ids.max() >= M`) and `unmerge` gives them zeros; nothing is dropped silently.
     implementation, interpret: see the module docstring.
