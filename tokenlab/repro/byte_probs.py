@@ -23,7 +23,6 @@ not hold = none.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 

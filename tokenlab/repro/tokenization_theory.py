@@ -19,7 +19,6 @@ did not hold = neither. The unigram-over-tokens rows are reported alongside (cla
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
