@@ -43,6 +43,7 @@ def base_config() -> ConfigDict:
   """The keys every experiment has; experiment files fill in model and data."""
   c = ConfigDict()
   c.seed = 0
+  c.resume = ""                 # "force": resume a workdir whose config differs (kept as backup)
   c.train = ConfigDict(dict(
       steps=1000,
       batch_size=32,            # global, across all processes

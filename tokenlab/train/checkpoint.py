@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import json
+
 import grain
 import jax
 import orbax.checkpoint as ocp
@@ -37,7 +39,7 @@ class Checkpointer:
            force: bool = True) -> bool:
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+      items["data"] = grain.checkpoint.CheckpointSave(_as_grain(data_iterator))
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
@@ -50,7 +52,7 @@ class Checkpointer:
     self.check_compatible(step, abstract_state)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      items["data"] = grain.checkpoint.CheckpointRestore(_as_grain(data_iterator))
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, TypeError) as e:
@@ -96,3 +98,31 @@ def _key_name(key: Any) -> str:
     if hasattr(key, attr):
       return str(getattr(key, attr))
   return str(key)
+
+
+class _StateAdapter:
+  """Lets grain's orbax handler save any iterator with get_state()/set_state().
+
+  grain's handler stores bytes states as they are and dict states as JSON only for its own
+  DatasetIterator; user iterators (custom pipelines, tests) may return either.
+  """
+
+  def __init__(self, iterator: Any):
+    self.iterator = iterator
+
+  def get_state(self) -> bytes:
+    state = self.iterator.get_state()
+    return state if isinstance(state, bytes) else json.dumps(state).encode()
+
+  def set_state(self, state: bytes) -> None:
+    current = self.iterator.get_state()
+    self.iterator.set_state(state if isinstance(current, bytes) else json.loads(state))
+
+  def start_prefetch(self) -> None:
+    pass
+
+
+def _as_grain(iterator: Any) -> Any:
+  if isinstance(iterator, (grain.DatasetIterator, grain.DataLoaderIterator)):
+    return iterator
+  return _StateAdapter(iterator)

@@ -38,7 +38,7 @@ from tokenlab.train.state import abstract_state, count_params, init_sharded_stat
 from tokenlab.train.step import make_eval_step, make_train_step
 
 # Keys that may change between runs in one workdir without invalidating its checkpoints.
-RESUMABLE_CHANGES = ("train.progress", "train.log_every", "train.eval_every",
+RESUMABLE_CHANGES = ("resume", "train.progress", "train.log_every", "train.eval_every",
                      "train.eval_batches", "checkpoint.every_steps", "checkpoint.keep",
                      "checkpoint.async_save", "train.steps")
 
@@ -53,10 +53,13 @@ def check_workdir(config: ConfigDict, workdir: str) -> None:
       previous = config_lib.from_json(f.read())
     diff = [k for k in config_lib.config_diff(previous, config)
             if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
-    if diff:
+    if diff and config.get("resume", "") != "force":
       raise TokenlabError(f"workdir {workdir} holds a run with a different config (keys "
                           f"{', '.join(diff[:6])}{'...' if len(diff) > 6 else ''}); use a new "
-                          f"--workdir, or the same config to resume")
+                          f"--workdir, or --config.resume=force to continue it with this one")
+    if diff and jax.process_index() == 0:  # Keep the config the checkpoints were made with.
+      backup = os.path.join(workdir, f"config.replaced_{int(time.time())}.json")
+      os.replace(path, backup)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     tmp = path + ".tmp"
@@ -241,12 +244,16 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
     return {f"eval/{k}": v for k, v in reduce_metrics(results).items()}
 
   def check_finite(metrics: dict[str, float], step: int) -> None:
-    loss = metrics.get("train/step_loss", metrics.get("train/loss", 0.0))
-    if on_nonfinite == "halt" and not math.isfinite(loss):
+    """Stops before a non-finite update is checkpointed (checked at every log and save)."""
+    loss = metrics.get("train/step_loss", 0.0)
+    grad_norm = metrics.get("train/grad_norm", 0.0)
+    if on_nonfinite == "halt" and not (math.isfinite(loss) and math.isfinite(grad_norm)):
+      ckpt.wait()
       last = ckpt.latest_step()
-      raise TokenlabError(f"non-finite training loss ({loss}) by step {step}; the last good "
-                          f"checkpoint is step {last}; lower config.optimizer.lr, use "
-                          f"float32 compute, or set --config.train.on_nonfinite=skip")
+      raise TokenlabError(f"non-finite training loss/gradient (loss {loss}, grad norm "
+                          f"{grad_norm}) within steps {step - len(window) + 1}..{step}; the "
+                          f"last good checkpoint is step {last}; lower config.optimizer.lr, "
+                          f"use float32 compute, or set --config.train.on_nonfinite=skip")
 
   progress = None
   if is_main and tc.progress:
@@ -276,59 +283,61 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
     jax.block_until_ready(state)
     window_time += time.perf_counter() - t_mark
 
-  with _Preemption() as preempt:
-    while step < tc.steps:
-      batch = pending.pop() if pending else next(train_iter)
-      with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        state, metrics = compiled_step(state, to_global(batch), step_rng)
-      step += 1
-      window.append(metrics)
-      log_now = step % tc.log_every == 0 or step == tc.steps
-      eval_now = (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps
-      save_now = (step % config.checkpoint.every_steps == 0 or step == tc.steps
-                  or preempt.check(step))
-      if not (log_now or save_now or eval_now):
+  try:
+    with _Preemption() as preempt:
+      while step < tc.steps:
+        batch = pending.pop() if pending else next(train_iter)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+          state, metrics = compiled_step(state, to_global(batch), step_rng)
+        step += 1
+        window.append(metrics)
+        log_now = step % tc.log_every == 0 or step == tc.steps
+        eval_now = (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps
+        save_now = (step % config.checkpoint.every_steps == 0 or step == tc.steps
+                    or preempt.check(step))
+        if not (log_now or save_now or eval_now):
+          if progress is not None:
+            progress.update(1)
+          continue
+        pause_clock()
+        if log_now or save_now:
+          scalars = {f"train/{k}": v for k, v in reduce_metrics(window).items()}
+          check_finite(scalars, step)
+          if log_now:
+            scalars["perf/steps_per_sec"] = len(window) / window_time
+            scalars["perf/tokens_per_sec"] = len(window) * tokens_per_step / window_time
+            scalars["perf/mfu"] = flops_step * len(window) / window_time / peak
+            last.update(scalars)
+            writer.write(step, scalars)
+            if progress is not None:
+              progress.set_postfix(loss=f"{scalars['train/loss']:.4f}",
+                                   tok_s=f"{scalars['perf/tokens_per_sec']:.0f}",
+                                   mfu=f"{100 * scalars['perf/mfu']:.1f}%")
+            window, window_time = [], 0.0
+        if save_now:
+          ckpt.save(step, state, train_iter)
+        if eval_now:
+          ev = evaluate(step)
+          if ev:
+            last.update(ev)
+            writer.write(step, ev)
+            if progress is not None:
+              progress.write(f"step {step}: " + ", ".join(
+                  f"{k}={v:.4f}" for k, v in sorted(ev.items())))
         if progress is not None:
           progress.update(1)
-        continue
-      pause_clock()
-      if log_now or save_now:
-        scalars = {f"train/{k}": v for k, v in reduce_metrics(window).items()}
-        check_finite(scalars, step)
-        if log_now:
-          scalars["perf/steps_per_sec"] = len(window) / window_time
-          scalars["perf/tokens_per_sec"] = len(window) * tokens_per_step / window_time
-          scalars["perf/mfu"] = flops_step * len(window) / window_time / peak
-          last.update(scalars)
-          writer.write(step, scalars)
+        t_mark = time.perf_counter()
+        if preempt.requested:
+          if not save_now:  # SIGTERM arrived during eval: save this step before leaving.
+            ckpt.save(step, state, train_iter)
           if progress is not None:
-            progress.set_postfix(loss=f"{scalars['train/loss']:.4f}",
-                                 tok_s=f"{scalars['perf/tokens_per_sec']:.0f}",
-                                 mfu=f"{100 * scalars['perf/mfu']:.1f}%")
-          window, window_time = [], 0.0
-      if save_now:
-        ckpt.save(step, state, train_iter)
-      if eval_now:
-        ev = evaluate(step)
-        if ev:
-          last.update(ev)
-          writer.write(step, ev)
-          if progress is not None:
-            progress.write(f"step {step}: " + ", ".join(
-                f"{k}={v:.4f}" for k, v in sorted(ev.items())))
-      if progress is not None:
-        progress.update(1)
-      t_mark = time.perf_counter()
-      if preempt.requested:
-        if not save_now:  # SIGTERM arrived during eval: save this step before leaving.
-          ckpt.save(step, state, train_iter)
-        if progress is not None:
-          progress.write(f"SIGTERM: saved checkpoint at step {step}; re-run to resume")
-        break
-  if progress is not None:
-    progress.close()
-  ckpt.close()
-  writer.close()
+            progress.write(f"SIGTERM: saved checkpoint at step {step}; re-run to resume")
+          break
+  finally:
+    if progress is not None:
+      progress.close()
+    ckpt.close()
+    writer.close()
   last.update({"step": step, "info/params": n_params, "info/peak_source": peak_source})
   return last
 
