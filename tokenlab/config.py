@@ -68,6 +68,26 @@ def base_config() -> ConfigDict:
   return c
 
 
+def set_schedule(c: ConfigDict, *, steps: int, batch_size: int, lr: float, logs: int = 50,
+                 evals: int = 4, checkpoints: int = 4, warmup_fraction: float = 0.05) -> None:
+  """Sets the step budget and the cadences that follow from it (logs / evals / checkpoints
+  per run, warm-up as a fraction of the run), so experiment files state only the budget."""
+  c.train.steps = steps
+  c.train.batch_size = batch_size
+  c.train.log_every = max(steps // logs, 1)
+  c.train.eval_every = max(steps // evals, 1)
+  c.checkpoint.every_steps = max(steps // checkpoints, 1)
+  c.optimizer.lr = lr
+  c.optimizer.warmup_steps = max(int(steps * warmup_fraction), 1)
+
+
+def set_accelerator_defaults(c: ConfigDict) -> None:
+  """What the accelerator-sized variants share: bfloat16 compute over float32 master weights
+  and parameters sharded over all devices (FSDP)."""
+  c.train.compute_dtype = "bfloat16"
+  c.mesh.data, c.mesh.fsdp = 1, -1
+
+
 def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
   """Parses 'size=tiny,window=64' into a ConfigDict over `defaults` (types follow defaults)."""
   out = ConfigDict(defaults)
@@ -221,5 +241,5 @@ def config_diff(a: ConfigDict, b: ConfigDict) -> list[str]:
   return sorted(k for k in set(fa) | set(fb) if fa.get(k, "<absent>") != fb.get(k, "<absent>"))
 
 
-__all__ = ["base_config", "parse_arg", "choose", "load_config", "apply_overrides", "flatten", "to_json",
+__all__ = ["base_config", "parse_arg", "choose", "set_schedule", "set_accelerator_defaults", "load_config", "apply_overrides", "flatten", "to_json",
            "from_json", "config_diff", "DEFAULT_SHARDING_RULES", "ml_collections"]
