@@ -1,6 +1,7 @@
 """H-Net (dynamic chunking): the paper's checks, causality, STE, shapes, repro --quick."""
 
 import dataclasses
+import functools
 
 import chex
 import jax
@@ -28,10 +29,13 @@ def _batch(length=48, bsz=2, seed=0, docs=False):
               target_bytes=jnp.ones((bsz, length), jnp.int32))
 
 
-def _method(**kw):
-  m = HNet(dataclasses.replace(TINY, **kw))
-  params = meta.unbox(m.init(jax.random.key(1), _batch()))
-  return m, params
+@functools.lru_cache(maxsize=None)
+def _method(stages=1, target_ratio=(4.0,), smoothing=True):
+  """(method, params, jitted apply), built once per configuration."""
+  m = HNet(dataclasses.replace(TINY, stages=stages, target_ratio=target_ratio,
+                               smoothing=smoothing))
+  params = meta.unbox(jax.jit(m.init)(jax.random.key(1), _batch()))
+  return m, params, jax.jit(m.apply)
 
 
 def test_ratio_loss_minimum_is_one_at_target():
@@ -97,11 +101,10 @@ def test_boundary_probs_follow_cosine():
 
 
 @pytest.mark.parametrize("stages,smoothing", [(1, True), (2, True), (1, False)])
-def test_causal_shapes_and_metrics(stages, smoothing):
+def test_causal_and_shapes(stages, smoothing):
   ratio = (4.0,) if stages == 1 else (2.0, 2.0)
-  m, params = _method(stages=stages, target_ratio=ratio, smoothing=smoothing)
+  _, params, apply = _method(stages, ratio, smoothing)
   batch = _batch(docs=True)
-  apply = jax.jit(m.apply)
   logits, stats = apply(params, batch)
   chex.assert_shape(logits, (2, 48, 256))
   assert len(stats) == stages
@@ -111,34 +114,34 @@ def test_causal_shapes_and_metrics(stages, smoothing):
     logits2, _ = apply(params, changed)
     np.testing.assert_array_equal(np.asarray(logits[:, :j]), np.asarray(logits2[:, :j]))
     assert np.abs(np.asarray(logits[:, j:] - logits2[:, j:])).max() > 0
-  loss, metrics = jax.jit(m.loss)(params, batch, jax.random.key(0))
+
+
+def test_packed_documents_do_not_see_each_other():
+  _, params, apply = _method()
+  batch = _batch(docs=True)
+  logits, _ = apply(params, batch)
+  earlier = dict(batch, inputs=batch["inputs"].at[0, :20].set(7))
+  logits2, _ = apply(params, earlier)
+  np.testing.assert_allclose(logits[0, 20:], logits2[0, 20:], atol=1e-5)
+
+
+def test_loss_metrics_router_gradients_and_sampling():
+  m, params, apply = _method()
+  batch = _batch(docs=True)
+  (loss, metrics), g = jax.jit(jax.value_and_grad(m.loss, has_aux=True))(params, batch, None)
   assert np.isfinite(loss)
   for key in ("bits_per_byte", "compression_ratio", "ratio_loss", "stage1/chunk_overflow"):
     assert key in metrics
   assert float(metrics["compression_ratio"].value()) >= 1.0
-
-
-def test_packed_documents_do_not_see_each_other():
-  m, params = _method()
-  batch = _batch(docs=True)
-  logits, _ = jax.jit(m.apply)(params, batch)
-  earlier = dict(batch, inputs=batch["inputs"].at[0, :20].set(7))
-  logits2, _ = jax.jit(m.apply)(params, earlier)
-  np.testing.assert_allclose(logits[0, 20:], logits2[0, 20:], atol=1e-5)
-
-
-def test_gradients_reach_the_router_and_sampling_runs():
-  m, params = _method()
-  batch = _batch()
-  g = jax.jit(jax.grad(lambda p: m.loss(p, batch, None)[0]))(params)
   assert float(jnp.abs(g["stage_0"]["q_proj"]["kernel"]).sum()) > 0
-  prompt = batch["inputs"][:, :24]
-  out = m.sample(params, prompt, jnp.array([4, 6]), jax.random.key(0), temperature=0.0)
-  chex.assert_shape(out, (2, 24))
-  np.testing.assert_array_equal(out[0, :4], prompt[0, :4])
+  plain = _batch()  # positions = arange, one segment: what sample() assumes
+  prompt = plain["inputs"]
+  out = m.sample(params, prompt, jnp.array([40, 44]), jax.random.key(0), temperature=0.0)
+  chex.assert_shape(out, prompt.shape)
+  np.testing.assert_array_equal(out[0, :40], prompt[0, :40])
   # Greedy sampling is the model's own argmax continuation.
-  logits, _ = m.module.apply({"params": params}, out)
-  np.testing.assert_array_equal(out[0, 4:], jnp.argmax(logits[0, 3:-1], -1))
+  logits, _ = apply(params, dict(plain, inputs=out))
+  np.testing.assert_array_equal(out[0, 40:], jnp.argmax(logits[0, 39:-1], -1))
   assert m.flops_per_byte(48) < m.flops_per_token(48)  # padded slots cost more than N
 
 

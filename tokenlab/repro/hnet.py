@@ -136,7 +136,7 @@ def run(ctx: Context) -> Report:
   layers, tl_flops, hnet_flops = _matched_layers(hcfg, seq)
   common = [f"--config.train.steps={steps}", f"--config.train.eval_every={steps}",
             f"--config.checkpoint.every_steps={steps}",
-            f"--config.train.eval_batches={2 if ctx.quick else 10}"]
+            f"--config.train.eval_batches={1 if ctx.quick else 10}"]
   shared = [f"--config.train.batch_size={hcfg.train.batch_size}",
             f"--config.data.seq_len={seq}", f"--config.optimizer.lr={hcfg.optimizer.lr}",
             f"--config.optimizer.warmup_steps={hcfg.optimizer.warmup_steps}"]
