@@ -1,0 +1,62 @@
+"""MergeDNA: learned DNA tokens by local token merging (MTR + latent MTR + AMTM losses).
+
+  tokenlab train --config experiments/mergedna.py:size=tiny --workdir runs/mergedna
+  tokenlab repro mergedna        # the mini-reproduction (size=small arms)
+  variants: size=tiny|small|base, tokenizer=learned|kmer (fixed k-mers at ~ the same
+  compression), objective=mergedna|mlm (plain masked LM with uniformly masked bases).
+
+Rows are whole dna windows: seq_len = data.options.length - 1 (the pipeline's inputs), so
+no merge straddles two windows.
+"""
+
+from tokenlab.config import base_config, choose, parse_arg
+from tokenlab.data import default_data_config
+
+SIZES = {
+    #        d_model heads merge_layers r window kmer lat_enc lat_dec loc_dec length batch steps lr
+    "tiny": (32, 2, 2, 2, 8, 4, 1, 1, 1, 64, 4, 20, 3e-3),
+    "small": (64, 4, 3, 6, 16, 4, 2, 1, 1, 128, 16, 200, 2e-3),   # CPU repro arms
+    "base": (512, 8, 3, 6, 16, 4, 12, 2, 2, 1024, 256, 50000, 5e-4),   # accelerators
+}
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, size="small", tokenizer="learned", objective="mergedna")
+  (d, heads, layers, r, window, kmer, lat_enc, lat_dec, loc_dec, length, batch, steps,
+   lr) = choose("size", arg.size, SIZES)
+  c = base_config()
+  c.seed = 0
+  c.train.steps = steps
+  c.train.batch_size = batch
+  c.train.log_every = max(steps // 50, 1)
+  c.train.eval_every = max(steps // 4, 1)
+  c.train.eval_batches = 10
+  c.checkpoint.every_steps = max(steps // 4, 1)
+  c.optimizer.lr = lr
+  c.optimizer.warmup_steps = max(steps // 20, 1)
+  if arg.size == "base":
+    c.train.compute_dtype = "bfloat16"
+    c.mesh.data, c.mesh.fsdp = 1, -1
+  c.model.name = "mergedna"
+  c.model.vocab_size = 256
+  c.model.d_model = d
+  c.model.num_heads = heads
+  c.model.window = window
+  c.model.merge_layers = layers
+  c.model.merge_r = r
+  c.model.tokenizer = arg.tokenizer
+  c.model.kmer = kmer
+  c.model.latent_encoder_layers = lat_enc
+  c.model.latent_decoder_layers = lat_dec
+  c.model.local_decoder_layers = loc_dec
+  c.model.objective = arg.objective
+  c.data = default_data_config("dna")
+  c.data.tokenizer = "bytes"
+  c.data.options.length = length
+  if arg.size == "tiny":
+    c.data.options.num_motifs = 2
+    c.data.options.motif_length = 8
+    c.data.options.num_train = 64
+    c.data.options.num_validation = 16
+  c.data.seq_len = length - 1
+  return c
