@@ -76,9 +76,11 @@ def test_kernel_matches_float64(name, case):
 @pytest.mark.parametrize("name", sorted(KERNELS))
 def test_public_api_dispatches_to_kernel_in_interpret_mode(name):
   # Default block sizes (clamped to the short sequence) through the public function.
-  q, k, v, _ = _inputs(3, 1, 24, 2, 1, 8, jnp.float32)
-  got = windowed_attention(q, k, v, window=(3, 2), implementation=name)
-  want = windowed_attention(q, k, v, window=(3, 2), implementation="reference")
+  q, k, v, _ = _inputs(3, 1, 20, 2, 1, 8, jnp.float32)
+  got = jax.jit(lambda q, k, v: windowed_attention(
+      q, k, v, window=(3, 2), implementation=name))(q, k, v)
+  want = jax.jit(lambda q, k, v: windowed_attention(
+      q, k, v, window=(3, 2), implementation="reference"))(q, k, v)
   assert rel_err(got, want) < F32_TOL
 
 
@@ -100,8 +102,9 @@ def test_poisoning_catches_an_unwritten_row():
   assert bool(jnp.all(jnp.isnan(out[8:])))
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
-def test_kernels_lower_for_their_backend(platform, monkeypatch):
+def test_kernels_lower_for_their_backend(platform, dtype, monkeypatch):
   # No GPU or TPU here, but Pallas lowers the kernels to Triton IR / Mosaic MLIR in Python;
   # this catches unsupported ops and block shapes before a device ever sees them (the final
   # Triton/Mosaic compilation on the device is not exercised).
@@ -111,8 +114,8 @@ def test_kernels_lower_for_their_backend(platform, monkeypatch):
     from jax._src.pallas.mosaic import tpu_info
     monkeypatch.setitem(tpu_info.registry, jax.devices()[0].device_kind,
                         lambda: tpu_info._get_tpu_info_impl(tpu_info.ChipVersion.TPU_V5E, 1))
-  x = jax.ShapeDtypeStruct((1, 512, 4, 128), jnp.bfloat16)
-  kv = jax.ShapeDtypeStruct((1, 512, 2, 128), jnp.bfloat16)
+  x = jax.ShapeDtypeStruct((1, 512, 4, 128), dtype)
+  kv = jax.ShapeDtypeStruct((1, 512, 2, 128), dtype)
   seg = jax.ShapeDtypeStruct((1, 512), jnp.int32)
 
   def loss(q, k, v, s):

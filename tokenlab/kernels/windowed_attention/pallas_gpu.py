@@ -114,14 +114,21 @@ def _split(refs, has_seg: bool, n_before_seg: int):
   return refs[:n_before_seg], None, refs[n_before_seg:]
 
 
+def _precision(a):
+  # float32 operands get full-precision products (GPU default would be TF32, TPU default
+  # bf16 passes), so a device keeps the float32 accuracy the tests demand; bf16 stays native.
+  return jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+
+
 def _dot_t(a, b):
   """a @ b.T with float32 accumulation."""
-  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())),
+  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_precision(a),
                              preferred_element_type=jnp.float32)
 
 
 def _dot(a, b):
-  return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())),
+  """a @ b with float32 accumulation."""
+  return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=_precision(a),
                              preferred_element_type=jnp.float32)
 
 

@@ -104,13 +104,21 @@ def _params(*semantics: str):
   return pltpu.CompilerParams(dimension_semantics=semantics)
 
 
+def _precision(a):
+  # float32 operands get full-precision products (GPU default would be TF32, TPU default
+  # bf16 passes), so a device keeps the float32 accuracy the tests demand; bf16 stays native.
+  return jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+
+
 def _dot_t(a, b):
-  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())),
+  """a @ b.T with float32 accumulation."""
+  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_precision(a),
                              preferred_element_type=jnp.float32)
 
 
 def _dot(a, b):
-  return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())),
+  """a @ b with float32 accumulation."""
+  return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=_precision(a),
                              preferred_element_type=jnp.float32)
 
 
