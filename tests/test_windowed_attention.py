@@ -135,7 +135,6 @@ def test_band_blocks_brute_force():
   # only blocks where every pair is visible and inside seq, and the static band bound holds.
   for n, bo, bi, before, after in itertools.product([7, 33], [4, 16], [4, 8], [0, 5, 100],
                                                    [0, 3]):
-    i = np.arange(n)
     for o in range(_common.cdiv(n, bo)):
       lo, full_lo, full_hi, hi = _common.band_blocks(o, bo, bi, n, before, after)
       assert lo <= full_lo <= full_hi <= hi
@@ -148,7 +147,6 @@ def test_band_blocks_brute_force():
           assert lo <= blk < hi
         if full_lo <= blk < full_hi:
           assert see.all()
-    del i
 
 
 def _temp_bytes(n, window=(16, 0), grad=False):
