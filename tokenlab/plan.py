@@ -161,11 +161,10 @@ def make_plan(config, num_devices: int, chips: list[str] | None = None,
 
   from tokenlab import registry
   from tokenlab.train import partitioning
-  from tokenlab.train.loop import validate_batch
+  from tokenlab.train.loop import jit_train_step, validate_batch
   from tokenlab.train.mesh import make_mesh
   from tokenlab.train.optimizer import make_optimizer, make_schedule
   from tokenlab.train.state import abstract_state, state_layout
-  from tokenlab.train.step import make_train_step
 
   devices = jax.devices()[:num_devices]
   if len(devices) < num_devices:
@@ -192,17 +191,9 @@ def make_plan(config, num_devices: int, chips: list[str] | None = None,
               for k, s in global_batch.items()}
   rng_in = jax.eval_shape(lambda: jax.random.key(0))
 
-  micro_constraint = lambda mb: jax.tree.map(
-      lambda x: jax.lax.with_sharding_constraint(
-          x, partitioning.batch_sharding(mesh, rules, x.ndim)), mb)
-  step_fn = make_train_step(method, tx, compute_dtype=jnp.dtype(tc.compute_dtype),
-                            grad_accum_steps=tc.grad_accum_steps,
-                            on_nonfinite=tc.on_nonfinite, schedule=schedule,
-                            micro_batch_constraint=micro_constraint)
+  jitted = jit_train_step(config, method, tx, schedule, mesh, rules, state_sh, batch_sh)
   t0 = time.perf_counter()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    jitted = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, None),
-                     out_shardings=(state_sh, None), donate_argnums=(0,))
     compiled = jitted.lower(state_in, batch_in, rng_in).compile()
   compile_sec = time.perf_counter() - t0
   mem = compiled.memory_analysis()

@@ -44,14 +44,39 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       raise ValueError("windowed attention takes no bias or mask; use segment_ids")
     from tokenlab.kernels import windowed_attention
     left, right = window
-    return windowed_attention(q, k, v, window=(left, 0 if causal else right),
-                              segment_ids=segment_ids, implementation=implementation)
+    fn = lambda q, k, v, seg: windowed_attention(q, k, v, window=(left, 0 if causal else right),
+                                                 segment_ids=seg,
+                                                 implementation=implementation)
+    return _per_shard(fn, q, k, v, segment_ids)
   if segment_ids is not None:
     seg = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
     mask = seg if mask is None else jnp.logical_and(mask, seg)
   if bias is not None:
     bias = bias.astype(q.dtype)
   return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=causal)
+
+
+def _per_shard(fn, q: jax.Array, k: jax.Array, v: jax.Array,
+               segment_ids: jax.Array | None) -> jax.Array:
+  """Runs a per-example attention kernel on each device's shard under the current mesh.
+
+  Pallas kernels are single-device programs: under a mesh they must see local blocks, so they
+  run inside shard_map over the batch and head axes the logical rules assign (sequences are
+  not split). Without a mesh (or on a 1-device mesh) `fn` is called directly.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return fn(q, k, v, segment_ids)
+  from jax.sharding import PartitionSpec as P
+  q_spec = nn.logical_to_mesh_axes(("batch", None, "heads", None))
+  kv_spec = nn.logical_to_mesh_axes(("batch", None, "kv_heads", None))
+  if segment_ids is None:
+    return jax.shard_map(lambda q, k, v: fn(q, k, v, None), mesh=mesh,
+                         in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
+                         check_vma=False)(q, k, v)
+  seg_spec = P(q_spec[0], None)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
+                       out_specs=q_spec, check_vma=False)(q, k, v, segment_ids)
 
 
 class MultiHeadAttention(nn.Module):

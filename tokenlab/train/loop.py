@@ -144,6 +144,25 @@ def validate_batch(config: ConfigDict, mesh, rules) -> tuple[int, int]:
   return batch // jax.process_count(), micro
 
 
+def jit_train_step(config: ConfigDict, method, tx, schedule, mesh, rules, state_shardings,
+                   batch_shardings) -> Callable:
+  """The train step jitted with in/out shardings and donated state.
+
+  Shared by the loop and `tokenlab plan`, so what plan compiles is what training runs.
+  """
+  tc = config.train
+  micro_constraint = lambda mb: jax.tree.map(
+      lambda x: jax.lax.with_sharding_constraint(
+          x, partitioning.batch_sharding(mesh, rules, x.ndim)), mb)
+  step_fn = make_train_step(method, tx, compute_dtype=jnp.dtype(tc.compute_dtype),
+                            grad_accum_steps=tc.grad_accum_steps,
+                            on_nonfinite=tc.on_nonfinite, schedule=schedule,
+                            micro_batch_constraint=micro_constraint)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings, None),
+                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+
 def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None = None,
           eval_iter_fn: IteratorFn | None = None) -> dict[str, Any]:
   """Runs (or resumes) the experiment `config` in `workdir`; returns the last metrics."""
@@ -189,15 +208,9 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
     state = ckpt.restore(start, abstract_state(state_sh, state), train_iter)
     pending = []
   compute_dtype = jnp.dtype(tc.compute_dtype)
-  micro_constraint = lambda mb: jax.tree.map(
-      lambda x: jax.lax.with_sharding_constraint(
-          x, partitioning.batch_sharding(mesh, rules, x.ndim)), mb)
-  step_fn = make_train_step(method, tx, compute_dtype=compute_dtype,
-                            grad_accum_steps=tc.grad_accum_steps, on_nonfinite=on_nonfinite,
-                            schedule=schedule, micro_batch_constraint=micro_constraint)
+  jit_step = jit_train_step(config, method, tx, schedule, mesh, rules, state_sh,
+                            batch_shardings)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    jit_step = jax.jit(step_fn, in_shardings=(state_sh, batch_shardings, None),
-                       out_shardings=(state_sh, None), donate_argnums=(0,))
     jit_eval = jax.jit(make_eval_step(method, compute_dtype),
                        in_shardings=(state_sh.params, batch_shardings, None))
 
