@@ -20,6 +20,8 @@ Verdict rule (fixed before the runs):
   (c) holds if probe accuracy in the last bucket exceeds the first bucket's by > 0.1 and the
       majority-class rate by > 0.1.
 held = all three; partly = one or two; did not hold = none.
+Reported alongside (not in the rule): in-context unigram / bigram count predictors, which are
+lexinvariant by construction and show what in-context statistics alone reach by position.
 """
 
 from __future__ import annotations
@@ -111,6 +113,18 @@ def run(ctx: Context) -> Report:
       rows.append((arm, f"probe acc (cipher), positions {i * seq // BUCKETS}-"
                    f"{(i + 1) * seq // BUCKETS - 1}", float(v)))
 
+  # Lexinvariant count-based references (invariant to renaming by construction): in-context
+  # unigram and bigram estimates from the prefix of each validation sequence.
+  plain = np.concatenate([b["plain_inputs"] for b in SourceIterator(
+      source, batch, seq, ctx.seed + 17, "validation", num_batches=n_batches, with_plain=True)])
+  targets = np.concatenate([b["plain_targets"] for b in SourceIterator(
+      source, batch, seq, ctx.seed + 17, "validation", num_batches=n_batches, with_plain=True)])
+  for name, nll in _in_context_counts(plain, targets, source.vocab).items():
+    curves[(name, "plain")] = bucket(nll)
+    rows.append((name, "loss, plain", float(nll.mean())))
+    rows.append((name, "loss, plain, first / last bucket",
+                 f"{curves[(name, 'plain')][0]:.3f} / {curves[(name, 'plain')][-1]:.3f}"))
+
   gap = curves[("lexinvariant", "plain")] - curves[("standard", "plain")]
   a = bool(gap[-1] < 0.5 * gap[0])
   d_lex, d_std = float(diffs["lexinvariant"].mean()), float(diffs["standard"].mean())
@@ -137,6 +151,28 @@ def run(ctx: Context) -> Report:
   return Report(CLAIM, rows, verdict, reason, figures, notes)
 
 
+def _in_context_counts(inputs: np.ndarray, targets: np.ndarray, vocab: int,
+                       alpha: float = 0.5, beta: float = 1.0) -> dict[str, np.ndarray]:
+  """Per-position NLL of in-context count predictors: unigram (add-alpha over the prefix)
+  and bigram on the current symbol backed off to that unigram (weight beta)."""
+  N, L = inputs.shape
+  uni_nll, bi_nll = np.zeros((N, L)), np.zeros((N, L))
+  for n in range(N):
+    uni = np.zeros(vocab)
+    bi = np.zeros((vocab, vocab))
+    prev = None
+    for t in range(L):
+      x, y = inputs[n, t], targets[n, t]
+      uni[x] += 1
+      if prev is not None:
+        bi[prev, x] += 1
+      p_uni = (uni + alpha) / (uni.sum() + alpha * vocab)
+      p_bi = (bi[x] + beta * p_uni) / (bi[x].sum() + beta)
+      uni_nll[n, t], bi_nll[n, t] = -np.log(p_uni[y]), -np.log(p_bi[y])
+      prev = x
+  return {"in-context unigram (counts)": uni_nll, "in-context bigram (counts)": bi_nll}
+
+
 def _probe_accuracy(f_tr, y_tr, f_te, y_te, vocab: int, lam: float = 1.0) -> np.ndarray:
   """Ridge-regression probe to one-hot ids; accuracy per position bucket on the test set."""
   X = f_tr.reshape(-1, f_tr.shape[-1]).astype(np.float64)
@@ -157,6 +193,9 @@ def _plot(ctx: Context, curves, probe, H, chance, seq) -> str:
   x = (np.arange(BUCKETS) + 0.5) * seq / BUCKETS
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
   for (arm, kind), v in curves.items():
+    if "counts" in arm:
+      ax1.plot(x, v, ":", label=arm)
+      continue
     ax1.plot(x, v, "o-" if kind == "plain" else "x--", label=f"{arm}, {kind}")
   ax1.axhline(H, color="k", lw=1, label=f"entropy rate {H:.3f}")
   ax1.set_xlabel("position")
