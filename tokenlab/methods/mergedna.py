@@ -216,6 +216,18 @@ class MergeDNA(Method):
     return jnp.zeros(w.shape, jnp.float32).at[rows, idx].set(1.0) * valid
 
   def loss(self, params: PyTree, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
+    terms, metrics = self.loss_terms(params, batch, rng)
+    c = self.config
+    if c.objective == "mlm":
+      loss = terms["mlm"]
+    else:
+      loss = terms["mtr"] + c.latent_mtr_weight * terms["latent_mtr"] + terms["amtm"]
+      metrics["loss"] = Average.of(loss, 1.0)
+    return loss, metrics
+
+  def loss_terms(self, params: PyTree, batch: Batch, rng: jax.Array
+                 ) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+    """The separate loss terms (mtr, latent_mtr, amtm; or mlm) and the metrics."""
     c = self.config
     bases = batch["inputs"]
     valid = (batch["segment_ids"] > 0 if "segment_ids" in batch
@@ -223,16 +235,18 @@ class MergeDNA(Method):
     rng = jax.random.key(0) if rng is None else rng
     r_mask, r_amtm = jax.random.split(rng)
     metrics: dict[str, Any] = {}
+    terms: dict[str, jax.Array] = {}
     if c.objective == "mlm":
       mask = (jax.random.uniform(r_mask, bases.shape) < c.mask_rate) * valid
       logits, t = self.module.apply({"params": params}, jnp.where(mask > 0, MASK_ID, bases))
-      loss, metrics["loss"], metrics["masked_accuracy"] = _masked_ce(logits, bases, mask)
+      terms["mlm"], metrics["loss"], metrics["masked_accuracy"] = _masked_ce(logits, bases,
+                                                                            mask)
     else:
       # Pass 1: MTR through the learned tokens.
       t = self.tokenize(params, bases)
       z = self._apply(params, MergeDNAModule.latent, t["tokens"], t["positions"])
       logits = self._apply(params, MergeDNAModule.decode, z, t["positions"], t["group_ids"])
-      l_mtr, metrics["mtr"], metrics["mtr_accuracy"] = _masked_ce(logits, bases, valid)
+      terms["mtr"], metrics["mtr"], metrics["mtr_accuracy"] = _masked_ce(logits, bases, valid)
       # Pass 2: latent MTR, local encoder frozen, latent tokens merged globally to K.
       frozen = jax.lax.stop_gradient(t["tokens"])
       z2 = self._apply(params, MergeDNAModule.latent, frozen, t["positions"])
@@ -242,7 +256,7 @@ class MergeDNA(Method):
       zk, _ = merge_tokens(z2, plan, t["sizes"])
       latent_gid = jnp.take_along_axis(plan.group_ids, t["group_ids"], axis=1)
       logits2 = self._apply(params, MergeDNAModule.decode, zk, None, latent_gid)
-      l_lat, metrics["latent_mtr"], _ = _masked_ce(logits2, bases, valid)
+      terms["latent_mtr"], metrics["latent_mtr"], _ = _masked_ce(logits2, bases, valid)
       # Pass 3: AMTM, bases of small latent groups masked more (P ~ 1/g^2).
       rows = jnp.arange(bases.shape[0])[:, None]
       g_latent = jnp.zeros((bases.shape[0], plan.num_out), jnp.float32).at[
@@ -250,13 +264,13 @@ class MergeDNA(Method):
       g_base = jax.lax.stop_gradient(jnp.take_along_axis(g_latent, latent_gid, axis=1))
       mask = self.amtm_mask(g_base, valid, k, r_amtm)
       logits3, _ = self.module.apply({"params": params}, jnp.where(mask > 0, MASK_ID, bases))
-      l_amtm, metrics["amtm"], metrics["masked_accuracy"] = _masked_ce(logits3, bases, mask)
-      loss = l_mtr + c.latent_mtr_weight * l_lat + l_amtm
-      metrics["loss"] = Average.of(loss, 1.0)
+      terms["amtm"], metrics["amtm"], metrics["masked_accuracy"] = _masked_ce(logits3, bases,
+                                                                             mask)
     n_real = jnp.sum(valid)
-    metrics["bases_per_token"] = Average.of(n_real, n_real / bases.shape[1] * t["sizes"].shape[1])
+    metrics["bases_per_token"] = Average.of(n_real,
+                                            n_real / bases.shape[1] * t["sizes"].shape[1])
     metrics.update(self.region_token_lengths(t, batch))
-    return loss, metrics
+    return terms, metrics
 
   @staticmethod
   def region_token_lengths(t: dict[str, jax.Array], batch: Batch) -> dict[str, Average]:
