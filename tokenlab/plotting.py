@@ -26,7 +26,7 @@ def plot_workdir(workdir: str, out_dir: str | None = None) -> list[str]:
         series[key].append((row["step"], float(value)))
   # One figure per metric name; train/X and eval/X share a figure.
   groups: dict[str, list[str]] = defaultdict(list)
-  for key in sorted(series):
+  for key in sorted(k for k in series if len(series[k]) > 1):  # one-off values: not curves
     prefix, _, name = key.partition("/")
     groups[name if prefix in ("train", "eval") else key.replace("/", "_")].append(key)
   out_dir = out_dir or os.path.join(workdir, "plots")
