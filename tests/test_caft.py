@@ -103,6 +103,23 @@ def test_overlay_params_keeps_new_parameters():
   assert kept == ["h/b"]   # shape differs: the fresh init stays
 
 
+def test_init_from_restores_a_checkpoint(tmp_path, model):
+  from tokenlab.methods.caft import load_params
+  from tokenlab.train.checkpoint import Checkpointer
+  method, batch, params = model
+  base = {k: v for k, v in params.items() if k != "aux_heads"}   # e.g. a transformer_lm run
+  ckpt = Checkpointer(str(tmp_path / "run" / "checkpoints"), async_save=False)
+  ckpt.save(7, {"params": base, "step": np.int32(7)})
+  ckpt.close()
+  loaded = load_params(str(tmp_path / "run"))
+  np.testing.assert_array_equal(loaded["embed"]["embedding"], params["embed"]["embedding"])
+  warm = CAFT(dataclasses.replace(CFG, init_from=str(tmp_path / "run")))
+  shapes = jax.eval_shape(warm.init, jax.random.key(0), batch)   # traced init: constants
+  assert shapes["aux_heads"]["head_0_norm"]["scale"].value.shape == (16,)
+  new, kept = overlay_params(jax.eval_shape(method.init, jax.random.key(0), batch), loaded)
+  assert kept and all(k.startswith("aux_heads/") for k in kept)
+
+
 def test_concept_metrics_and_world():
   from tokenlab.methods.caft import ConceptIterator, ConceptWorld
   logits = jnp.full((1, 6, 4), -5.0)
