@@ -11,8 +11,8 @@ Setup (tokenlab.methods.caft's concept world; 64 tokens, token 0 separates words
 3. finetune, from (2): a domain of 24 new concept words (5 tokens each, never in the general
    text), each announced by its own cue word, in a fixed set of 128 sequences x 64 tokens;
    250 steps of next-token fine-tuning (alpha = 0) vs CAFT (alpha = 0.1, gamma = 0.8,
-   constant schedule), seeds 0, 1, 2 (the seed changes the fine-tuning order/init of nothing
-   else: both arms start from the same stage-2 parameters).
+   constant schedule), seeds 0, 1, 2 (a seed sets the order of the fine-tuning batches; both
+   arms start from the same stage-1 parameters).
 Metrics on fresh domain text with the base head only (heads dropped): NLL of concept tokens,
 accuracy of a concept's first token (needs the cue -> concept link), and exact match of a
 whole concept (every token the argmax = greedy generation of the concept after its cue).

@@ -85,7 +85,7 @@ def _plot(ctx: Context, res: dict) -> str:
   from tokenlab.train.inference import load_trained
 
   fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-  trans = None
+  trans, conds = None, []
   for arm in res:
     run = None
     try:
