@@ -52,6 +52,8 @@ def run(ctx: Context) -> Report:
     config = load_config(spec, [f"--config.seed={ctx.seed}", *common])
     tok = bpe if tok_kind == "bpe" else cb.task_tokenizer("bytes")
     train_fn, eval_fn = _iterators(cb, config, tok)
+    if ctx.quick:  # no trainer eval: one compile less per arm in the smoke test
+      eval_fn = lambda batch_size, seed: iter(())
     ctx.train(spec, arm, common, train_iter_fn=train_fn, eval_iter_fn=eval_fn)
     trained = load_trained(ctx.path(arm), next(train_fn(2, 0)))
     for task, exs in examples.items():
