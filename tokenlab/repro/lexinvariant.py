@@ -141,7 +141,8 @@ def run(ctx: Context) -> Report:
            ("standard", "cipher - plain loss", d_std)]
   n = sum((a, b, c))
   verdict = HELD if n == 3 else PARTLY if n else NOT_HELD
-  reason = (f"(a) gap {gap[0]:.3f} -> {gap[-1]:.3f} nats ({'shrinks below half' if a else 'does not halve'}); "
+  halves = "shrinks below half" if a else "does not halve"
+  reason = (f"(a) gap {gap[0]:.3f} -> {gap[-1]:.3f} nats ({halves}); "
             f"(b) cipher changes lexinvariant by {d_lex:+.3f}, standard by {d_std:+.3f} "
             f"({'as claimed' if b else 'not as claimed'}); (c) probe {p[0]:.3f} -> {p[-1]:.3f} "
             f"vs majority {chance:.3f} ({'rises' if c else 'does not rise enough'})")
