@@ -38,6 +38,7 @@ def get_config(arg=None):
   c.task = ConfigDict(dict(num_words=200, num_concepts=24, concept_len=5, world_seed=7,
                            concept_rate=0.2, domain=arg.stage == "finetune",
                            num_train=128 if arg.size != "base" else 4096, data_seed=11))
+  c.data.name = "method"   # the synthetic task of tokenlab/methods/<name>.py (iterator_fns)
   c.data.seq_len = seq
   c.model.name = "caft"
   c.model.vocab_size = 64

@@ -5,8 +5,8 @@
 
 The data is the CharBench task stream (`tokenlab.evals.charbench`: lines such as
 "between find w=3" over train words; eval on held-out words), fed to the trainer through
-`charbench.iterator_fns(config)` as `tokenlab repro charbench` does; it is not a tfds set,
-so `tokenlab train` on this file trains on config.data (pysrc bytes) instead. Every arm has
+`charbench.iterator_fns(config)`: config.data.name = "method" makes `tokenlab train` use it
+too (single process; it is not a tfds set). Every arm has
 the same transformer, steps and batch of *tokens*. `size=base` is meant for an accelerator.
 """
 
@@ -41,6 +41,7 @@ def get_config(arg=None):
   if arg.size == "base":
     c.train.compute_dtype = "bfloat16"
   c.data = default_data_config("pysrc")
+  c.data.name = "method"   # the CharBench task stream (tokenlab.evals.charbench.iterator_fns)
   c.data.tokenizer = "bytes"
   c.data.seq_len = seq
   c.charbench = ConfigDict(dict(tokenizer=arg.tokenizer, bpe_vocab=arg.vocab))

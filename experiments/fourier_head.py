@@ -34,6 +34,7 @@ def get_config(arg=None):
     set_accelerator_defaults(c)
   c.task = ConfigDict(dict(num_bins=arg.bins, seq_len=seq, sigma=0.1, data_seed=1234,
                            num_train=arg.train if arg.size != "base" else 100000))
+  c.data.name = "method"   # the synthetic task of tokenlab/methods/<name>.py (iterator_fns)
   c.data.seq_len = seq
   c.model.name = "fourier_head"
   c.model.vocab_size = arg.bins

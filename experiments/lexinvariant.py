@@ -1,14 +1,14 @@
 """Lexinvariant LMs (Huang et al.): per-sequence random Gaussian token embeddings.
 
-  tokenlab train --config experiments/lexinvariant.py:size=tiny,data=pysrc --workdir runs/lx
+  tokenlab train --config experiments/lexinvariant.py:size=tiny --workdir runs/lx
   tokenlab repro lexinvariant
   variants: size=tiny|small|base, lexinvariant=1|0 (0 = the standard LM of the same shape),
   data=synthetic|pysrc.
 
 data=synthetic is the order-2 Markov source over 32 symbols of `config.source`
 (tokenlab.methods.lexinvariant.MarkovSource); the trainer gets it through
-`lexinvariant.iterator_fns(config)` (as `tokenlab repro lexinvariant` does), since it is not a
-tfds dataset: `tokenlab train` needs data=pysrc (bytes). `size=base` is meant for an
+`lexinvariant.iterator_fns(config)` (config.data.name = "method", so `tokenlab train` uses it
+too, on one process). `size=base` is meant for an
 accelerator (bfloat16, pysrc or a tfds text set at seq 1024).
 """
 
@@ -43,6 +43,8 @@ def get_config(arg=None):
   if arg.size == "base":
     c.train.compute_dtype = "bfloat16"
   c.data = default_data_config("pysrc")
+  if arg.data == "synthetic":
+    c.data.name = "method"   # the Markov source of tokenlab/methods/lexinvariant.py
   c.data.tokenizer = "bytes"
   c.data.seq_len = seq
   # The synthetic source (used when data=synthetic; see the module docstring).

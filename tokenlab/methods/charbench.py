@@ -35,3 +35,7 @@ class CharBenchLM(TransformerLM):
     fn = jax.jit(lambda t: self.module.apply({"params": params}, t))
     return bench.evaluate(lambda t: np.asarray(fn(t)), tokenizer, examples,
                           batch_size=batch_size)
+
+
+# `tokenlab train` with config.data.name = "method" trains on the CharBench task stream.
+iterator_fns = bench.iterator_fns
