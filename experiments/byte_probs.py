@@ -9,7 +9,7 @@ The trained model is the transformer LM; the byte-level procedure runs at evalua
 (tokenlab.evals.byte_level). `size=base` is meant for an accelerator.
 """
 
-from tokenlab.config import base_config, choose, parse_arg
+from tokenlab.config import base_config, choose, parse_arg, set_schedule
 from tokenlab.data import default_data_config
 
 SIZES = {
@@ -24,16 +24,9 @@ def get_config(arg=None):
   arg = parse_arg(arg, size="small", data="markov", tokenizer="bpe", vocab=64, k=1, seq=0)
   d, layers, heads, seq, batch, steps, lr = choose("size", arg.size, SIZES)
   c = base_config()
-  c.seed = 0
-  c.train.steps = steps
-  c.train.batch_size = batch
-  c.train.log_every = max(steps // 20, 1)
-  c.train.eval_every = steps
+  set_schedule(c, steps=steps, batch_size=batch, lr=lr, logs=20, evals=1, checkpoints=1)
   c.train.eval_batches = 10
-  c.checkpoint.every_steps = steps
   c.checkpoint.async_save = False
-  c.optimizer.lr = lr
-  c.optimizer.warmup_steps = max(steps // 20, 1)
   if arg.size == "base":
     c.train.compute_dtype = "bfloat16"
   c.data = default_data_config(arg.data)

@@ -7,7 +7,8 @@ per-word character decoder.
   variants: size=tiny|small|base, data=pysrc|markov.
 """
 
-from tokenlab.config import base_config, choose, parse_arg
+from tokenlab.config import (base_config, choose, parse_arg, set_accelerator_defaults,
+                             set_schedule)
 from tokenlab.data import default_data_config
 
 SIZES = {
@@ -22,18 +23,10 @@ def get_config(arg=None):
   arg = parse_arg(arg, size="small", data="pysrc")
   d, heads, enc, main, dec, k, words, seq, batch, steps, lr = choose("size", arg.size, SIZES)
   c = base_config()
-  c.seed = 0
-  c.train.steps = steps
-  c.train.batch_size = batch
-  c.train.log_every = max(steps // 50, 1)
-  c.train.eval_every = max(steps // 4, 1)
+  set_schedule(c, steps=steps, batch_size=batch, lr=lr)
   c.train.eval_batches = 20
-  c.checkpoint.every_steps = max(steps // 4, 1)
-  c.optimizer.lr = lr
-  c.optimizer.warmup_steps = max(steps // 20, 1)
   if arg.size == "base":
-    c.train.compute_dtype = "bfloat16"
-    c.mesh.data, c.mesh.fsdp = 1, -1
+    set_accelerator_defaults(c)
   c.model.name = "learn_your_tokens"
   c.model.vocab_size = 256
   c.model.d_model = d

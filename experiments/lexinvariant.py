@@ -14,7 +14,7 @@ accelerator (bfloat16, pysrc or a tfds text set at seq 1024).
 
 from ml_collections import ConfigDict
 
-from tokenlab.config import base_config, choose, parse_arg
+from tokenlab.config import base_config, choose, parse_arg, set_schedule
 from tokenlab.data import default_data_config
 
 SIZES = {
@@ -30,16 +30,9 @@ def get_config(arg=None):
   d, layers, heads, seq, batch, steps, lr = choose("size", arg.size, SIZES)
   choose("data", arg.data, {"synthetic": 0, "pysrc": 0})
   c = base_config()
-  c.seed = 0
-  c.train.steps = steps
-  c.train.batch_size = batch
-  c.train.log_every = max(steps // 20, 1)
-  c.train.eval_every = steps
+  set_schedule(c, steps=steps, batch_size=batch, lr=lr, logs=20, evals=1, checkpoints=1)
   c.train.eval_batches = 10
-  c.checkpoint.every_steps = steps
   c.checkpoint.async_save = False
-  c.optimizer.lr = lr
-  c.optimizer.warmup_steps = max(steps // 20, 1)
   if arg.size == "base":
     c.train.compute_dtype = "bfloat16"
   c.data = default_data_config("pysrc")

@@ -10,7 +10,7 @@ unigram_entropy_bits(p, q). Every arm has the same model, steps and batch of *to
 `size=base` is meant for an accelerator.
 """
 
-from tokenlab.config import base_config, choose, parse_arg
+from tokenlab.config import base_config, choose, parse_arg, set_schedule
 from tokenlab.data import default_data_config
 
 SIZES = {
@@ -25,16 +25,9 @@ def get_config(arg=None):
   arg = parse_arg(arg, size="small", tokenizer="bytes", vocab=64, k=4, p=0.8, q=0.8)
   d, layers, heads, seq, batch, steps, lr = choose("size", arg.size, SIZES)
   c = base_config()
-  c.seed = 0
-  c.train.steps = steps
-  c.train.batch_size = batch
-  c.train.log_every = max(steps // 20, 1)
-  c.train.eval_every = steps
+  set_schedule(c, steps=steps, batch_size=batch, lr=lr, logs=20, evals=1, checkpoints=1)
   c.train.eval_batches = 20
-  c.checkpoint.every_steps = steps
   c.checkpoint.async_save = False
-  c.optimizer.lr = lr
-  c.optimizer.warmup_steps = max(steps // 20, 1)
   if arg.size == "base":
     c.train.compute_dtype = "bfloat16"
   c.data = default_data_config("markov")
