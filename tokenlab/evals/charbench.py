@@ -33,12 +33,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import re
 from collections import Counter
 from typing import Callable, Sequence
 
 import numpy as np
+
+from tokenlab.data.synthetic import StepIterator
 
 TASKS = {"count": "count", "locate": "find"}
 MAX_WORD = 12
@@ -118,7 +119,7 @@ def annotate(examples: Sequence[Example], tokenizer) -> list[Example]:
   return examples
 
 
-class TaskStream:
+class TaskStream(StepIterator):
   """Checkpointable batches {inputs, targets, loss_mask} of task lines packed into rows.
 
   Lines alternate over `tasks`, words are drawn from `word_list`; batch i depends only on
@@ -131,9 +132,6 @@ class TaskStream:
     self.tok, self.words, self.batch_size, self.seq_len = tokenizer, list(word_list), \
         batch_size, seq_len
     self.seed, self.tasks, self.num_batches, self.step = seed, tuple(tasks), num_batches, 0
-
-  def __iter__(self):
-    return self
 
   def _row(self, rng: np.random.Generator) -> np.ndarray:
     ids: list[int] = list(self.tok.encode(b"\n"))
@@ -151,15 +149,6 @@ class TaskStream:
     x = np.stack([self._row(rng) for _ in range(self.batch_size)])
     return {"inputs": x[:, :-1], "targets": x[:, 1:],
             "loss_mask": np.ones((self.batch_size, self.seq_len), np.float32)}
-
-  def get_state(self) -> bytes:
-    return json.dumps({"step": self.step}).encode()
-
-  def set_state(self, state: bytes) -> None:
-    self.step = json.loads(state)["step"]
-
-  def start_prefetch(self) -> None:
-    pass
 
 
 def candidates(task: str) -> list[int]:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 
 import flax.linen as nn
@@ -49,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tokenlab.data.synthetic import StepIterator
 from tokenlab.errors import ConfigError, TokenlabError
 from tokenlab.method import Average, Batch, PyTree
 from tokenlab.methods.transformer_lm import TransformerLM, TransformerLMConfig, lm_loss
@@ -293,7 +293,7 @@ class ConceptWorld:
             np.array(first[:length], np.float32))
 
 
-class ConceptIterator:
+class ConceptIterator(StepIterator):
   """Checkpointable batches {inputs, targets, loss_mask, concept_occ, concept_first,
   progress}.
 
@@ -315,9 +315,6 @@ class ConceptIterator:
       self.fixed = [world.text(rng, seq_len + 1, concept_rate, max_occ)
                     for _ in range(num_train)]
 
-  def __iter__(self):
-    return self
-
   def __next__(self):
     if self.num_batches is not None and self.step >= self.num_batches:
       raise StopIteration
@@ -338,15 +335,6 @@ class ConceptIterator:
             "loss_mask": np.ones((b, n), np.float32),
             "concept_occ": occ[:, 1:], "concept_first": first[:, 1:],
             "progress": np.full((b,), progress, np.float32)}
-
-  def get_state(self) -> bytes:
-    return json.dumps({"step": self.step}).encode()
-
-  def set_state(self, state: bytes) -> None:
-    self.step = json.loads(state)["step"]
-
-  def start_prefetch(self) -> None:
-    pass
 
 
 def world_from_config(config) -> ConceptWorld:

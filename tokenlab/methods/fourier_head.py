@@ -31,7 +31,6 @@ uses a fixed finite set of sequences (epochs), as the paper's toy experiments do
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import flax.linen as nn
@@ -39,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tokenlab.data.synthetic import StepIterator
 from tokenlab.method import Average, Batch, PyTree
 from tokenlab.methods.transformer_lm import TransformerLM, TransformerLMConfig, lm_loss
 from tokenlab.nn.fourier_head import FourierHead, bin_centres, fourier_smoothness_penalty
@@ -177,7 +177,7 @@ def sample_chain(trans: np.ndarray, n: int, length: int, rng: np.random.Generato
   return x
 
 
-class BinMarkovIterator:
+class BinMarkovIterator(StepIterator):
   """Checkpointable batches {inputs, targets, loss_mask, true_probs} of the bin chain.
 
   split 'train': batches drawn (with the run's seed) from a fixed set of `num_train`
@@ -194,9 +194,6 @@ class BinMarkovIterator:
       self.data = sample_chain(self.trans, task.num_train, task.seq_len + 1,
                                np.random.default_rng((task.data_seed, 0)))
 
-  def __iter__(self):
-    return self
-
   def __next__(self):
     if self.num_batches is not None and self.step >= self.num_batches:
       raise StopIteration
@@ -210,15 +207,6 @@ class BinMarkovIterator:
     return {"inputs": x[:, :-1], "targets": x[:, 1:],
             "loss_mask": np.ones((self.batch_size, self.task.seq_len), np.float32),
             "true_probs": self.trans[x[:, :-1]].astype(np.float32)}
-
-  def get_state(self) -> bytes:
-    return json.dumps({"step": self.step}).encode()
-
-  def set_state(self, state: bytes) -> None:
-    self.step = json.loads(state)["step"]
-
-  def start_prefetch(self) -> None:
-    pass
 
 
 def iterator_fns(config):

@@ -26,7 +26,6 @@ a fresh substitution cipher per sequence.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any
 
@@ -35,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tokenlab.data.synthetic import StepIterator
 from tokenlab.method import Batch, Method, PyTree
 from tokenlab.methods.transformer_lm import lm_loss
 from tokenlab.nn.generate import sample_autoregressive
@@ -199,7 +199,7 @@ def random_ciphers(rng: np.random.Generator, num: int, vocab: int) -> np.ndarray
   return np.argsort(rng.random((num, vocab)), axis=1)
 
 
-class SourceIterator:
+class SourceIterator(StepIterator):
   """Checkpointable batches {inputs, targets, loss_mask} of one source sequence per row.
 
   Batch i depends only on (seed, split, i). With `cipher=True` each row is enciphered with
@@ -214,9 +214,6 @@ class SourceIterator:
     self.split, self.cipher, self.num_batches, self.with_plain = (split, cipher, num_batches,
                                                                   with_plain)
     self.step = 0
-
-  def __iter__(self):
-    return self
 
   def __next__(self) -> dict[str, np.ndarray]:
     if self.num_batches is not None and self.step >= self.num_batches:
@@ -234,15 +231,6 @@ class SourceIterator:
     out.update(inputs=x[:, :-1], targets=x[:, 1:],
                loss_mask=np.ones((self.batch_size, self.seq_len), np.float32))
     return out
-
-  def get_state(self) -> bytes:
-    return json.dumps({"step": self.step}).encode()
-
-  def set_state(self, state: bytes) -> None:
-    self.step = json.loads(state)["step"]
-
-  def start_prefetch(self) -> None:
-    pass
 
 
 def source_from_config(config: Any) -> MarkovSource:
