@@ -21,7 +21,7 @@ import sys
 
 from tokenlab.errors import TokenlabError
 
-DEFAULT_EXPERIMENT = "experiments/transformer_lm.py:size=small"
+DEFAULT_EXPERIMENT = "experiments/hnet.py:size=small"
 
 
 def resolve_experiment(spec: str) -> str:
