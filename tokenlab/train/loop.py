@@ -47,6 +47,10 @@ IteratorFn = Callable[..., Iterator[dict[str, np.ndarray]]]
 
 def check_workdir(config: ConfigDict, workdir: str) -> None:
   """Writes WORKDIR/config.json, or refuses a workdir that holds a different experiment."""
+  if "://" in workdir:
+    raise TokenlabError(f"--workdir {workdir}: object-store URLs are not supported for the "
+                        f"workdir yet (metrics and config are written with local file I/O); "
+                        f"mount the bucket (e.g. gcsfuse) and pass the mounted path")
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     with open(path) as f:
