@@ -41,3 +41,21 @@ def pad_axis(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
   pad = [(0, 0)] * x.ndim
   pad[axis] = (0, size - x.shape[axis])
   return jnp.pad(x, pad, constant_values=value)
+
+
+def _precision(a: jax.Array):
+  # float32 operands get full-precision products (GPU default would be TF32, TPU default
+  # bf16 passes), so a device keeps the float32 accuracy the tests demand; bf16 stays native.
+  return jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+
+
+def dot_t(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a @ b.T with float32 accumulation; a (m, k), b (n, k) -> (m, n)."""
+  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_precision(a),
+                             preferred_element_type=jnp.float32)
+
+
+def dot(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a @ b with float32 accumulation; a (m, k), b (k, n) -> (m, n)."""
+  return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=_precision(a),
+                             preferred_element_type=jnp.float32)

@@ -28,6 +28,7 @@ from jax.experimental.pallas import triton as pltriton
 from tokenlab.kernels.windowed_attention import _common
 from tokenlab.kernels.windowed_attention import _pallas_util
 from tokenlab.kernels.windowed_attention._common import MASK_VALUE, Problem
+from tokenlab.kernels.windowed_attention._pallas_util import dot as _dot, dot_t as _dot_t
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,24 +113,6 @@ def _split(refs, has_seg: bool, n_before_seg: int):
   if has_seg:
     return refs[:n_before_seg], refs[n_before_seg], refs[n_before_seg + 1:]
   return refs[:n_before_seg], None, refs[n_before_seg:]
-
-
-def _precision(a):
-  # float32 operands get full-precision products (GPU default would be TF32, TPU default
-  # bf16 passes), so a device keeps the float32 accuracy the tests demand; bf16 stays native.
-  return jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
-
-
-def _dot_t(a, b):
-  """a @ b.T with float32 accumulation."""
-  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_precision(a),
-                             preferred_element_type=jnp.float32)
-
-
-def _dot(a, b):
-  """a @ b with float32 accumulation."""
-  return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=_precision(a),
-                             preferred_element_type=jnp.float32)
 
 
 def _mask(q_pos, k_pos, q_seg, k_seg, prob: Problem, windowed: bool):

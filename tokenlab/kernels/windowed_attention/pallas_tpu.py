@@ -33,6 +33,7 @@ from jax.experimental.pallas import tpu as pltpu
 from tokenlab.kernels.windowed_attention import _common
 from tokenlab.kernels.windowed_attention import _pallas_util
 from tokenlab.kernels.windowed_attention._common import MASK_VALUE, Problem
+from tokenlab.kernels.windowed_attention._pallas_util import dot as _dot, dot_t as _dot_t
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,24 +103,6 @@ def _seg_views(seg):
 
 def _params(*semantics: str):
   return pltpu.CompilerParams(dimension_semantics=semantics)
-
-
-def _precision(a):
-  # float32 operands get full-precision products (GPU default would be TF32, TPU default
-  # bf16 passes), so a device keeps the float32 accuracy the tests demand; bf16 stays native.
-  return jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
-
-
-def _dot_t(a, b):
-  """a @ b.T with float32 accumulation."""
-  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_precision(a),
-                             preferred_element_type=jnp.float32)
-
-
-def _dot(a, b):
-  """a @ b with float32 accumulation."""
-  return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=_precision(a),
-                             preferred_element_type=jnp.float32)
 
 
 def _band_index(outer, outer_block, inner_block, before, after, prob: Problem, step,
