@@ -50,5 +50,5 @@ def get_config(arg=None):
   c.model.gamma = 0.8
   c.model.schedule = "constant"
   c.model.stage = arg.stage
-  c.model.init_from = arg.init_from
+  c.train.init_from = arg.init_from
   return c

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tokenlab.methods.caft import CAFT, CAFTConfig, concept_metrics, overlay_params
+from tokenlab.methods.caft import CAFT, CAFTConfig, concept_metrics
 from tokenlab.methods.transformer_lm import TransformerLM, TransformerLMConfig, lm_loss
 from tokenlab.nn.multi_token_heads import shifted_targets
 
@@ -91,33 +91,6 @@ def test_stage_one_trains_only_the_heads(model):
   for k, v in g.items():
     biggest = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(v))
     assert (biggest > 0) == (k == "aux_heads"), k
-
-
-def test_overlay_params_keeps_new_parameters():
-  import flax.linen as nn
-  boxed = {"a": nn.LogicallyPartitioned(jnp.zeros((2, 3)), ("embed", "vocab")),
-           "h": {"b": nn.LogicallyPartitioned(jnp.zeros((4,)), ("norm",))}}
-  new, kept = overlay_params(boxed, {"a": np.ones((2, 3)), "h": {"b": np.ones((5,))}})
-  np.testing.assert_array_equal(new["a"].value, 1.0)
-  assert new["a"].names == ("embed", "vocab")
-  assert kept == ["h/b"]   # shape differs: the fresh init stays
-
-
-def test_init_from_restores_a_checkpoint(tmp_path, model):
-  from tokenlab.methods.caft import load_params
-  from tokenlab.train.checkpoint import Checkpointer
-  method, batch, params = model
-  base = {k: v for k, v in params.items() if k != "aux_heads"}   # e.g. a transformer_lm run
-  ckpt = Checkpointer(str(tmp_path / "run" / "checkpoints"), async_save=False)
-  ckpt.save(7, {"params": base, "step": np.int32(7)})
-  ckpt.close()
-  loaded = load_params(str(tmp_path / "run"))
-  np.testing.assert_array_equal(loaded["embed"]["embedding"], params["embed"]["embedding"])
-  warm = CAFT(dataclasses.replace(CFG, init_from=str(tmp_path / "run")))
-  shapes = jax.eval_shape(warm.init, jax.random.key(0), batch)   # traced init: constants
-  assert shapes["aux_heads"]["head_0_norm"]["scale"].value.shape == (16,)
-  new, kept = overlay_params(jax.eval_shape(method.init, jax.random.key(0), batch), loaded)
-  assert kept and all(k.startswith("aux_heads/") for k in kept)
 
 
 def test_concept_metrics_and_world():

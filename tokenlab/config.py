@@ -56,6 +56,8 @@ def base_config() -> ConfigDict:
       param_dtype="float32",
       compute_dtype="float32",  # e.g. bfloat16 for mixed precision
       progress=True,
+      init_from="",             # workdir whose latest parameters start a fresh run (fine-tuning)
+      freeze="",                # regex over parameter paths ('a/b/c') that get no updates
   ))
   c.checkpoint = ConfigDict(dict(every_steps=500, keep=3, async_save=True))
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))

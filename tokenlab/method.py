@@ -80,6 +80,15 @@ class Method(abc.ABC):
     """Metrics on held-out data; by default those of the loss."""
     return self.loss(params, batch, rng)[1]
 
+  def adopt_params(self, fresh: PyTree, loaded: PyTree) -> PyTree:
+    """The starting parameters of a run with `config.train.init_from`: `fresh` is this model's
+    initialisation, `loaded` the other run's parameters (both unboxed). By default every
+    parameter of the same path and shape is copied and the others stay fresh; methods that
+    grow a model or duplicate one (policy and reference) override this. Runs under jit, so
+    it must be shape-static; returns a tree of `fresh`'s structure, shapes and dtypes."""
+    from tokenlab.train.init_from import overlay_params
+    return overlay_params(fresh, loaded)[0]
+
   def flops_per_token(self, seq_len: int) -> float | None:
     """Training FLOPs (forward + backward) per token, or None to use XLA's cost analysis."""
     return None

@@ -179,7 +179,7 @@ def make_plan(config, num_devices: int, chips: list[str] | None = None,
   global_batch = batch_spec(config, tc.batch_size)
   micro_example = {k: jax.ShapeDtypeStruct((micro, *s.shape[1:]), s.dtype)
                    for k, s in global_batch.items()}
-  tx = make_optimizer(config.optimizer, tc.steps, tc.clip_grad_norm)
+  tx = make_optimizer(config.optimizer, tc.steps, tc.clip_grad_norm, tc.get("freeze", ""))
   schedule = make_schedule(config.optimizer, tc.steps)
   init_params = lambda r: method.init(
       r, {k: jnp.zeros(s.shape, s.dtype) for k, s in micro_example.items()})

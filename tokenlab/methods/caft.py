@@ -26,11 +26,9 @@ that layer's output); s(step) needs the training step, which the trainer does no
 loss, so it is read from `batch["progress"]` (step / total steps, per row) when the data
 provides it, and is 1 otherwise.
 
-Starting a stage from the previous stage's parameters: `init_from=WORKDIR` makes `init`
-restore the latest checkpoint's parameters there and overlay every parameter of the same path
-and shape (new parameters, e.g. the heads, keep their fresh init). The restored arrays become
-constants of the jitted init, which is fine at the sizes here; a trainer-level
-`init_params_from` hook would be cleaner for large models.
+Starting a stage from the previous stage's parameters is the trainer's
+`config.train.init_from=WORKDIR`: every parameter of the same path and shape is copied from
+that run's latest checkpoint, new ones (e.g. the heads) keep their fresh init.
 
 Synthetic task (`ConceptIterator`): text of words over a 64-token vocabulary separated by
 token 0; the "domain" adds new concept words (5 tokens each, never seen in general text),
@@ -40,8 +38,6 @@ each announced by its own cue word. Evaluation metrics on concepts use the base 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import os
 
 import flax.linen as nn
 import jax
@@ -49,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokenlab.data.synthetic import StepIterator
-from tokenlab.errors import ConfigError, TokenlabError
+from tokenlab.errors import ConfigError
 from tokenlab.method import Average, Batch, PyTree
 from tokenlab.methods.transformer_lm import TransformerLM, TransformerLMConfig, lm_loss
 from tokenlab.nn.layers import DenseGeneral, Embed
@@ -70,7 +66,6 @@ class CAFTConfig(TransformerLMConfig):
   gamma: float = 0.8            # decay: head i weighted gamma^i
   schedule: str = "constant"    # s(step): constant | linear | sine (needs batch["progress"])
   stage: str = "finetune"       # pretrain | heads | finetune
-  init_from: str = ""           # workdir whose latest checkpoint's parameters start this run
 
 
 class CAFTModule(nn.Module):
@@ -96,41 +91,6 @@ class CAFTModule(nn.Module):
     hs = MultiTokenHeads(cfg.num_aux_heads, block, cfg.head_layers, name="aux_heads")(
         h, positions, segment_ids)
     return jnp.concatenate([base[None], unembed(hs)], 0)
-
-
-def load_params(workdir: str) -> dict:
-  """The parameters (numpy) of the latest checkpoint in WORKDIR/checkpoints, without building
-  the model that wrote them."""
-  import orbax.checkpoint as ocp
-  from tokenlab.train.checkpoint import Checkpointer
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    raise TokenlabError(f"init_from='{workdir}' has no checkpoints/; train that run first")
-  ckpt = Checkpointer(directory, async_save=False)
-  step = ckpt.latest_step()
-  ckpt.close()
-  if step is None:
-    raise TokenlabError(f"init_from='{workdir}' holds no checkpoint yet; train it first")
-  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
-  return jax.tree.map(np.asarray, restored["params"])
-
-
-def overlay_params(boxed: PyTree, loaded: dict) -> tuple[PyTree, list[str]]:
-  """Replaces every (logically boxed) parameter of `boxed` whose path and shape are in
-  `loaded`; returns the new tree and the paths kept from `boxed` (not in `loaded`)."""
-  from flax import traverse_util
-  flat_loaded = traverse_util.flatten_dict(loaded)
-  flat = traverse_util.flatten_dict(boxed)
-  kept = []
-  for path, leaf in flat.items():
-    value = getattr(leaf, "value", leaf)
-    new = flat_loaded.get(path)
-    if new is not None and tuple(new.shape) == tuple(value.shape):
-      new = jnp.asarray(new, value.dtype)
-      flat[path] = leaf.replace_boxed(new) if hasattr(leaf, "replace_boxed") else new
-    else:
-      kept.append("/".join(path))
-  return traverse_util.unflatten_dict(flat), kept
 
 
 def schedule_factor(name: str, batch: Batch) -> jax.Array:
@@ -179,15 +139,6 @@ class CAFT(TransformerLM):
                         f"{SCHEDULES}")
     super().__init__(config)
     self.module = CAFTModule(config)
-    # Read eagerly here: `init` runs under jit/eval_shape, where a restore cannot run.
-    self._init_params = _cached_params(config.init_from) if config.init_from else None
-
-  def init(self, rng: jax.Array, batch: Batch) -> PyTree:
-    params = self.module.init(rng, batch["inputs"], batch.get("positions"),
-                              batch.get("segment_ids"))["params"]
-    if self._init_params is not None:
-      params, _ = overlay_params(params, self._init_params)
-    return params
 
   def all_logits(self, params: PyTree, batch: Batch) -> jax.Array:
     """(1 + K, batch, length, vocab): the base head and the auxiliary heads."""
@@ -228,11 +179,6 @@ class CAFT(TransformerLM):
                  + c.num_heads * c.heads_dim * (seq_len + 1) / 2 * 2)
     heads = c.num_aux_heads * (c.head_layers * per_layer + c.d_model * c.vocab_size)
     return base + 6.0 * heads
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_params(workdir: str) -> dict:
-  return load_params(workdir)
 
 
 # --- the synthetic task: general text and a domain of new multi-token concept words ---------

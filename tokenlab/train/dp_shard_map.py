@@ -118,7 +118,7 @@ def train_dp(config, *, steps: int, train_iter: Iterator[dict[str, np.ndarray]],
     raise ConfigError(f"config.train.batch_size={tc.batch_size} is not divisible by the "
                       f"{n} data-parallel devices; use a multiple of {n}")
   method = registry.build_method(config.model)
-  tx = make_optimizer(config.optimizer, tc.steps, tc.clip_grad_norm)
+  tx = make_optimizer(config.optimizer, tc.steps, tc.clip_grad_norm, tc.get("freeze", ""))
   schedule = make_schedule(config.optimizer, tc.steps)
   first = next(train_iter)
   rng = jax.random.key(config.seed)

@@ -52,7 +52,8 @@ def load_trained(workdir: str, example_batch: dict[str, np.ndarray],
   mesh = make_mesh(config.mesh)
   rules = partitioning.rules_from_config(config.sharding_rules)
   method = registry.build_method(config.model)
-  tx = make_optimizer(config.optimizer, config.train.steps, config.train.clip_grad_norm)
+  tx = make_optimizer(config.optimizer, config.train.steps, config.train.clip_grad_norm,
+                      config.train.get("freeze", ""))
   ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), async_save=False)
   step = step if step is not None else ckpt.latest_step()
   if step is None:

@@ -31,6 +31,7 @@ from tokenlab import registry
 from tokenlab.errors import ConfigError, TokenlabError
 from tokenlab.train import partitioning
 from tokenlab.train.checkpoint import Checkpointer
+from tokenlab.train.init_from import check_freeze, describe_overlay, load_params, param_path
 from tokenlab.train.mesh import make_mesh
 from tokenlab.train.metrics import MetricsWriter, peak_flops, reduce_metrics
 from tokenlab.train.optimizer import make_optimizer, make_schedule
@@ -182,6 +183,32 @@ def jit_train_step(config: ConfigDict, method, tx, schedule, mesh, rules, state_
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
+def start_from(method, source: str, state, state_sh, mesh, rules, *,
+               verbose: bool = True):
+  """`state` with the parameters `method.adopt_params` makes of the latest parameters of the
+  run in `source` (config.train.init_from); the optimizer state stays fresh."""
+  loaded = load_params(source)
+  if verbose:
+    print(f"init_from {source}: {describe_overlay(state.params, loaded)}", flush=True)
+
+  def adopt(fresh, loaded):
+    params = method.adopt_params(fresh, loaded)
+    if jax.tree.structure(params) != jax.tree.structure(fresh):
+      raise TokenlabError(f"{type(method).__name__}.adopt_params returned a tree that differs "
+                          "from the model's parameters; it must keep every path of `fresh`")
+    for (path, new), old in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                jax.tree.leaves(fresh)):
+      if new.shape != old.shape:
+        raise TokenlabError(f"adopt_params changed the shape of {param_path(path)} from "
+                            f"{old.shape} to {new.shape}")
+    return jax.tree.map(lambda n, f: n.astype(f.dtype), params, fresh)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    params = jax.jit(adopt, out_shardings=state_sh.params, donate_argnums=0)(state.params,
+                                                                             loaded)
+  return state.replace(params=params)
+
+
 def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None = None,
           eval_iter_fn: IteratorFn | None = None) -> dict[str, Any]:
   """Runs (or resumes) the experiment `config` in `workdir`; returns the last metrics."""
@@ -210,7 +237,7 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
              for k, v in first.items()}
 
   schedule = make_schedule(config.optimizer, tc.steps)
-  tx = make_optimizer(config.optimizer, tc.steps, tc.clip_grad_norm)
+  tx = make_optimizer(config.optimizer, tc.steps, tc.clip_grad_norm, tc.get("freeze", ""))
   rng = jax.random.key(config.seed)
   init_rng, step_rng, eval_rng = jax.random.split(rng, 3)
   init_params = lambda r: method.init(
@@ -223,6 +250,10 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
                       keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
   start = ckpt.latest_step() or 0
   pending = [first]
+  if tc.get("freeze"):
+    check_freeze(tc.freeze, state.params)
+  if tc.get("init_from") and not start:
+    state = start_from(method, tc.init_from, state, state_sh, mesh, rules, verbose=is_main)
   if start:
     state = ckpt.restore(start, abstract_state(state_sh, state), train_iter)
     pending = []

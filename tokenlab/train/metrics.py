@@ -26,13 +26,15 @@ KNOWN_PEAK_FLOPS = {
 
 
 def reduce_metrics(per_step: list[dict[str, Average]]) -> dict[str, float]:
-  """Sums (total, count) over steps and returns total / count per metric."""
+  """Sums (total, count) over steps and returns total / count per metric; a metric with no
+  observations (count 0, e.g. concept accuracy on text without concepts) is left out."""
   per_step = jax.device_get(per_step)
   out = {}
   for key in per_step[0]:
     total = sum(float(m[key].total) for m in per_step)
     count = sum(float(m[key].count) for m in per_step)
-    out[key] = total / count if count else float("nan")
+    if count:
+      out[key] = total / count
   return out
 
 

@@ -30,7 +30,10 @@ def make_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
 
 
-def make_optimizer(opt_cfg, total_steps: int, clip_grad_norm: float) -> optax.GradientTransformation:
+def make_optimizer(opt_cfg, total_steps: int, clip_grad_norm: float,
+                   freeze: str = "") -> optax.GradientTransformation:
+  """The optimizer of `config.optimizer` with global-norm clipping; parameters whose path
+  matches the regex `freeze` get zero updates and no optimizer state (partial fine-tuning)."""
   schedule = make_schedule(opt_cfg, total_steps)
   name = opt_cfg.name
   if name not in OPTIMIZERS:
@@ -48,6 +51,11 @@ def make_optimizer(opt_cfg, total_steps: int, clip_grad_norm: float) -> optax.Gr
     tx = optax.sgd(schedule, momentum=opt_cfg.b1)
   if clip_grad_norm:
     tx = optax.chain(optax.clip_by_global_norm(clip_grad_norm), tx)
+  if freeze:
+    # Clipping sits inside the trained branch: frozen gradients do not count in the norm.
+    from tokenlab.train.init_from import freeze_labels
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               freeze_labels(freeze))
   return tx
 
 
