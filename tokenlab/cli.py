@@ -162,6 +162,11 @@ def _cmd_repro(args: argparse.Namespace, rest: list[str]) -> int:
   return repro.main(rest)
 
 
+def _cmd_grow(args: argparse.Namespace, rest: list[str]) -> int:
+  from tokenlab.methods.tokenformer import grow_main
+  return grow_main(rest)
+
+
 def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
   from tokenlab import bench
   if args.name is None:
@@ -216,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("repro", help="run a paper method's mini-reproduction (table, repro.md, "
                      "PNG)", add_help=False)
   p.set_defaults(func=_cmd_repro)
+
+  p = sub.add_parser("grow", help="grow a trained TokenFormer run (more parameter tokens) "
+                     "and train the grown model", add_help=False)
+  p.set_defaults(func=_cmd_grow)
 
   p = sub.add_parser("bench", help="run a benchmark against its named peer and print ratios",
                      add_help=False)
