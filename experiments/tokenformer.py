@@ -18,7 +18,7 @@ from tokenlab.data import default_data_config
 SIZES = {
     #        d_model layers heads tokens  seq  batch  steps  lr
     "tiny": (32, 1, 2, 8, 32, 4, 4, 3e-3),
-    "small": (64, 2, 4, 64, 128, 16, 1500, 3e-3),
+    "small": (64, 2, 4, 64, 128, 16, 800, 3e-3),
     "base": (768, 12, 12, 576, 1024, 256, 20000, 6e-4),
 }
 

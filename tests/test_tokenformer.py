@@ -86,9 +86,6 @@ def test_growth_preserves_the_function_exactly_only_with_sqrt_n_held(small):
   before = jax.jit(method.logits)(params, batch)
   held, grown = _grow(HELD, params, batch)
   np.testing.assert_allclose(jax.jit(held.logits)(grown, batch), before, rtol=1e-5, atol=1e-5)
-  loss0, _ = jax.jit(method.loss)(params, batch, jax.random.key(0))
-  loss1, _ = jax.jit(held.loss)(grown, batch, jax.random.key(0))
-  np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
   # The same grown parameters with sqrt(n_new): zero keys leave ||A_i|| as it was, but every
   # old score is rescaled by sqrt(n_new / n_old), so the function changes.
   new_scale = TokenFormer(BIG)
@@ -171,6 +168,7 @@ def test_grow_command_dry_run_and_errors(tmp_path, capsys):
                "--steps", "7", "--dry_run", "--config.train.eval_batches=1"]) == 0
   out = capsys.readouterr().out
   assert "model.qkv_tokens: 8 -> 16" in out and "train.steps: 4 -> 7" in out
+  assert "checkpoint.every_steps" not in out        # still one checkpoint per run
   assert "model.norm_tokens: [] -> [8, 8, 32]" in out and "train.init_from" in out
   assert not (tmp_path / "dst").exists()
   assert main(["grow", str(src), "--workdir", str(tmp_path / "x"), "--factor", "1"]) == 2

@@ -234,8 +234,12 @@ def grown_config(src, *, src_workdir: str, factor: float = 0.0, qkv_tokens: int 
   if grow_init:
     m.grow_init = grow_init
   c.train.init_from = os.path.abspath(src_workdir)
-  if steps:
-    set_schedule(c, steps=steps, batch_size=c.train.batch_size, lr=c.optimizer.lr)
+  if steps:   # as many logs, evals and checkpoints per run as the source had
+    t = src.train
+    per_run = lambda every: max(t.steps // max(every, 1), 1)
+    set_schedule(c, steps=steps, batch_size=t.batch_size, lr=c.optimizer.lr,
+                 logs=per_run(t.log_every), evals=per_run(t.eval_every or t.steps),
+                 checkpoints=per_run(src.checkpoint.every_steps))
   return c
 
 
@@ -255,7 +259,8 @@ def grow_main(argv: list[str]) -> int:
   for k in KINDS:
     parser.add_argument(f"--{k}_tokens", type=int, default=0, help=f"new {k} token count")
   parser.add_argument("--steps", type=int, default=0, help="step budget of the grown run "
-                      "(default: the source's); cadences follow it")
+                      "(default: the source's); logs, evals and checkpoints per run as the "
+                      "source's")
   parser.add_argument("--scale", default="held", choices=("held", "new"),
                       help="Theta's sqrt(n): held at the source's counts (exact function at "
                            "growth, default) or the new counts (the reference code)")

@@ -89,7 +89,8 @@ def run(ctx: Context) -> Report:
   size = "tiny" if ctx.quick else "small"
   small_tokens = 8 if ctx.quick else SMALL_TOKENS
   s_steps, g_steps = ctx.steps(800, 3), ctx.steps(160, 3)
-  evals = ["--config.train.eval_batches=2" if ctx.quick else "--config.train.eval_batches=16"]
+  evals = (["--config.train.eval_batches=1", "--config.train.eval_every=0"] if ctx.quick
+           else ["--config.train.eval_batches=16"])
   small_dir, grown_dir = ctx.path("small"), ctx.path("grown")
   ctx.train(f"{EXPERIMENT}:size={size},tokens={small_tokens}", "small",
             [f"--config.train.steps={s_steps}", *evals])
@@ -99,7 +100,7 @@ def run(ctx: Context) -> Report:
                 str(g_steps), f"--config.seed={ctx.seed + 1}", "--config.train.progress=false",
                 *evals]) != 0:
     raise RuntimeError("tokenlab grow failed")
-  l_small0, l_grown0 = loss_at_growth(small_dir, grown_dir, 2 if ctx.quick else 8)
+  l_small0, l_grown0 = loss_at_growth(small_dir, grown_dir, 1 if ctx.quick else 8)
   rows = [("small", "eval loss nats", _final(small_dir)),
           ("grown", "eval loss nats", _final(grown_dir)),
           ("grown@0", "eval loss - small's", l_grown0 - l_small0)]
@@ -149,6 +150,7 @@ def _plot(ctx: Context, s_steps: int) -> str:
   fig, ax = plt.subplots(figsize=(6.5, 4))
   offset = {"small": 0.0, "grown": _flops(ctx.path("small")) * s_steps}
   styles = {"small": "C0", "grown": "C3", "scratch": "C2", "scratch_eq": "C7"}
+  plotted = []
   for arm, color in styles.items():
     workdir = ctx.path(arm)
     if not os.path.isdir(workdir):
@@ -158,11 +160,13 @@ def _plot(ctx: Context, s_steps: int) -> str:
     ax.plot(start + steps * per_step, train, color=color, lw=1, label=f"{arm} (train)")
     steps, ev = _curve(workdir, "eval/loss")
     ax.plot(start + steps * per_step, ev, "o", color=color, ms=4)
+    plotted += [*train, *ev]
   if "grown" in offset:
     ax.axvline(offset["grown"], color="C3", ls=":", lw=1)
   ax.set_xlabel("cumulative training FLOPs (grown includes small's)")
   ax.set_ylabel("loss, nats/byte (dots: eval)")
-  ax.set_ylim(top=min(ax.get_ylim()[1], 3.0))
+  low = min(plotted)   # the start of training is off the top: the end is what compares
+  ax.set_ylim(low - 0.05, min(max(plotted), low + 1.2) + 0.05)
   ax.legend(fontsize=8)
   ax.set_title("TokenFormer: grow x4 parameter tokens vs train from scratch", fontsize=9)
   fig.tight_layout()
