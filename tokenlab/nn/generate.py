@@ -1,4 +1,5 @@
-"""Autoregressive sampling loops, written once for every generative method."""
+"""Sampling loops (left to right, masked-diffusion unmasking, insertion), written once for every
+generative method."""
 
 from __future__ import annotations
 
@@ -50,3 +51,90 @@ def sample_autoregressive(logits_fn: Callable[[jax.Array], jax.Array], prompt: j
   start = int(jnp.min(prompt_len)) if not isinstance(prompt_len, jax.core.Tracer) else 1
   tokens, _ = jax.lax.fori_loop(max(start, 1), length, step, (prompt, rng))
   return tokens
+
+
+def sample_unmasking(logits_fn: Callable[[jax.Array], jax.Array], tokens: jax.Array,
+                     mask_id: int, rng: jax.Array, *, steps: int, temperature: float = 0.0
+                     ) -> jax.Array:
+  """Masked-diffusion decoding, one position per step: the most confident masked position.
+
+  Args:
+    logits_fn: tokens (batch, length) -> logits (batch, length, vocab), bidirectional.
+    tokens: (batch, length) with `mask_id` at the positions to fill.
+    steps: how many positions to fill (at most; rows with nothing masked stay as they are).
+    temperature: 0 = each position's argmax; > 0 samples its token (see `sample_logits`).
+  Returns:
+    (batch, length) tokens.
+
+  Confidence = the probability of the token chosen for a position; unmasking one token at a
+  time in order of confidence lets the model fill the easy positions first (no two tokens
+  decided jointly, so no incoherent pairs).
+  """
+  batch, length = tokens.shape
+
+  def step(_, carry):
+    tokens, rng = carry
+    rng, sub = jax.random.split(rng)
+    logits = logits_fn(tokens).astype(jnp.float32)
+    logits = logits.at[..., mask_id].set(-jnp.inf)     # never "predict" the mask itself
+    flat = logits.reshape(batch * length, -1)
+    choice = sample_logits(flat, sub, temperature=temperature).reshape(batch, length)
+    logp = jax.nn.log_softmax(logits, -1)
+    conf = jnp.take_along_axis(logp, choice[..., None], -1)[..., 0]
+    masked = tokens == mask_id
+    pos = jnp.argmax(jnp.where(masked, conf, -jnp.inf), axis=-1)
+    fill = jnp.logical_and(jnp.arange(length)[None] == pos[:, None], masked)
+    return jnp.where(fill, choice.astype(tokens.dtype), tokens), rng
+
+  tokens, _ = jax.lax.fori_loop(0, steps, step, (tokens, rng))
+  return tokens
+
+
+def sample_insertions(step_fn: Callable[[jax.Array], tuple[jax.Array, jax.Array]],
+                      tokens: jax.Array, length: jax.Array, first_slot: jax.Array,
+                      rng: jax.Array, *, max_insertions: int, temperature: float = 0.0,
+                      stop_threshold: float = 0.5) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Insertion decoding: insert one (slot, token) per step until the model says stop.
+
+  Args:
+    step_fn: tokens (batch, L) -> (insertion logits (batch, L, vocab) over (slot, token),
+      slot s = after token s, see tokenlab.nn.corruption; stop logits (batch,)).
+    tokens: (batch, L) buffer whose first `length` entries are the sequence so far (the rest
+      padding); it must have room for the insertions.
+    length: (batch,) int; first_slot: (batch,) int, the first slot insertions may use (e.g.
+      the prompt's last token: nothing is inserted into the prompt).
+    max_insertions: number of steps; a row whose buffer is full stops. The stop decision
+      comes before each step's insertion, so n insertions and a stop need n + 1 steps.
+    temperature: 0 = the joint argmax and stop iff P(stop) > stop_threshold; > 0 samples
+      (slot, token) jointly and the stop decision.
+  Returns:
+    (tokens, length, stopped (batch,) bool: the model chose to stop, not the step budget or
+    a full buffer).
+  """
+  from tokenlab.nn.corruption import insert_token
+  batch, size = tokens.shape
+
+  def step(_, carry):
+    tokens, length, stopped, rng = carry
+    rng, r_stop, r_pick = jax.random.split(rng, 3)
+    logits, stop_logit = step_fn(tokens)
+    vocab = logits.shape[-1]
+    slots = jnp.arange(size)[None]
+    valid = jnp.logical_and(slots >= first_slot[:, None], slots < length[:, None])
+    logits = jnp.where(valid[..., None], logits.astype(jnp.float32), -jnp.inf)
+    p_stop = jax.nn.sigmoid(stop_logit.astype(jnp.float32))
+    if temperature == 0.0:
+      stop_now = p_stop > stop_threshold
+    else:
+      stop_now = jax.random.uniform(r_stop, p_stop.shape) < p_stop
+    full = length >= size
+    stopped = jnp.logical_or(stopped, jnp.logical_and(stop_now, ~full))
+    active = ~jnp.logical_or(stopped, full)
+    pick = sample_logits(logits.reshape(batch, size * vocab), r_pick, temperature=temperature)
+    grown = insert_token(tokens, pick // vocab, pick % vocab)
+    tokens = jnp.where(active[:, None], grown, tokens)
+    return tokens, length + active, stopped, rng
+
+  init = (tokens, length, jnp.zeros((batch,), bool), rng)
+  tokens, length, stopped, _ = jax.lax.fori_loop(0, max_insertions, step, init)
+  return tokens, length, stopped
