@@ -98,13 +98,15 @@ def test_grow_inits_what_is_preserved_and_what_learns(small):
   before, _ = jax.jit(method.loss)(params, batch, jax.random.key(0))
   slots = lambda tree: tree["layer_0"]["ffn"]          # 12 old + 8 new ffn tokens
   results = {}
+  # grow_init changes only adopt_params, not the forward pass: one compiled loss serves all.
+  loss_and_grad = jax.jit(jax.value_and_grad(
+      lambda p: TokenFormer(HELD).loss(p, batch, jax.random.key(0))[0]))
   for init in ("zero_keys", "zeros", "fresh"):
     cfg = dataclasses.replace(HELD, grow_init=init)
-    grown_method, grown = _grow(cfg, params, batch)
+    _, grown = _grow(cfg, params, batch)
     np.testing.assert_array_equal(slots(grown)["key_tokens"][:12],
                                   params["layer_0"]["ffn"]["key_tokens"])
-    loss, g = jax.jit(jax.value_and_grad(
-        lambda p: grown_method.loss(p, batch, jax.random.key(0))[0]))(grown)
+    loss, g = loss_and_grad(grown)
     new_grad = max(float(jnp.abs(slots(g)[k][12:]).max()) for k in ("key_tokens",
                                                                      "value_tokens"))
     results[init] = (abs(float(loss - before)) < 1e-5, new_grad)
@@ -168,7 +170,7 @@ def test_grow_command_dry_run_and_errors(tmp_path, capsys):
                "--steps", "7", "--dry_run", "--config.train.eval_batches=1"]) == 0
   out = capsys.readouterr().out
   assert "model.qkv_tokens: 8 -> 16" in out and "train.steps: 4 -> 7" in out
-  assert "checkpoint.every_steps" not in out        # still one checkpoint per run
+  assert "checkpoint.every_steps: 4 -> 7" in out    # still one checkpoint per run
   assert "model.norm_tokens: [] -> [8, 8, 32]" in out and "train.init_from" in out
   assert not (tmp_path / "dst").exists()
   assert main(["grow", str(src), "--workdir", str(tmp_path / "x"), "--factor", "1"]) == 2
