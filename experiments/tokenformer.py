@@ -6,9 +6,10 @@
   variants: size=tiny|small|base, tokens=N (parameter tokens: N for q/k/v and the output
   projection, 4N for the feed-forward layer; 0 = the size's default), data=pysrc|markov|dna
 
-`size=base` is the reference's 12-layer d=768 model (576 / 2304 tokens, ~124M parameters in
-the paper's table) and is meant for an accelerator. Parameter-token counts are config keys:
-config.model.qkv_tokens, proj_tokens, ffn_tokens (and norm_tokens, set by `tokenlab grow`).
+`size=base` has the layout of the reference's 12-layer d=768 configs (576 / 2304 tokens;
+85M parameters here with a 256-byte vocabulary) and is meant for an accelerator.
+Parameter-token counts are config keys: config.model.qkv_tokens, proj_tokens, ffn_tokens
+(and norm_tokens, set by `tokenlab grow`).
 """
 
 from tokenlab.config import (base_config, choose, parse_arg, set_accelerator_defaults,

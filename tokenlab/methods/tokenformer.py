@@ -1,5 +1,5 @@
 """TokenFormer (Wang et al., "TokenFormer: Rethinking Transformer Scaling with Tokenized Model
-Parameters", arXiv 2410.23885; reference code Haiyang-W/TokenFormer,
+Parameters", arXiv 2410.23168; reference code Haiyang-W/TokenFormer,
 megatron/model/tokenformer.py).
 
 Every linear projection of a decoder layer becomes a Pattention layer (tokenlab.nn.pattention):

@@ -1,6 +1,6 @@
 """Pattention: token-parameter attention, TokenFormer's replacement for a linear layer
 (Wang et al., "TokenFormer: Rethinking Transformer Scaling with Tokenized Model Parameters",
-arXiv 2410.23885).
+arXiv 2410.23168).
 
     Pattention(X) = Theta(X K_P^T) V_P,   K_P (n, d_in), V_P (n, d_out)
 

@@ -1,16 +1,16 @@
-"""Mini-reproduction of TokenFormer's progressive scaling (Wang et al., arXiv 2410.23885).
+"""Mini-reproduction of TokenFormer's progressive scaling (Wang et al., arXiv 2410.23168).
 
-The paper's claim (its Fig. 3 / Table 1 setting): a TokenFormer grown from a trained smaller
-one by appending key/value parameter tokens, then trained for a fraction of the from-scratch
-budget, reaches a loss comparable to the larger model trained from scratch, at a fraction of
-the total training compute (counting the smaller model's training).
+The paper's claim (its incremental-scaling experiment): a TokenFormer grown from a trained
+smaller one by appending key/value parameter tokens, then trained for a fraction of the
+from-scratch budget, reaches a loss comparable to the larger model trained from scratch, at a
+fraction of the total training compute (counting the smaller model's training).
 
 Setup: byte-level Python source (the embedded `pysrc` dataset, 128-byte rows, batch 16), a
 2-layer d=64 TokenFormer with 4 heads.
   small:      16 tokens for q/k/v/out, 64 for the feed-forward Pattention; S = 800 steps.
   grown:      `tokenlab grow small --factor 4` (64 / 256 tokens; new keys zero, new values
               fresh, sqrt(n) held at the small counts so growth is exact); G = S / 5 = 160
-              steps (the paper's 60B of 300B tokens), data seed + 1 (fresh batches).
+              steps (a fifth of the from-scratch budget), data seed + 1 (fresh batches).
   scratch:    the 64 / 256-token model from scratch, S steps.
   scratch_eq: the same from scratch with the grown arm's total compute (small + grown), its
               own full schedule.
