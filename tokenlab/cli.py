@@ -1,5 +1,5 @@
 """The `tokenlab` command: train | eval | sample | plot | data | plan | scale | repro |
-bench.
+bench | grow.
 
   tokenlab train --config experiments/transformer_lm.py:size=tiny --workdir runs/x \\
       --config.optimizer.lr=3e-4
@@ -8,6 +8,7 @@ bench.
   tokenlab plot runs/x
   tokenlab data build pysrc
   tokenlab bench trainer
+  tokenlab grow runs/tf --workdir runs/tf_x4 --factor 4     # TokenFormer progressive scaling
 
 User-fixable errors (:class:`tokenlab.errors.TokenlabError`) end with one line on stderr and
 exit status 2, never a traceback wall.
