@@ -10,6 +10,7 @@ import pytest
 from tokenlab.methods.caft import CAFT, CAFTConfig, concept_metrics
 from tokenlab.methods.transformer_lm import TransformerLM, TransformerLMConfig, lm_loss
 from tokenlab.nn.multi_token_heads import shifted_targets
+from method_testing import random_params as _params
 
 CFG = CAFTConfig(vocab_size=16, d_model=16, num_layers=1, num_heads=2, num_aux_heads=2,
                  alpha=0.5, gamma=0.8)
@@ -19,15 +20,6 @@ def _batch(seed=0, b=2, n=10):
   rng = np.random.default_rng(seed)
   x = rng.integers(0, 16, (b, n + 1)).astype(np.int32)
   return {"inputs": x[:, :-1], "targets": x[:, 1:], "loss_mask": np.ones((b, n), np.float32)}
-
-
-def _params(method, batch, seed=0):
-  """Random numpy parameters of the model's shapes (no compiled init: fast on a busy CPU)."""
-  shapes = jax.eval_shape(method.init, jax.random.key(0), batch)
-  shapes = jax.tree.map(lambda b: getattr(b, "value", b), shapes,
-                        is_leaf=lambda b: hasattr(b, "value"))
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.3).astype(np.float32), shapes)
 
 
 @pytest.fixture(scope="module")

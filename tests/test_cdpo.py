@@ -13,19 +13,11 @@ from tokenlab.data.preference import PairIterator, make_pair, response_row
 from tokenlab.methods.cdpo import CDPO, CDPOConfig, detection_metrics, preference_pairs
 from tokenlab.nn.preference import (contrastive_scores, dpo_loss, sequence_logps, token_logps,
                                     token_weighted_dpo_loss)
+from method_testing import random_params as _random_params
 
 CFG = CDPOConfig(vocab_size=chains.VOCAB, d_model=16, num_layers=1, num_heads=2,
                  stage="preference")
 TASK = chains.ChainTask(num_steps=3)
-
-
-def _random_params(method, batch, seed=0):
-  """Random numpy parameters of the model's shapes (no compiled init: fast on a busy CPU)."""
-  shapes = jax.eval_shape(method.init, jax.random.key(0), batch)
-  shapes = jax.tree.map(lambda b: getattr(b, "value", b), shapes,
-                        is_leaf=lambda b: hasattr(b, "value"))
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.3).astype(np.float32), shapes)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from tokenlab.methods.self_generated_tokens import (AdditionIterator, SelfGenera
                                                     SelfGeneratedTokensConfig)
 from tokenlab.methods.transformer_lm import lm_loss
 from tokenlab.nn import scheduled_sampling as ss
+from method_testing import random_params as _params
 
 TASK = AdditionTask(num_digits=3)
 CFG = SelfGeneratedTokensConfig(vocab_size=arithmetic.VOCAB_SIZE, d_model=16, num_layers=1,
@@ -25,15 +26,6 @@ def _batch(n=4, seed=0, progress=1.0):
   b = TASK.lm_batch(TASK.problems(np.random.default_rng(seed), n))
   b["progress"] = np.full((n,), progress, np.float32)
   return b
-
-
-def _params(method, batch, seed=0):
-  """Random numpy parameters of the model's shapes (no compiled init: fast on a busy CPU)."""
-  shapes = jax.eval_shape(method.init, jax.random.key(0), batch)
-  shapes = jax.tree.map(lambda b: getattr(b, "value", b), shapes,
-                        is_leaf=lambda b: hasattr(b, "value"))
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.5).astype(np.float32), shapes)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pytest
 from tokenlab.errors import TokenlabError
 from tokenlab.methods.tokenformer import TokenFormer, TokenFormerConfig, grown_config
 from tokenlab.nn.pattention import Pattention, grow_parameter_tokens, modified_softmax
+from method_testing import random_params as _params
 
 CFG = TokenFormerConfig(vocab_size=16, d_model=16, num_layers=1, num_heads=2, qkv_tokens=6,
                         proj_tokens=5, ffn_tokens=12)
@@ -23,14 +24,6 @@ def _batch(seed=0, b=2, n=10):
   rng = np.random.default_rng(seed)
   x = rng.integers(0, 16, (b, n + 1)).astype(np.int32)
   return {"inputs": x[:, :-1], "targets": x[:, 1:], "loss_mask": np.ones((b, n), np.float32)}
-
-
-def _params(method, batch, seed=0, scale=0.3):
-  """Random parameters of the model's shapes (no compiled init: fast on a busy CPU)."""
-  shapes = jax.eval_shape(method.init, jax.random.key(0), batch)
-  shapes = nn.unbox(shapes)
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: (rng.normal(size=s.shape) * scale).astype(np.float32), shapes)
 
 
 def _grow(cfg, small_params, batch, seed=1):

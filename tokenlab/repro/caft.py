@@ -38,15 +38,6 @@ METRICS = (("eval/concept_nll", "concept NLL nats"), ("eval/concept_exact", "con
            ("eval/concept_first_acc", "concept first-token acc"), ("eval/loss", "domain NLL nats"))
 
 
-def _train(ctx: Context, arm: str, arg: str, overrides: list[str]):
-  from tokenlab.config import load_config
-  from tokenlab.methods.caft import iterator_fns
-  spec = f"{EXPERIMENT}:{arg}"
-  config = load_config(spec, [f"--config.seed={ctx.seed}", *overrides])
-  train_fn, eval_fn = iterator_fns(config)
-  return ctx.train(spec, arm, overrides, train_iter_fn=train_fn, eval_iter_fn=eval_fn)
-
-
 def run(ctx: Context) -> Report:
   size = "tiny" if ctx.quick else "small"
   quick = ["--config.train.steps=2", "--config.train.eval_batches=1",
@@ -54,13 +45,13 @@ def run(ctx: Context) -> Report:
   rows = []
   heads_dir = os.path.abspath(ctx.path("heads"))
   if ctx.quick:  # Smoke test: one CAFT fine-tune from scratch (init_from has a unit test).
-    out = _train(ctx, "caft_s0", f"size={size},stage=finetune,alpha=0.1", quick)
+    out = ctx.train(f"{EXPERIMENT}:size={size},stage=finetune,alpha=0.1", "caft_s0", quick)
     rows += [("caft seed 0", label, float(out[key])) for key, label in METRICS]
     return Report(CLAIM, rows, NOT_HELD, "quick run: nothing compared")
 
-  pre = _train(ctx, "pretrain", f"size={size},stage=pretrain", [])
+  pre = ctx.train(f"{EXPERIMENT}:size={size},stage=pretrain", "pretrain", [])
   pre_dir = os.path.abspath(ctx.path("pretrain"))
-  heads = _train(ctx, "heads", f"size={size},stage=heads,init_from={pre_dir}", [])
+  heads = ctx.train(f"{EXPERIMENT}:size={size},stage=heads,init_from={pre_dir}", "heads", [])
   rows += [("pretrain", "domain NLL nats (before fine-tuning)", float(pre["eval/loss"])),
            ("pretrain", "concept NLL nats (before fine-tuning)", float(pre["eval/concept_nll"])),
            ("heads (stage 1)", "head 1..4 train loss", " / ".join(
@@ -69,9 +60,8 @@ def run(ctx: Context) -> Report:
   res = {"ntp": [], "caft": []}
   for seed in seeds:
     for arm, alpha in (("ntp", 0.0), ("caft", 0.1)):
-      out = _train(ctx, f"{arm}_s{seed}",
-                   f"size={size},stage=finetune,alpha={alpha},init_from={heads_dir}",
-                   [f"--config.seed={seed}"])
+      out = ctx.train(f"{EXPERIMENT}:size={size},stage=finetune,alpha={alpha},"
+                      f"init_from={heads_dir}", f"{arm}_s{seed}", [f"--config.seed={seed}"])
       res[arm].append(out)
       rows += [(f"{arm} seed {seed}", label, float(out[key])) for key, label in METRICS]
   mean = {a: {k: float(np.mean([o[k] for o in res[a]])) for k, _ in METRICS} for a in res}

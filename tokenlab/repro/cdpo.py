@@ -43,14 +43,10 @@ EVAL_BATCH, EVAL_BATCHES = 256, 4   # held-out prompts for answer accuracy: 1024
 
 
 def _train(ctx: Context, arm: str, arg: str, overrides: list[str]):
-  from tokenlab.config import load_config
-  from tokenlab.methods.cdpo import iterator_fns
-  spec = f"{EXPERIMENT}:{arg}"
-  config = load_config(spec, [f"--config.seed={ctx.seed}", *overrides])
-  train_fn, eval_fn = iterator_fns(config)
-  if ctx.quick:  # no trainer eval: one compile less per arm in the smoke test
-    eval_fn = lambda batch_size, seed: iter(())
-  return ctx.train(spec, arm, overrides, train_iter_fn=train_fn, eval_iter_fn=eval_fn)
+  # The trainer feeds config.data.name="method" from this method's iterator_fns.
+  # Under --quick no trainer eval: one compile less per arm in the smoke test.
+  kw = {"eval_iter_fn": lambda batch_size, seed: iter(())} if ctx.quick else {}
+  return ctx.train(f"{EXPERIMENT}:{arg}", arm, overrides, **kw)
 
 
 def _lm(size: str):

@@ -47,15 +47,6 @@ EXTRA = (("eval/free_token_acc", "free-running token acc"),
 MARGIN = 0.01
 
 
-def _train(ctx: Context, arm: str, arg: str, overrides: list[str]):
-  from tokenlab.config import load_config
-  from tokenlab.methods.self_generated_tokens import iterator_fns
-  spec = f"{EXPERIMENT}:{arg}"
-  config = load_config(spec, [f"--config.seed={ctx.seed}", *overrides])
-  train_fn, eval_fn = iterator_fns(config)
-  return ctx.train(spec, arm, overrides, train_iter_fn=train_fn, eval_iter_fn=eval_fn)
-
-
 def beats(method: list[dict], baseline: list[dict], key: str) -> bool:
   """The verdict's test: seed-mean higher by > MARGIN and higher in >= 2/3 of the seeds."""
   m = np.array([o[key] for o in method])
@@ -65,7 +56,7 @@ def beats(method: list[dict], baseline: list[dict], key: str) -> bool:
 
 def run(ctx: Context) -> Report:
   if ctx.quick:  # Smoke test: a few RAC steps (the costliest arm); claims nothing.
-    out = _train(ctx, "rac_s0", "size=tiny,mode=rac", ["--config.train.eval_batches=1"])
+    out = ctx.train(f"{EXPERIMENT}:size=tiny,mode=rac", "rac_s0", ["--config.train.eval_batches=1"])
     rows = [("rac seed 0", label, float(out[key])) for key, label in SETS + EXTRA]
     return Report(CLAIM, rows, NOT_HELD, "quick run: nothing compared")
 
@@ -74,7 +65,8 @@ def run(ctx: Context) -> Report:
   rows = []
   for seed in seeds:
     for arm, name in ARMS:
-      out = _train(ctx, f"{arm}_s{seed}", f"size=small,mode={arm}", [f"--config.seed={seed}"])
+      out = ctx.train(f"{EXPERIMENT}:size=small,mode={arm}", f"{arm}_s{seed}",
+                      [f"--config.seed={seed}"])
       res[arm].append(out)
       rows += [(f"{name} seed {seed}", label, float(out[key])) for key, label in SETS + EXTRA]
   for arm, name in ARMS:
