@@ -52,7 +52,7 @@ def run(ctx: Context) -> Report:
   size = "tiny" if ctx.quick else "small"
   quick = ["--config.train.steps=2", "--config.train.eval_batches=1"] if ctx.quick else []
   res, rows = {}, []
-  for arm, label in ARMS:
+  for arm, label in (ARMS[-1:] if ctx.quick else ARMS):   # quick: the ILM arm only
     out = _train(ctx, arm, f"size={size},objective={arm},degree={DEGREE},path=5", quick)
     res[arm] = out
     rows += [(label, name, float(out[key])) for key, name in METRICS]
