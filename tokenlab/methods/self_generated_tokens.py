@@ -105,11 +105,8 @@ class SelfGeneratedTokens(TransformerLM):
       prompt_len = np.full(tokens.shape[:1], self.config.prompt_len, np.int32)
     else:
       prompt_len = first_region_index(answer_region(batch["loss_mask"]))
-    # Under jit, nn.generate can only read a start step from a concrete prompt_len if the
-    # constant's min is folded at trace time (the model's ops on traced params still trace).
-    with jax.ensure_compile_time_eval():
-      return sample_autoregressive(lambda t: self._apply(params, t), tokens, prompt_len, rng,
-                                   temperature=temperature)
+    return sample_autoregressive(lambda t: self._apply(params, t), tokens, prompt_len, rng,
+                                 temperature=temperature)
 
   def training_inputs(self, params: PyTree, batch: Batch,
                       rng: jax.Array) -> tuple[jax.Array, dict]:

@@ -7,6 +7,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def sample_logits(logits: jax.Array, rng: jax.Array, *, temperature: float = 1.0,
@@ -24,13 +25,17 @@ def sample_logits(logits: jax.Array, rng: jax.Array, *, temperature: float = 1.0
 
 def sample_autoregressive(logits_fn: Callable[[jax.Array], jax.Array], prompt: jax.Array,
                           prompt_len: jax.Array, rng: jax.Array, *, temperature: float = 1.0,
-                          top_k: int = 0) -> jax.Array:
+                          top_k: int = 0, start: int | None = None) -> jax.Array:
   """Fills a fixed-length token buffer left to right.
 
   Args:
     logits_fn: tokens (batch, length) -> logits (batch, length, vocab), causal.
     prompt: (batch, length) int buffer whose first `prompt_len` entries are the prompt.
     prompt_len: (batch,) int, at least 1.
+    start: the first position the loop visits (static; positions before every row's
+      prompt_len are kept anyway). Default: min(prompt_len) when prompt_len is concrete
+      (numpy or a concrete array), else 1. Pass it when prompt_len is traced but its
+      minimum is known, to skip the prompt's steps.
   Returns:
     (batch, length) tokens: the prompt followed by samples up to the buffer's end.
 
@@ -48,7 +53,8 @@ def sample_autoregressive(logits_fn: Callable[[jax.Array], jax.Array], prompt: j
     tokens = tokens.at[:, t].set(jnp.where(keep, tokens[:, t], new.astype(tokens.dtype)))
     return tokens, rng
 
-  start = int(jnp.min(prompt_len)) if not isinstance(prompt_len, jax.core.Tracer) else 1
+  if start is None:
+    start = 1 if isinstance(prompt_len, jax.core.Tracer) else int(np.min(prompt_len))
   tokens, _ = jax.lax.fori_loop(max(start, 1), length, step, (prompt, rng))
   return tokens
 
