@@ -49,6 +49,12 @@ def test_init_from_and_freeze_through_the_trainer(tmp_path, pretrained):
   moved = [k for k in flat_before if k.startswith("lm_head/")
            and not np.array_equal(flat_after[k], flat_before[k])]
   assert moved, "the unfrozen head did not train"
+  # Resuming a frozen run restores its (masked) optimizer state and keeps the freeze.
+  resumed = _run(tmp_path / "ft", f"stage=finetune,init_from={src}",
+                 "--config.train.freeze=^(decoder|embed)/", "--config.optimizer.lr=1e-2",
+                 "--config.train.steps=5")
+  for k in frozen:
+    np.testing.assert_array_equal(_flat(resumed)[k], flat_before[k], err_msg=k)
 
 
 def test_freeze_state_has_no_optimizer_moments_for_frozen_parameters():

@@ -104,3 +104,14 @@ def test_ensure_cpu_devices_reexecs_only_when_needed(monkeypatch):
   assert cmd[1:] == ["-m", "tokenlab.plan", "--devices", "16"]
   assert "--xla_force_host_platform_device_count=16" in env["XLA_FLAGS"]
   assert env["JAX_PLATFORMS"] == "cpu"
+
+
+def test_in_code_data_and_a_frozen_reference_plan():
+  """config.data.name='method' takes its batch from the method's generator; frozen
+  parameters (cDPO's reference) have no optimizer state."""
+  spec = os.path.join(REPO, "experiments/cdpo.py:size=tiny,stage=preference,weighting=uniform")
+  report = plan.make_plan(load_config(spec), 4, None, top=4)
+  assert "chosen_inputs" in report["batch"]
+  pd = report["per_device"]
+  # Adam keeps two moments of the policy only: about as large as the policy = half the params.
+  assert 0.8 * pd["params"] <= pd["opt_state"] <= 1.2 * pd["params"], pd

@@ -107,11 +107,16 @@ def ensure_cpu_devices(n: int, argv: list[str], module: str = "tokenlab.plan") -
 def batch_spec(config, batch_size: int) -> dict[str, Any]:
   """Abstract batch {name: ShapeDtypeStruct} of `batch_size` rows, without building data.
 
-  Uses `tokenlab.data.batch_spec(data_cfg, batch_size)` when the data package provides it;
-  otherwise the packed-text layout of the LM pipeline: (batch, seq_len) int32 arrays.
+  Uses `tokenlab.data.batch_spec(data_cfg, batch_size)` when the data package provides it,
+  one generated batch for in-code synthetic data (config.data.name='method'); otherwise the packed-text layout of the LM pipeline: (batch, seq_len) int32 arrays.
   """
   import jax
   import numpy as np
+  from tokenlab.train.loop import METHOD_DATA, method_iterator_fns
+  if config.data.get("name") == METHOD_DATA:
+    # In-code synthetic data: one generated batch gives the fields and shapes.
+    first = next(iter(method_iterator_fns(config)[0](batch_size, 0)))
+    return {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in first.items()}
   try:
     from tokenlab import data as data_lib
     spec_fn = getattr(data_lib, "batch_spec", None)

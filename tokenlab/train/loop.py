@@ -78,17 +78,22 @@ def check_workdir(config: ConfigDict, workdir: str) -> None:
 METHOD_DATA = "method"
 
 
+def method_iterator_fns(config: ConfigDict) -> tuple[IteratorFn, IteratorFn]:
+  """(train_fn, eval_fn) of the method module's in-code data (config.data.name='method')."""
+  import importlib
+  module = importlib.import_module(registry.get_method_class(config.model.name).__module__)
+  if not hasattr(module, "iterator_fns"):
+    raise ConfigError(f"config.data.name='{METHOD_DATA}' but {module.__name__} defines no "
+                      f"iterator_fns(config); name a dataset in config.data.name instead")
+  return module.iterator_fns(config)
+
+
 def _default_iterators(config: ConfigDict) -> tuple[IteratorFn, IteratorFn]:
   if config.data.name == METHOD_DATA:
-    import importlib
-    module = importlib.import_module(registry.get_method_class(config.model.name).__module__)
-    if not hasattr(module, "iterator_fns"):
-      raise ConfigError(f"config.data.name='{METHOD_DATA}' but {module.__name__} defines no "
-                        f"iterator_fns(config); name a dataset in config.data.name instead")
     if jax.process_count() > 1:
       raise ConfigError(f"config.data.name='{METHOD_DATA}' (in-code synthetic data) runs on "
                         f"one process only; use a registered dataset for multi-host runs")
-    return module.iterator_fns(config)
+    return method_iterator_fns(config)
   from tokenlab import data as data_lib
   data_lib.validate_data_config(config.data)
 

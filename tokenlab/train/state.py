@@ -64,8 +64,12 @@ def init_sharded_state(init_params: Callable[[jax.Array], Any], tx: optax.Gradie
 
 def abstract_state(shardings: Any, state_like: Any) -> Any:
   """ShapeDtypeStructs carrying shardings, the target orbax restores into."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      state_like, shardings)
+  # optax's MaskedNode (no state for frozen parameters) has no leaves, while the sharding
+  # tree holds one sharding there (a valid jit prefix): keep the node.
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  return jax.tree.map(lambda x, s: x if masked(x) else
+                      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state_like, shardings, is_leaf=masked)
 
 
 def count_params(params: Any) -> int:
