@@ -6,8 +6,9 @@ of the same driver, concurrently:
 * equivalence: with the same global batch at every step and the same seed, the losses of
   2x2 match those of 1x4 (relative difference <= 1e-5);
 * disjointness: in the 2x2 run, each process then pulls 5 batches from the trainer's own
-  data iterator (real pipeline, markov; process index/count from jax.distributed): the two
-  processes never feed the same row, and each gets its full local batch every step.
+  data iterator (real pipeline, markov; process index/count from jax.distributed), and 5
+  from in-code synthetic data (caft's, config.data.name="method"): the two processes never
+  feed the same row, and each gets its full local batch every step.
 """
 
 import json
@@ -72,9 +73,15 @@ DRIVER = textwrap.dedent('''
       it = loop._default_iterators(config)[0](local_batch, config.seed)
       seen = [[hashlib.sha1(np.ascontiguousarray(r).tobytes()).hexdigest()
                for r in next(it)["inputs"]] for _ in range(5)]
+      # In-code synthetic data (config.data.name="method"): each process its own stream.
+      config = load_config("experiments/caft.py:size=tiny,stage=pretrain", common[1:])
+      it = loop._default_iterators(config)[0](local_batch, config.seed)
+      seen_method = [[hashlib.sha1(np.ascontiguousarray(r).tobytes()).hexdigest()
+                      for r in next(it)["inputs"]] for _ in range(5)]
       with open(os.path.join(out, f"rows_{jax.process_index()}.json"), "w") as f:
         json.dump({"process_count": jax.process_count(), "devices": jax.device_count(),
-                   "local_devices": jax.local_device_count(), "rows": seen}, f)
+                   "local_devices": jax.local_device_count(), "rows": seen,
+                   "method_rows": seen_method}, f)
 ''')
 
 
@@ -121,5 +128,9 @@ def test_two_by_two_matches_one_by_four_and_feeds_disjoint_data(tmp_path):
   rows1 = {h for step in info[1]["rows"] for h in step}
   assert len(rows0) == 20 and len(rows1) == 20
   assert not rows0 & rows1
+  method0 = {h for step in info[0]["method_rows"] for h in step}
+  method1 = {h for step in info[1]["method_rows"] for h in step}
+  assert len(method0) == 20 and len(method1) == 20
+  assert not method0 & method1
   # Output of both processes came through the launcher with its prefix.
   assert "[p0]" in mp.stdout and "[p1]" in mp.stdout

@@ -88,12 +88,22 @@ def method_iterator_fns(config: ConfigDict) -> tuple[IteratorFn, IteratorFn]:
   return module.iterator_fns(config)
 
 
+def process_seed(seed: int, process_index: int) -> int:
+  """A seed of process `process_index`'s own, derived from the run's seed."""
+  return int(np.random.SeedSequence((seed, process_index)).generate_state(1)[0] & 0x7FFFFFFF)
+
+
 def _default_iterators(config: ConfigDict) -> tuple[IteratorFn, IteratorFn]:
   if config.data.name == METHOD_DATA:
-    if jax.process_count() > 1:
-      raise ConfigError(f"config.data.name='{METHOD_DATA}' (in-code synthetic data) runs on "
-                        f"one process only; use a registered dataset for multi-host runs")
-    return method_iterator_fns(config)
+    train_fn, eval_fn = method_iterator_fns(config)
+    if jax.process_count() == 1:
+      return train_fn, eval_fn
+    index = jax.process_index()
+    # In-code streams are pure functions of (seed, step): with several processes each one
+    # draws its own stream from a seed of its own. Evaluation streams stay identical on every
+    # process, so eval metrics are those of one process's eval batches (computed redundantly).
+    return (lambda batch_size, seed: train_fn(batch_size, process_seed(seed, index)),
+            eval_fn)
   from tokenlab import data as data_lib
   data_lib.validate_data_config(config.data)
 
