@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from tokenlab.method import Average, Batch, Method, PyTree
+from tokenlab.nn.decode import sample_module_cached
 from tokenlab.nn.generate import sample_autoregressive
 from tokenlab.nn.layers import Embed, DenseGeneral
 from tokenlab.nn.losses import token_nll
@@ -53,8 +54,12 @@ class TransformerLMConfig:
 
 
 class TransformerLMModule(nn.Module):
-  """tokens (batch, length) -> logits (batch, length, vocab)."""
+  """tokens (batch, length) -> logits (batch, length, vocab).
+
+  `decode=True`: the same parameters, with a key/value cache for tokenlab/nn/decode.py.
+  """
   cfg: TransformerLMConfig
+  decode: bool = False
 
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
@@ -67,7 +72,7 @@ class TransformerLMModule(nn.Module):
                  window=tuple(cfg.window) if cfg.window else None,
                  attention_impl=cfg.attention_impl or None, rope_theta=cfg.rope_theta)
     x = TransformerStack(cfg.num_layers, block, scan=cfg.scan_layers, remat=cfg.remat,
-                         name="decoder")(x, positions, segment_ids)
+                         decode=self.decode, name="decoder")(x, positions, segment_ids)
     if cfg.tie_embeddings:
       return embed.attend(x)
     return DenseGeneral((cfg.vocab_size,), ("embed", "vocab"), name="lm_head")(x)
@@ -94,8 +99,17 @@ class TransformerLM(Method):
     return lm_loss(self.logits(params, batch), batch)
 
   def sample(self, params: PyTree, prompt: jax.Array, prompt_len: jax.Array, rng: jax.Array,
-             *, temperature: float = 1.0, top_k: int = 0) -> jax.Array:
-    """Continues each prompt to the end of the (batch, length) buffer; see nn.generate."""
+             *, temperature: float = 1.0, top_k: int = 0, cached: bool = True) -> jax.Array:
+    """Continues each prompt to the end of the (batch, length) buffer.
+
+    Cached (tokenlab/nn/decode.py: prefill, then one token per step with a key/value cache
+    as long as the buffer; dense, windowed, GQA and scan_layers configs alike) when the
+    module is this class's own; subclasses that swap `self.module`, and `cached=False`, use
+    the uncached `sample_autoregressive` (the same tokens, O(length) times the compute).
+    """
+    if cached and type(self.module) is TransformerLMModule:
+      return sample_module_cached(self.module.clone(decode=True), params, prompt, prompt_len,
+                                  rng, temperature=temperature, top_k=top_k)
     logits_fn = lambda tokens: self.module.apply({"params": params}, tokens)
     return sample_autoregressive(logits_fn, prompt, prompt_len, rng, temperature=temperature,
                                  top_k=top_k)

@@ -3,6 +3,9 @@
 `dot_product_attention` chooses between dense attention (``jax.nn.dot_product_attention``,
 with causal / segment masks and an optional additive bias) and windowed attention
 (``tokenlab.kernels.windowed_attention``, O(N*W)) when a window is set.
+
+`MultiHeadAttention(decode=True)` keeps a key/value cache in the Flax "cache" collection for
+one-token-per-step autoregressive decoding (driven by tokenlab/nn/decode.py).
 """
 
 from __future__ import annotations
@@ -83,6 +86,16 @@ class MultiHeadAttention(nn.Module):
   """Multi-head (grouped-query) self-attention with RoPE.
 
   Input (batch, length, embed) -> (batch, length, embed).
+
+  With `decode=True` (causal only) the layer keeps, in the "cache" collection,
+  `cached_key` / `cached_value` (batch, max_len, kv_heads, head_dim) and `cache_index` (), the
+  number of positions written so far (shared by all rows). The first call, under `init`,
+  creates a zero cache whose max_len is that call's length and attends normally; every later
+  call (apply with mutable=["cache"]) takes the next `length` tokens, applies RoPE at their
+  true positions cache_index + 0..length-1, writes their keys/values into the cache, and
+  attends densely over the cache with a mask: keys at positions <= the query's, and, with a
+  window (left, _), >= the query's position - left (the same keys the windowed kernel sees).
+  Positions, segment ids and bias are not taken in decode mode.
   """
   num_heads: int
   head_dim: int
@@ -93,6 +106,7 @@ class MultiHeadAttention(nn.Module):
   use_rope: bool = True
   rope_theta: float = 10000.0
   param_dtype: Any = jnp.float32
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, positions: jax.Array | None = None,
@@ -104,6 +118,13 @@ class MultiHeadAttention(nn.Module):
     q = dense((self.num_heads, self.head_dim), ("embed", "heads", "head_dim"), "query")(x)
     k = dense((kv_heads, self.head_dim), ("embed", "kv_heads", "head_dim"), "key")(x)
     v = dense((kv_heads, self.head_dim), ("embed", "kv_heads", "head_dim"), "value")(x)
+    if self.decode:
+      if positions is not None or segment_ids is not None or bias is not None:
+        raise ValueError("decode mode takes no positions, segment_ids or bias (positions "
+                         "come from the cache index)")
+      out = self._cached_attention(q, k, v)
+      return DenseGeneral((x.shape[-1],), ("heads", "head_dim", "embed"), in_dims=2,
+                          param_dtype=self.param_dtype, name="out")(out)
     if self.use_rope:
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
@@ -114,3 +135,35 @@ class MultiHeadAttention(nn.Module):
                                 implementation=self.implementation)
     return DenseGeneral((x.shape[-1],), ("heads", "head_dim", "embed"), in_dims=2,
                         param_dtype=self.param_dtype, name="out")(out)
+
+  def _cached_attention(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """q (batch, n, heads, head_dim), k/v (batch, n, kv_heads, head_dim) of the next n tokens
+    (before RoPE) -> (batch, n, heads, head_dim); updates the cache (see the class docstring)."""
+    if not self.causal:
+      raise ValueError("decode mode needs causal attention")
+    batch, n = q.shape[:2]
+    initialized = self.has_variable("cache", "cached_key")
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+    max_len = cached_k.value.shape[1]
+    if n > max_len:
+      raise ValueError(f"decode step of {n} tokens exceeds the cache length {max_len}")
+    start = index.value if initialized else jnp.zeros((), jnp.int32)
+    q_pos = start + jnp.arange(n)                                          # (n,)
+    if self.use_rope:
+      pos = jnp.broadcast_to(q_pos, (batch, n))
+      q, k = rope(q, pos, self.rope_theta), rope(k, pos, self.rope_theta)
+    if initialized:
+      # Keys/values are cached after RoPE, so each is rotated once, at its own position.
+      cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, start, 0, 0))
+      cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
+      index.value = start + n
+      k, v = cached_k.value, cached_v.value
+      k_pos = jnp.arange(max_len)
+    else:  # init: the cache is being created; attend over this call's own tokens
+      k_pos = q_pos
+    mask = k_pos[None, :] <= q_pos[:, None]                               # (n, kv_len)
+    if self.window is not None:
+      mask = jnp.logical_and(mask, k_pos[None, :] >= q_pos[:, None] - self.window[0])
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])

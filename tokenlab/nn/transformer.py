@@ -29,6 +29,7 @@ class TransformerBlock(nn.Module):
   attention_impl: str | None = None
   rope_theta: float = 10000.0
   param_dtype: Any = jnp.float32
+  decode: bool = False  # key/value cache for one-token steps (see MultiHeadAttention)
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array | None = None,
@@ -38,7 +39,8 @@ class TransformerBlock(nn.Module):
     x = x + MultiHeadAttention(
         num_heads=self.num_heads, head_dim=self.head_dim, num_kv_heads=self.num_kv_heads,
         causal=self.causal, window=self.window, implementation=self.attention_impl,
-        rope_theta=self.rope_theta, param_dtype=self.param_dtype, name="attn")(
+        rope_theta=self.rope_theta, param_dtype=self.param_dtype, decode=self.decode,
+        name="attn")(
             h, positions=positions, segment_ids=segment_ids)
     h = RMSNorm(param_dtype=self.param_dtype, name="mlp_norm")(x)
     return x + SwiGLU(self.mlp_dim, param_dtype=self.param_dtype, name="mlp")(h)
@@ -49,30 +51,38 @@ class TransformerStack(nn.Module):
 
   With `scan=True` the layers are one `nn.scan` (parameters stacked on a leading `layers`
   axis): compile time stays flat in depth, which matters for the 1b-size configs.
+
+  With `decode=True` every block's attention keeps a key/value cache (the "cache" collection;
+  see MultiHeadAttention and tokenlab/nn/decode.py). Under scan the cache is scanned like the
+  parameters (stacked on a leading layers axis); remat is skipped (nothing is differentiated).
+  The parameters are the same with and without decode.
   """
   num_layers: int
   block: dict  # TransformerBlock keyword arguments
   scan: bool = False
   remat: str = "none"
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None) -> jax.Array:
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat='{self.remat}' unknown; use one of {sorted(REMAT_POLICIES)}")
-    block_cls = TransformerBlock
-    if self.remat != "none":
+    block_cls, block, variable_axes = TransformerBlock, self.block, {"params": 0}
+    if self.decode:
+      block, variable_axes = dict(block, decode=True), {"params": 0, "cache": 0}
+    elif self.remat != "none":
       block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat],
                            prevent_cse=not self.scan)
     if self.scan:
-      scanned = nn.scan(_ScanAdapter, variable_axes={"params": 0}, split_rngs={"params": True},
+      scanned = nn.scan(_ScanAdapter, variable_axes=variable_axes, split_rngs={"params": True},
                         in_axes=(nn.broadcast, nn.broadcast), length=self.num_layers,
                         metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = scanned(block_cls=block_cls, block=self.block, name="layers")(
+      x, _ = scanned(block_cls=block_cls, block=block, name="layers")(
           x, positions, segment_ids)
     else:
       for i in range(self.num_layers):
-        x = block_cls(**self.block, name=f"layer_{i}")(x, positions, segment_ids)
+        x = block_cls(**block, name=f"layer_{i}")(x, positions, segment_ids)
     return RMSNorm(param_dtype=self.block.get("param_dtype", jnp.float32), name="final_norm")(x)
 
 
