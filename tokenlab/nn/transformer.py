@@ -40,8 +40,7 @@ class TransformerBlock(nn.Module):
         num_heads=self.num_heads, head_dim=self.head_dim, num_kv_heads=self.num_kv_heads,
         causal=self.causal, window=self.window, implementation=self.attention_impl,
         rope_theta=self.rope_theta, param_dtype=self.param_dtype, decode=self.decode,
-        name="attn")(
-            h, positions=positions, segment_ids=segment_ids)
+        name="attn")(h, positions=positions, segment_ids=segment_ids)
     h = RMSNorm(param_dtype=self.param_dtype, name="mlp_norm")(x)
     return x + SwiGLU(self.mlp_dim, param_dtype=self.param_dtype, name="mlp")(h)
 
