@@ -128,7 +128,7 @@ def _cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
   buf[:, :len(prompt)] = prompt
   with jax.set_mesh(run.mesh):
     out = jax.jit(lambda p, b, r: run.method.sample(
-        p, b, jnp.full((args.num,), len(prompt)), r, temperature=args.temperature,
+        p, b, np.full((args.num,), len(prompt), np.int32), r, temperature=args.temperature,
         top_k=args.top_k))(run.params, jnp.asarray(buf), jax.random.key(args.seed))
   for row in np.asarray(out):
     text = tok.decode(row).decode("utf-8", errors="replace")
