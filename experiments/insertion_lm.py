@@ -3,7 +3,8 @@ on star-graph path finding.
 
   tokenlab repro insertion_lm
   variants: size=tiny|small|base, objective=ilm|ar|mdm, degree=3, path=5 (nodes on the
-  path, start and goal included), nodes=20 (node ids drawn per graph)
+  path, start and goal included), nodes=20 (node ids drawn per graph), neighbours=true
+  (each position also embeds its visible neighbour tokens: see InsertionLMConfig)
 
 The data is the star-graph task of `config.task` (tokenlab.data.star_graph): fresh random
 graphs for training, a disjoint stream of held-out graphs for evaluation, fed through the
@@ -26,7 +27,8 @@ SIZES = {
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, size="small", objective="ilm", degree=3, path=5, nodes=20)
+  arg = parse_arg(arg, size="small", objective="ilm", degree=3, path=5, nodes=20,
+                  neighbours=True)
   d, layers, heads, batch, steps, lr = choose("size", arg.size, SIZES)
   choose("objective", arg.objective, {"ilm": 0, "ar": 0, "mdm": 0})
   task = StarGraphTask(degree=arg.degree, path_len=arg.path, num_nodes=arg.nodes)
@@ -45,6 +47,7 @@ def get_config(arg=None):
   c.model.objective = arg.objective
   c.model.vocab_size = task.vocab_size
   c.model.answer_len = task.path_len
+  c.model.neighbour_embed = arg.neighbours
   c.model.d_model = d
   c.model.num_layers = layers
   c.model.num_heads = heads

@@ -17,7 +17,7 @@ from tokenlab.nn.generate import sample_insertions, sample_unmasking
 
 TASK = StarGraphTask(degree=3, path_len=5, num_nodes=16)
 CFG = InsertionLMConfig(vocab_size=TASK.vocab_size, d_model=16, num_layers=1, num_heads=2,
-                        answer_len=TASK.path_len)
+                        answer_len=TASK.path_len, neighbour_embed=True)
 
 
 def _batch(b=4, seed=0):
@@ -205,6 +205,34 @@ def test_bidirectional_model_sees_the_future_and_ignores_padding(models):
       NODE0)), method.apply(p, padded)))(params)
   assert float(jnp.abs(base[:, 0] - later[:, 0]).max()) > 1e-4     # not causal
   np.testing.assert_allclose(pad[:, :x.shape[1]], base, atol=1e-5)
+
+
+def test_neighbour_embeddings_keep_the_left_to_right_model_causal(models):
+  """The repro's models embed each position's visible neighbours: the previous token for
+  every model, the next token only for bidirectional ones (else AR would see its target)."""
+  batch, out = models
+  assert {"prev_embed", "next_embed"} <= set(out["mdm"][1]) and "next_embed" in out["ilm"][1]
+  method, params = out["ar"]
+  assert "prev_embed" in params and "next_embed" not in params
+  x = jnp.asarray(batch["inputs"])
+  t = TASK.prompt_len + 1
+  changed = x.at[:, t].set(jnp.where(x[:, t] == NODE0, NODE0 + 1, NODE0))
+  base, new = jax.jit(lambda p: (method.apply(p, x), method.apply(p, changed)))(params)
+  np.testing.assert_allclose(new[:, :t], base[:, :t], atol=1e-6)   # nothing leaks backwards
+  assert float(jnp.abs(new[:, t] - base[:, t]).max()) > 1e-4
+
+
+def test_lookup_accuracy_counts_only_the_answer_after_the_branch_node():
+  batch = _batch(4)
+  x = jnp.asarray(batch["inputs"])
+  p = TASK.prompt_len
+  method = InsertionLM(dataclasses.replace(CFG, objective="ar"))
+  oracle = jax.nn.one_hot(x[:, 1:], TASK.vocab_size)
+  wrong_start_and_branch = oracle.at[:, p - 1:p + 1].set(0.0).at[:, p - 1:p + 1, PAD].set(1.0)
+  for logits, want in ((oracle, 1.0), (wrong_start_and_branch, 1.0), (-oracle, 0.0)):
+    method.apply = lambda params, tokens, logits=logits: logits
+    acc = method.lookup_accuracy(None, batch)
+    assert float(acc.count) == 4 * (TASK.path_len - 2) and float(acc.total / acc.count) == want
 
 
 def test_losses_and_decoding_of_every_objective(models):
