@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tokenlab.method import random_params as _params
 from tokenlab.methods.caft import CAFT, CAFTConfig, concept_metrics
 from tokenlab.methods.transformer_lm import TransformerLM, TransformerLMConfig, lm_loss
 from tokenlab.nn.multi_token_heads import shifted_targets
-from method_testing import random_params as _params
 
 CFG = CAFTConfig(vocab_size=16, d_model=16, num_layers=1, num_heads=2, num_aux_heads=2,
                  alpha=0.5, gamma=0.8)

@@ -10,10 +10,10 @@ import pytest
 
 from tokenlab.data import chains
 from tokenlab.data.preference import PairIterator, make_pair, response_row
+from tokenlab.method import random_params as _random_params
 from tokenlab.methods.cdpo import CDPO, CDPOConfig, detection_metrics, preference_pairs
 from tokenlab.nn.preference import (contrastive_scores, dpo_loss, sequence_logps, token_logps,
                                     token_weighted_dpo_loss)
-from method_testing import random_params as _random_params
 
 CFG = CDPOConfig(vocab_size=chains.VOCAB, d_model=16, num_layers=1, num_heads=2,
                  stage="preference")

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from method_testing import random_params
+from tokenlab.method import random_params
 from tokenlab.methods.transformer_lm import TransformerLM, TransformerLMConfig
 from tokenlab.nn.decode import init_cache, module_step_fn, sample_module_cached
 

@@ -10,6 +10,7 @@ import pytest
 
 from tokenlab.data.star_graph import (EDGE, MASK, NODE0, PAD, SEP, StarGraphIterator, StarGraphTask,
                                       is_valid_path)
+from tokenlab.method import random_params as _params
 from tokenlab.methods.insertion_lm import InsertionLM, InsertionLMConfig, ilm_loss
 from tokenlab.nn.corruption import (drop_tokens, insert_token, insertion_targets, mask_tokens,
                                     random_subset)
@@ -24,13 +25,6 @@ def _batch(b=4, seed=0):
   return next(StarGraphIterator(TASK, b, seed))
 
 
-def _params(method, batch, seed=0):
-  """Random numpy parameters of the model's shapes (no compiled init: fast on a busy CPU)."""
-  shapes = jax.eval_shape(method.init, jax.random.key(0), batch)
-  shapes = jax.tree.map(lambda b: getattr(b, "value", b), shapes,
-                        is_leaf=lambda b: hasattr(b, "value"))
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.3).astype(np.float32), shapes)
 
 
 def test_star_graph_rows_are_valid_and_streams_are_deterministic():

@@ -10,11 +10,11 @@ import pytest
 
 from tokenlab.data import arithmetic
 from tokenlab.data.arithmetic import AdditionTask, carries
+from tokenlab.method import random_params as _params
 from tokenlab.methods.self_generated_tokens import (AdditionIterator, SelfGeneratedTokens,
                                                     SelfGeneratedTokensConfig)
 from tokenlab.methods.transformer_lm import lm_loss
 from tokenlab.nn import scheduled_sampling as ss
-from method_testing import random_params as _params
 
 TASK = AdditionTask(num_digits=3)
 CFG = SelfGeneratedTokensConfig(vocab_size=arithmetic.VOCAB_SIZE, d_model=16, num_layers=1,

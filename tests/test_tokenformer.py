@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from tokenlab.errors import TokenlabError
+from tokenlab.method import random_params as _params
 from tokenlab.methods.tokenformer import TokenFormer, TokenFormerConfig, grown_config
 from tokenlab.nn.pattention import Pattention, grow_parameter_tokens, modified_softmax
-from method_testing import random_params as _params
 
 CFG = TokenFormerConfig(vocab_size=16, d_model=16, num_layers=1, num_heads=2, qkv_tokens=6,
                         proj_tokens=5, ffn_tokens=12)

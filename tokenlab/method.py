@@ -94,6 +94,18 @@ class Method(abc.ABC):
     return None
 
 
+def random_params(method: Method, batch: Batch, seed: int = 0, scale: float = 0.3) -> PyTree:
+  """Random float32 numpy parameters of `method`'s shapes for `batch` (arrays or
+  ShapeDtypeStructs), unboxed, normal(0, scale). Nothing is compiled (jax.eval_shape of
+  `init`): for tests and benchmarks whose results do not depend on trained values."""
+  import numpy as np
+  shapes = jax.eval_shape(method.init, jax.random.key(0), batch)
+  shapes = jax.tree.map(lambda b: getattr(b, "value", b), shapes,
+                        is_leaf=lambda b: hasattr(b, "value"))
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: (rng.normal(size=s.shape) * scale).astype(np.float32), shapes)
+
+
 def dataclass_from_config(cls: type, cfg: ConfigDict | dict, *, prefix: str) -> Any:
   """Instantiates dataclass `cls` from config entries (ignoring `name`).
 

@@ -40,13 +40,16 @@ def main(argv: list[str]) -> int:
   import jax
   import jax.numpy as jnp
   import numpy as np
+  from tokenlab.method import random_params
   from tokenlab.methods.transformer_lm import TransformerLM, TransformerLMConfig
 
   cfg = TransformerLMConfig(vocab_size=args.vocab_size, d_model=args.d_model,
                             num_layers=args.num_layers, num_heads=args.num_heads,
                             num_kv_heads=args.num_kv_heads)
   method = TransformerLM(cfg)
-  params = _random_params(method, args.batch, args.length)
+  # Decoding speed does not depend on the parameters' values: random ones, nothing compiled.
+  params = random_params(method, {"inputs": jax.ShapeDtypeStruct(
+      (args.batch, args.length), jnp.int32)}, scale=0.05)
   rng = np.random.default_rng(0)
   buf = jnp.asarray(rng.integers(0, cfg.vocab_size, (args.batch, args.length)), jnp.int32)
 
@@ -93,16 +96,3 @@ def main(argv: list[str]) -> int:
       json.dump(result, f, indent=2)
   return 0
 
-
-def _random_params(method, batch: int, length: int):
-  """Random parameters of the model's shapes (abstract init: nothing compiled); decoding
-  speed does not depend on their values."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  shapes = jax.eval_shape(method.init, jax.random.key(0),
-                          {"inputs": jax.ShapeDtypeStruct((batch, length), jnp.int32)})
-  shapes = jax.tree.map(lambda b: getattr(b, "value", b), shapes,
-                        is_leaf=lambda b: hasattr(b, "value"))
-  rng = np.random.default_rng(0)
-  return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.05, s.dtype), shapes)
