@@ -4,6 +4,7 @@ import json
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from tokenlab import repro
@@ -150,3 +151,23 @@ def test_runner_refuses_module_without_baseline_prerequisite(tmp_path, monkeypat
   with pytest.raises(TokenlabError, match="no prerequisite compares"):
     repro.run("bad", workdir=str(tmp_path))
   assert not (tmp_path / "repro.json").exists()
+
+
+def test_ngram_baseline_against_exact_counts():
+  from tokenlab.repro.baselines import NGram, answer_prior_accuracy, uniform_nll
+  import math
+  seqs = [[0, 1, 0, 1, 0, 2], [1, 0, 1, 0]]
+  m = NGram(order=2, vocab=3, alpha=0.5).fit(seqs)
+  # Unigram counts: 0 x5, 1 x4, 2 x1 (10 tokens); bigram after 0: 1 x3, 2 x1.
+  p_uni = [(5 + 1.5 / 3) / 11.5, (4 + 1.5 / 3) / 11.5, (1 + 1.5 / 3) / 11.5]
+  assert m.prob([], 2) == pytest.approx(p_uni[2])
+  assert m.prob([1, 0], 1) == pytest.approx((3 + 1.5 * p_uni[1]) / (4 + 1.5))
+  assert sum(m.prob([0], y) for y in range(3)) == pytest.approx(1.0)
+  nll = m.nll([[0, 1, 0]])
+  assert nll.shape == (1, 3) and nll[0, 1] == pytest.approx(-math.log(m.prob([0], 1)))
+  inputs, targets = np.array([[0, 1]]), np.array([[1, 0]])
+  assert m.nll_of(inputs, targets)[0] == pytest.approx(nll[0, 1:])
+  # A deterministic alternating source: the bigram beats the uniform law.
+  assert m.nll([[0, 1, 0, 1, 0, 1]], skip=1).mean() < uniform_nll(3)
+  assert answer_prior_accuracy([("c", 1), ("c", 1), ("c", 2), ("l", 0)],
+                               [("c", 1), ("c", 2), ("l", 0), ("x", 1)]) == 0.75
