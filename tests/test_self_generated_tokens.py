@@ -2,6 +2,7 @@
 (tokenlab.nn.scheduled_sampling) and the addition task (tokenlab.data.arithmetic)."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -202,6 +203,31 @@ def test_experiment_variants():
 
 def test_repro_quick(tmp_path):
   from tokenlab import repro
+  from tokenlab.repro import self_generated_tokens as mod
   report = repro.run("self_generated_tokens", workdir=str(tmp_path), quick=True)
   assert report.verdict == repro.NOT_ASSESSED
-  assert (tmp_path / "repro.md").exists()
+  assert (tmp_path / "repro.md").exists() and (tmp_path / "self_generated_tokens.png").exists()
+  data = json.loads((tmp_path / "repro.json").read_text())
+  assert {c["name"] for c in data["checks"]} == {c.name for c in mod.CHECKS}
+  assert data["baselines"] == list(mod.BASELINES) and data["seeds"] == [0]
+  measured = {(r["arm"], r["metric"]) for r in data["rows"]}
+  for b in mod.BASELINES:   # every baseline arm is measured on both sets
+    assert (b, mod.HELD_OUT) in measured and (b, mod.HARD) in measured
+  assert ("RAC", mod.HARD) in measured
+
+
+def test_trivial_baselines_score_what_they_should():
+  """The no-carry adder is exact on problems without a carry and wrong with one; the
+  answer prior and the n-gram are scored on the same rows."""
+  from tokenlab.config import load_config
+  from tokenlab.repro import self_generated_tokens as mod
+  config = load_config("experiments/self_generated_tokens.py:size=tiny")
+  task = AdditionTask(config.task.num_digits)
+  a, b = np.array([12, 15, 999, 0]), np.array([31, 7, 1, 0])   # carries: no, yes, yes, no
+  batch = task.lm_batch(np.concatenate(task.encode(a, b), 1))
+  batch["hard"] = np.array([0, 0, 1, 1], np.float32)
+  out = mod.trivial_baselines(config, [batch])
+  assert out[mod.NOCARRY]["eval/exact_match"] == pytest.approx(0.5)   # 12+31 right, 15+7 not
+  assert out[mod.NOCARRY]["eval/exact_match_hard"] == pytest.approx(0.5)  # 0+0 right
+  assert set(out) == {mod.PRIOR, mod.NGRAM, mod.NOCARRY}
+  assert all(0.0 <= v <= 1.0 for r in out.values() for v in r.values())
