@@ -82,9 +82,21 @@ def test_experiment_variants_and_registration():
 
 
 def test_repro_quick(tmp_path):
+  import json
   from tokenlab import repro
+  from tokenlab.repro import tokenization_theory as tt
   report = repro.run("tokenization_theory", workdir=str(tmp_path), quick=True)
-  assert report.verdict == repro.NOT_ASSESSED
+  assert report.verdict == repro.NOT_ASSESSED and report.seeds == [0]
   assert os.path.exists(tmp_path / "repro.md") and os.path.exists(tmp_path / "bits_per_char.png")
-  values = {(a, m): v for a, m, v in report.rows}
+  data = json.loads((tmp_path / "repro.json").read_text())
+  assert {c["name"] for c in data["checks"]} == {c.name for c in tt.CHECKS}
+  assert set(data["baselines"]) == set(tt.BASELINES)
+  values = {(r[0], r[1]): r[2] for r in report.rows}
   assert math.isclose(values[("source", "entropy rate H (exact)")], 0.7219280948873623)
+  # The count baselines are measured (about 1 bit/char on this source: x_n depends on x_{n-4}).
+  for arm in ("unigram chars (counts)", "bigram chars (counts)"):
+    assert 0.9 < values[(arm, "bits/char")] < 1.1, (arm, values[(arm, "bits/char")])
+  # The check on the one arm a quick run trains (BPE-16) is measured; the others say what is
+  # missing.
+  measured = {c["name"] for c in data["checks"] if "not measured" not in c["detail"]}
+  assert measured == {"bpe16_beats_bigram_counts"}, data["checks"]
