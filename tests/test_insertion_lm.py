@@ -2,6 +2,7 @@
 (tokenlab.nn.generate) and the star-graph task (tokenlab.data.star_graph)."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -259,6 +260,26 @@ def test_experiment_variants():
 
 def test_repro_quick(tmp_path):
   from tokenlab import repro
+  from tokenlab.repro import insertion_lm as mod
   report = repro.run("insertion_lm", workdir=str(tmp_path), quick=True)
   assert report.verdict == repro.NOT_ASSESSED
-  assert (tmp_path / "repro.md").exists()
+  assert (tmp_path / "repro.md").exists() and (tmp_path / "insertion_lm.png").exists()
+  data = json.loads((tmp_path / "repro.json").read_text())
+  assert {c["name"] for c in data["checks"]} == {c.name for c in mod.CHECKS}
+  assert data["baselines"] == list(mod.BASELINES) and data["seeds"] == [0]
+  measured = {(r["arm"], r["metric"]) for r in data["rows"]}
+  assert {(mod.ILM, mod.EXACT), (mod.RANDOM, mod.EXACT), (mod.UNTRAINED, mod.LOOKUP)} <= measured
+
+
+def test_random_path_baseline_sits_at_one_over_degree():
+  """The Clever-Hans solver follows real edges, so it is right exactly when it picks the
+  goal's arm: 1/degree of the graphs, and its branch accuracy equals its exact match."""
+  from tokenlab.repro.insertion_lm import random_path
+  rng = np.random.default_rng(0)
+  rows = np.stack([TASK.sample(rng) for _ in range(600)])
+  out = random_path(rows, TASK, np.random.default_rng(1))
+  assert abs(out["eval/path_exact"] - 1 / TASK.degree) < 0.06
+  assert out["eval/branch_acc"] == pytest.approx(out["eval/path_exact"])
+  two = StarGraphTask(degree=2, path_len=4, num_nodes=12)
+  rows = np.stack([two.sample(rng) for _ in range(600)])
+  assert abs(random_path(rows, two, np.random.default_rng(1))["eval/path_exact"] - 0.5) < 0.07
