@@ -232,10 +232,21 @@ def test_experiment_variants():
 
 
 def test_repro_quick(tmp_path):
+  import json
   import os
   from tokenlab import repro
+  from tokenlab.repro import byte_probs
   report = repro.run("byte_probs", workdir=str(tmp_path), quick=True)
-  assert report.verdict == repro.NOT_ASSESSED
-  assert os.path.exists(tmp_path / "repro.md")
-  kinds = {a for a, _, _ in report.rows}
-  assert {"markov bpe64 naive", "markov bpe64 healing", "markov bpe64 exact"} <= kinds
+  assert report.verdict == repro.NOT_ASSESSED and report.seeds == [0]
+  assert os.path.exists(tmp_path / "repro.md") and os.path.exists(tmp_path / "byte_probs.png")
+  data = json.loads((tmp_path / "repro.json").read_text())
+  assert {c["name"] for c in data["checks"]} == {c.name for c in byte_probs.CHECKS}
+  assert all("not measured" not in c["detail"] for c in data["checks"]), data["checks"]
+  values = {(r[0], r[1]): r[2] for r in report.rows}
+  assert {"markov bpe64 naive", "markov bpe64 healing", "markov bpe64 exact"} <= {
+      a for a, _ in values}
+  # The uniform baseline's KL to the truth has a closed form: mean over prompts of
+  # KL(Bernoulli(p1) || 1/2) with p1 = 0.3 after '0' and 0.8 after '1'.
+  kl = lambda p: p * np.log2(2 * p) + (1 - p) * np.log2(2 * (1 - p))
+  got = values[("markov uniform", byte_probs.KL_ALL)]
+  assert kl(0.3) - 1e-9 <= got <= kl(0.8) + 1e-9, got
