@@ -143,6 +143,7 @@ def test_tome_decisions_and_merge_match_transcription(n, r, protected):
     assert got == pairs[bi]
   merged, sizes = merge_tokens(jnp.asarray(x), plan, jnp.asarray(size), implementation="reference")
   np.testing.assert_allclose(np.asarray(merged), want_x, rtol=1e-5, atol=1e-5)
+  # Exact: sizes are sums of small integers in float32, exact in any summation order.
   np.testing.assert_allclose(np.asarray(sizes), want_s, rtol=0, atol=0)
   np.testing.assert_allclose(np.asarray(sizes).sum(1), size.sum(1))
   # Protected tokens keep their slot and value.
@@ -170,6 +171,8 @@ def test_tome_r_zero_is_identity_and_r_max_halves():
   x = jnp.asarray(rng.normal(size=(2, 15, 4)).astype(np.float32))
   plan = bipartite_soft_matching(x, 0)
   merged, sizes = merge_tokens(x, plan)
+  # Exact: with no merge every group is one token of weight 1 (x * 1 / 1 + 0), and an
+  # identity that changes no bit is the property under test.
   np.testing.assert_array_equal(np.asarray(merged), np.asarray(x))
   np.testing.assert_array_equal(np.asarray(sizes), np.ones((2, 15)))
   plan = bipartite_soft_matching(x, 10_000, protected=1)
@@ -342,12 +345,13 @@ def test_pallas_matches_reference(impl):
   want = bipartite_soft_matching(metric, r, protected=protected, implementation="reference")
   got = bipartite_soft_matching(metric, r, protected=protected, implementation=impl)
   assert want.num_out == n - (n - protected) // 2
-  for a, b in zip(got, want):
+  for a, b in zip(got, want):  # int32 indices: exact
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   s = jnp.asarray(rng.integers(1, 3, size=(2, n)).astype(np.float32))
   mw, sw = merge_tokens(x, want, s, implementation="reference")
   mg, sg = merge_tokens(x, want, s, implementation=impl)
   np.testing.assert_allclose(np.asarray(mg), np.asarray(mw), rtol=1e-5, atol=1e-5)
+  # Sizes of integer weights sum exactly in float32 whatever the kernel's order: exact.
   np.testing.assert_array_equal(np.asarray(sg), np.asarray(sw))
   # Boundaries, weighted, padded to max_groups.
   n = 300
@@ -357,7 +361,7 @@ def test_pallas_matches_reference(impl):
   want = merge_by_boundaries(x, bnd, weights=w, max_groups=90, implementation="reference")
   got = merge_by_boundaries(x, bnd, weights=w, max_groups=90, implementation=impl)
   np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), rtol=1e-5, atol=1e-5)
-  for a, b in zip(got[1:], want[1:]):
+  for a, b in zip(got[1:], want[1:]):  # group ids and counts, int32: exact
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # Windows: 4 full windows at r = window // 2 and a short tail window (37 = 4 * 8 + 5).
   n, window, r = 37, 8, 4
@@ -367,6 +371,7 @@ def test_pallas_matches_reference(impl):
   want = local_window_merge(x, metric, window=window, r=r, sizes=s, implementation="reference")
   got = local_window_merge(x, metric, window=window, r=r, sizes=s, implementation=impl)
   np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), rtol=1e-5, atol=1e-5)
+  # Group ids (int32) and sizes (sums of integer sizes, exact in float32): exact.
   np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
   np.testing.assert_array_equal(np.asarray(got[2]), np.asarray(want[2]))
 
@@ -431,6 +436,7 @@ def test_benchmark_peer_computes_the_same_merge_and_bench_runs(capsys):
     a = np.asarray(peer_x[bi])[np.argsort(np.asarray(peer_x[bi])[:, 0])]
     b = np.asarray(ours_x[bi])[np.argsort(np.asarray(ours_x[bi])[:, 0])]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # Sizes are integer-valued float32 (counts of tokens): exact.
   np.testing.assert_array_equal(np.sort(np.asarray(peer_s), 1), np.sort(np.asarray(ours_s), 1))
   assert bench.main(["--quick", "--repeats", "1", "--cases", "tome,boundaries"]) == 0
   out = capsys.readouterr().out

@@ -42,6 +42,7 @@ def test_tome_block_merges_r_tokens_and_tracks_sizes():
   params = jax.jit(block.init)(jax.random.key(0), x)
   y, sizes, plan = jax.jit(block.apply)(params, x)
   assert y.shape == (2, 12, 16) and sizes.shape == (2, 12)
+  # Sizes are token counts (integer-valued float32, exact sums): exact.
   np.testing.assert_array_equal(np.asarray(sizes).sum(1), [17, 17])
   assert int(plan.group_ids[0, 0]) == 0 and np.all(np.asarray(plan.group_ids)[:, 1:] > 0)
   # r = 0 with the same parameters is the plain block (log 1 = 0 bias changes nothing).
@@ -81,6 +82,7 @@ def test_tome_reduce_keeps_a_quarter_and_conserves_mass():
     np.testing.assert_array_equal(np.bincount(np.asarray(gid[bi]), minlength=16),
                                   np.asarray(sizes[bi]))
   y0, s0, _ = tr.tome_reduce(x, (0,))
+  # Exact: r = 0 merges nothing (x * 1 / 1 + 0); a bit-identical identity is the property.
   np.testing.assert_array_equal(np.asarray(y0), np.asarray(x))
 
 
@@ -94,6 +96,7 @@ def test_prune_by_attention_keeps_most_attended_in_order():
   for bi in range(b):
     order = [i for i in np.argsort(-cls[bi][1:], kind="stable")[:3] + 1]
     assert list(np.asarray(idx[bi])) == sorted([0] + order)
+  # Exact: pruning gathers rows, no arithmetic.
   np.testing.assert_array_equal(np.asarray(kept), np.take_along_axis(np.asarray(x),
                                                                      np.asarray(idx)[..., None], 1))
   same, _ = tr.prune_by_attention(x, probs, n, score="received")  # ratio 0: identity

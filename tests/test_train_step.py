@@ -89,6 +89,7 @@ def test_nonfinite_policy(policy):
   state, m = step(state, {"scale": jnp.array([jnp.nan])}, jax.random.key(0))
   assert int(state.step) == 2
   if policy == "skip":
+    # Exact: a skipped step must leave the parameters bit-identical.
     np.testing.assert_array_equal(state.params["w"], w_good)
     assert float(m["skipped_steps"].value()) == 1.0
   else:  # halt: the update is applied; the loop stops on the logged non-finite loss.

@@ -119,6 +119,8 @@ def test_default_implementation_on_cpu_is_reference():
   got = jax.jit(lambda q, k, v: windowed_attention(q, k, v, window=(4, 0)))(q, k, v)
   want = jax.jit(lambda q, k, v: windowed_attention(
       q, k, v, window=(4, 0), implementation="reference"))(q, k, v)
+  # Exact on purpose: if the default is the reference, both functions trace to the same
+  # program (one program compared with itself); a tolerance would not tell them apart.
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
