@@ -46,3 +46,77 @@ def test_object_store_workdir_is_refused_with_the_fix():
   from tokenlab.train.loop import check_workdir
   with pytest.raises(TokenlabError, match="gcsfuse"):
     check_workdir(load_config(EXP), "gs://bucket/runs/x")
+
+
+# Every subcommand: a misspelled flag exits 2 with one line naming the nearest valid flag.
+@pytest.mark.parametrize("argv,nearest_flag", [
+    (["train", "--wrkdir", "x"], "--workdir"),
+    (["eval", "--workdir", "x", "--splt", "train"], "--split"),
+    (["sample", "--workdir", "x", "--temprature", "0.1"], "--temperature"),
+    (["sample", "--workdir", "x", "--top_kk", "3"], "--top-k"),
+    (["plot", "x", "--logy"], None),
+    (["data", "show", "pysrc", "--nm", "3"], "--num"),
+    (["plan", "--devics", "8"], "--devices"),
+    (["scale", "--stps", "3"], "--steps"),
+    (["repro", "--quik"], "--quick"),
+    (["grow", "src", "--workdir", "x", "--factr", "2"], "--factor"),
+    (["bench", "trainer", "--stpes", "3"], "--steps"),
+    (["bench", "decode", "--d-modl", "3"], "--d-model"),
+    (["bench", "windowed_attention", "--reapeats", "3"], "--repeats"),
+    (["bench", "token_merge", "--repets", "3"], "--repeats"),
+])
+def test_unknown_flag_is_one_line_with_nearest(capsys, argv, nearest_flag):
+  from tokenlab.cli import main
+  assert main(argv) == 2
+  err = capsys.readouterr().err
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("tokenlab: error: "), err
+  assert "unknown flag" in lines[0] or "unrecognised" in lines[0], err
+  if nearest_flag:
+    assert f"did you mean '{nearest_flag}'" in lines[0], err
+
+
+def test_flag_aliases_and_space_form_overrides():
+  from tokenlab.argparsing import Parser
+  from tokenlab.config import split_overrides
+  p = Parser(prog="t")
+  p.add_argument("--top_k", type=int, default=0)
+  assert p.parse_args(["--top_k", "3"]).top_k == 3 and p.parse_args(["--top-k=4"]).top_k == 4
+  assert "--top-k" in p.format_help() and "--top_k" not in p.format_help()
+  assert split_overrides(["--config.train.steps", "3", "--config.seed=1"]) == [
+      "--config.train.steps=3", "--config.seed=1"]
+  from tokenlab.errors import TokenlabError
+  with pytest.raises(TokenlabError, match="has no value"):
+    split_overrides(["--config.train.steps"])
+
+
+def test_help_of_every_subcommand_says_what_options_and_example(capsys):
+  from tokenlab.cli import main
+  for cmd in ("train", "eval", "sample", "plot", "data", "plan", "scale", "repro", "grow",
+              "bench"):
+    with pytest.raises(SystemExit) as e:
+      main([cmd, "--help"]) and None
+      raise SystemExit(0)   # bench prints its usage and returns
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out and "example" in out.lower(), (cmd, out)
+  with pytest.raises(SystemExit):
+    main(["train", "--help"])
+  assert "--config.a.b=value" in capsys.readouterr().out
+
+
+def test_shipped_experiments_resolve_from_any_directory(tmp_path, monkeypatch):
+  from tokenlab.config import load_config, resolve_experiment, shipped_experiments
+  from tokenlab.errors import TokenlabError
+  monkeypatch.chdir(tmp_path)
+  assert "hnet.py" in shipped_experiments()
+  for spec in ("experiments/hnet.py:size=tiny", "hnet.py:size=tiny", "hnet:size=tiny"):
+    path, _, arg = resolve_experiment(spec).partition(":")
+    assert os.path.isfile(path) and arg == "size=tiny"
+  assert load_config("experiments/transformer_lm.py:size=tiny").model.name == "transformer_lm"
+  # A user's own file of the same relative name wins over the shipped one.
+  (tmp_path / "experiments").mkdir()
+  (tmp_path / "experiments" / "hnet.py").write_text("# mine\n")
+  assert resolve_experiment("experiments/hnet.py") == "experiments/hnet.py"
+  with pytest.raises(TokenlabError, match="did you mean 'hnet.py'"):
+    resolve_experiment("experiments/hnett.py")

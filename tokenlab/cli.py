@@ -20,30 +20,15 @@ import argparse
 import os
 import sys
 
+from tokenlab import config as config_lib
+from tokenlab.argparsing import Parser
 from tokenlab.errors import TokenlabError
 
 DEFAULT_EXPERIMENT = "experiments/hnet.py:size=small"
 
 
-def resolve_experiment(spec: str) -> str:
-  """Finds experiments/*.py in the working directory or next to the installed package."""
-  path, sep, arg = spec.partition(":")
-  if not os.path.exists(path):
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    candidate = os.path.join(repo, path)
-    if os.path.exists(candidate):
-      path = candidate
-  return path + sep + arg
-
-
-def _split_overrides(rest: list[str]) -> list[str]:
-  overrides = []
-  for item in rest:
-    if not item.startswith("--config."):
-      raise TokenlabError(f"unrecognised argument '{item}'; overrides look like "
-                          f"--config.train.steps=100")
-    overrides.append(item)
-  return overrides
+# Kept importable from here for callers written before they moved beside the config loader.
+resolve_experiment = config_lib.resolve_experiment
 
 
 def _quiet_logs() -> None:
@@ -61,7 +46,7 @@ def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
   distributed.maybe_initialize()
   from tokenlab.config import load_config
   from tokenlab.train.loop import train
-  config = load_config(resolve_experiment(args.config), _split_overrides(rest))
+  config = load_config(args.config, args.parser.overrides(rest))
   result = train(config, args.workdir)
   import jax
   if jax.process_index() == 0:
@@ -171,75 +156,104 @@ def _cmd_grow(args: argparse.Namespace, rest: list[str]) -> int:
 def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
   from tokenlab import bench
   if args.name is None:
-    print("available benchmarks: " + ", ".join(bench.available()))
+    if rest and rest[0] not in ("-h", "--help"):
+      args.parser.reject(rest)
+    print(bench.usage() if rest else "available benchmarks: " + ", ".join(bench.available()))
     return 0
   return bench.run(args.name, rest)
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="tokenlab", description=__doc__.splitlines()[0])
-  sub = parser.add_subparsers(dest="command", required=True)
+_TRAIN_EPILOG = """\
+Any config key can be overridden after the flags, as --config.a.b=value or --config.a.b value
+(an unknown key is refused naming the nearest one). Example:
 
-  p = sub.add_parser("train", help="train (or resume) an experiment in a workdir")
+  tokenlab train --config experiments/transformer_lm.py:size=tiny --workdir runs/lm \\
+      --config.optimizer.lr=1e-3 --config.train.steps 200
+
+--config takes a file of your own, or a shipped experiment by name (experiments/NAME.py, found
+from the installed package wherever you run). Re-running the same command resumes the run.
+"""
+
+
+def _sub(sub, name: str, help_: str, example: str, **kwargs) -> Parser:
+  """A subcommand whose help says what it does, its options and one example."""
+  return sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".",
+                        epilog=kwargs.pop("epilog", f"example:\n  {example}\n"), **kwargs)
+
+
+def build_parser() -> Parser:
+  parser = Parser(prog="tokenlab", description=__doc__.split("\n\nUser-fixable")[0])
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  p = _sub(sub, "train", "train (or resume) an experiment in a workdir", "",
+           epilog=_TRAIN_EPILOG, passthrough=True)
   p.add_argument("--config", default=DEFAULT_EXPERIMENT,
                  help=f"experiment file[:arg] (default {DEFAULT_EXPERIMENT})")
-  p.add_argument("--workdir", default="runs/default")
-  p.set_defaults(func=_cmd_train)
+  p.add_argument("--workdir", default="runs/default",
+                 help="run directory: config.json, metrics.jsonl, tb/, checkpoints/ "
+                      "(default runs/default)")
+  p.set_defaults(func=_cmd_train, parser=p)
 
-  p = sub.add_parser("eval", help="evaluate the latest checkpoint of a workdir")
-  p.add_argument("--workdir", required=True)
-  p.add_argument("--split", default="validation")
-  p.add_argument("--step", type=int, default=None)
-  p.add_argument("--batches", type=int, default=0, help="0 = the whole split")
-  p.set_defaults(func=_cmd_eval)
+  p = _sub(sub, "eval", "evaluate a checkpoint of a workdir on a whole split",
+           "tokenlab eval --workdir runs/lm --split validation")
+  p.add_argument("--workdir", required=True, help="a workdir written by `tokenlab train`")
+  p.add_argument("--split", default="validation", help="data split (default validation)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--batches", type=int, default=0, help="batches to evaluate (0 = the whole "
+                 "split)")
+  p.set_defaults(func=_cmd_eval, parser=p, strict=True)
 
-  p = sub.add_parser("sample", help="generate from a trained generative method")
-  p.add_argument("--workdir", required=True)
-  p.add_argument("--prompt", default="def ")
-  p.add_argument("--num", type=int, default=2)
-  p.add_argument("--length", type=int, default=0, help="total tokens (default seq_len)")
-  p.add_argument("--temperature", type=float, default=0.8)
-  p.add_argument("--top_k", type=int, default=0)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--step", type=int, default=None)
-  p.set_defaults(func=_cmd_sample)
+  p = _sub(sub, "sample", "generate from a trained generative method (bytes in, bytes out)",
+           'tokenlab sample --workdir runs/lm --prompt "def " --temperature 0.7 --top-k 20')
+  p.add_argument("--workdir", required=True, help="a workdir written by `tokenlab train`")
+  p.add_argument("--prompt", default="def ", help="text the samples continue (default 'def ')")
+  p.add_argument("--num", type=int, default=2, help="number of samples (default 2)")
+  p.add_argument("--length", type=int, default=0, help="total tokens, prompt included "
+                 "(default: the run's seq_len)")
+  p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature "
+                 "(default 0.8; 0 = greedy)")
+  p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens "
+                 "(0 = all)")
+  p.add_argument("--seed", type=int, default=0, help="sampling seed")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.set_defaults(func=_cmd_sample, parser=p, strict=True)
 
-  p = sub.add_parser("plot", help="write PNG curves of a workdir's metrics")
-  p.add_argument("workdir")
-  p.set_defaults(func=_cmd_plot)
+  p = _sub(sub, "plot", "write PNG curves of a workdir's metrics into WORKDIR/plots",
+           "tokenlab plot runs/lm")
+  p.add_argument("workdir", help="a workdir written by `tokenlab train`")
+  p.set_defaults(func=_cmd_plot, parser=p, strict=True)
 
-  p = sub.add_parser("data", help="build / list / show embedded datasets", add_help=False)
-  p.set_defaults(func=_cmd_data)
+  for name, help_, func in (
+      ("data", "build, list and show the embedded datasets (`tokenlab data --help`)",
+       _cmd_data),
+      ("plan", "compile a config ahead of time for N devices and report per-device memory "
+       "and whether it fits a chip (`tokenlab plan --help`)", _cmd_plan),
+      ("scale", "run a scaling study (sweeps of mesh / size) into CSV + PNG "
+       "(`tokenlab scale --help`)", _cmd_scale),
+      ("repro", "run a paper method's mini-reproduction: table, verdict, repro.md, PNGs "
+       "(`tokenlab repro --help`)", _cmd_repro),
+      ("grow", "grow a trained TokenFormer run (more parameter tokens) and train it "
+       "(`tokenlab grow --help`)", _cmd_grow)):
+    sub.add_parser(name, help=help_, add_help=False).set_defaults(func=func)
 
-  p = sub.add_parser("plan", help="compile a config ahead of time for N devices and report "
-                     "per-device memory and whether it fits a chip", add_help=False)
-  p.set_defaults(func=_cmd_plan)
-
-  p = sub.add_parser("scale", help="run a scaling study (sweeps of mesh / size) into CSV + PNG",
-                     add_help=False)
-  p.set_defaults(func=_cmd_scale)
-
-  p = sub.add_parser("repro", help="run a paper method's mini-reproduction (table, repro.md, "
-                     "PNG)", add_help=False)
-  p.set_defaults(func=_cmd_repro)
-
-  p = sub.add_parser("grow", help="grow a trained TokenFormer run (more parameter tokens) "
-                     "and train the grown model", add_help=False)
-  p.set_defaults(func=_cmd_grow)
-
-  p = sub.add_parser("bench", help="run a benchmark against its named peer and print ratios",
-                     add_help=False)
+  p = sub.add_parser("bench", help="run a benchmark against its named peer and print ratios "
+                     "(`tokenlab bench --help`)", add_help=False)
   p.add_argument("name", nargs="?", help="benchmark name; omit to list them")
-  p.set_defaults(func=_cmd_bench)
+  p.set_defaults(func=_cmd_bench, parser=p)
   return parser
 
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  parser = build_parser()
-  args, rest = parser.parse_known_args(argv)
-  _quiet_logs()
   try:
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    if argv and argv[0] in ("train", "eval", "sample", "plot"):
+      commands[argv[0]].check_flags(argv[1:], overrides=argv[0] == "train")
+    args, rest = parser.parse_known_args(argv)
+    if rest and getattr(args, "strict", False):
+      args.parser.reject(rest)
+    _quiet_logs()
     return int(args.func(args, rest) or 0)
   except TokenlabError as e:
     print(f"tokenlab: error: {e}", file=sys.stderr)

@@ -122,12 +122,66 @@ _SYNONYMS = {"learning_rate": "lr", "num_steps": "steps", "max_steps": "steps",
              "sequence_length": "seq_len", "dataset": "name"}
 
 
+def shipped_experiments() -> dict[str, str]:
+  """{file name: path} of the experiment files shipped with tokenlab (package
+  `tokenlab.experiments`, the top-level `experiments/` folder of the checkout)."""
+  from importlib import resources
+  root = resources.files("tokenlab.experiments")
+  return {p.name: str(p) for p in sorted(root.iterdir(), key=lambda p: p.name)
+          if p.name.endswith(".py") and not p.name.startswith("_")}
+
+
+def resolve_experiment(spec: str) -> str:
+  """'path.py[:arg]' -> the same spec with a path that exists.
+
+  A file that exists (relative to the working directory, or absolute) is used as given, so a
+  user's own experiment always wins. Otherwise 'experiments/NAME.py' (or 'NAME.py', 'NAME')
+  names an experiment shipped with tokenlab, found from the installed package wherever the
+  command runs. Raises ConfigError listing the shipped experiments when neither exists.
+  """
+  path, sep, arg = spec.partition(":")
+  if os.path.isfile(path):
+    return spec
+  head, name = os.path.split(path)
+  if head in ("", "experiments"):
+    shipped = shipped_experiments()
+    key = name if name.endswith(".py") else name + ".py"
+    if key in shipped:
+      return shipped[key] + sep + arg
+    hint = nearest(key, shipped)
+  else:
+    hint = ""
+  raise ConfigError(f"experiment file '{path}' not found{hint}; give a path to your own "
+                    f"experiment file, or one shipped with tokenlab: "
+                    f"{', '.join('experiments/' + n for n in shipped_experiments())}")
+
+
+def split_overrides(args: list[str]) -> list[str]:
+  """Command-line words -> ['--config.a.b=value', ...].
+
+  Accepts '--config.a.b=value' and the space form '--config.a.b value' (as ml-collections'
+  config_flags does); anything else is refused with the form to use.
+  """
+  out, i = [], 0
+  while i < len(args):
+    item = args[i]
+    if not item.startswith("--config."):
+      raise ConfigError(f"unrecognised argument '{item}'; config overrides look like "
+                        f"--config.train.steps=100")
+    if "=" not in item:
+      if i + 1 >= len(args) or args[i + 1].startswith("--"):
+        raise ConfigError(f"override '{item}' has no value; write {item}=VALUE")
+      item = f"{item}={args[i + 1]}"
+      i += 1
+    out.append(item)
+    i += 1
+  return out
+
+
 def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ConfigDict:
-  """Loads 'path/to/experiment.py[:arg]', applies overrides 'a.b=value', validates keys."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ConfigError(f"experiment file '{path}' not found; name one like "
-                      f"experiments/transformer_lm.py:size=tiny")
+  """Loads 'path/to/experiment.py[:arg]' (a user's file, or a shipped experiment by name; see
+  `resolve_experiment`), applies overrides 'a.b=value', validates keys."""
+  path, _, arg = resolve_experiment(spec).partition(":")
   module_spec = importlib.util.spec_from_file_location(f"_tokenlab_exp_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)

@@ -35,6 +35,7 @@ import sys
 import time
 from typing import Any
 
+from tokenlab.argparsing import Parser
 from tokenlab.errors import ConfigError, TokenlabError
 
 GiB = 1024 ** 3
@@ -52,9 +53,9 @@ _CHILD_ENV = "TOKENLAB_PLAN_CHILD"
 
 
 def _parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-  parser = argparse.ArgumentParser(
-      prog="tokenlab plan", description=__doc__.splitlines()[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = Parser(prog="tokenlab plan", description=__doc__.splitlines()[0],
+                  epilog="example:\n  tokenlab plan --config experiments/transformer_lm.py:"
+                         "size=small --devices 8 --chip v5e\n")
   parser.add_argument("--config", default="experiments/transformer_lm.py:size=small",
                       help="experiment file[:arg]")
   parser.add_argument("--devices", type=int, required=True,
@@ -64,7 +65,7 @@ def _parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                            f"default: all")
   parser.add_argument("--top", type=int, default=8, help="largest arrays to list")
   parser.add_argument("--json", default="", help="also write the report to this file")
-  args, rest = parser.parse_known_args(argv)
+  args, rest = parser.parse_with_overrides(argv)
   if args.devices < 1:
     raise ConfigError(f"--devices must be at least 1, got {args.devices}")
   for chip in args.chip:
@@ -275,13 +276,12 @@ def format_plan(report: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
   """`tokenlab plan ...`; returns the exit status (0 = compiled; fit or not is reported)."""
   args, rest = _parse_args(argv)
-  from tokenlab.cli import _split_overrides, resolve_experiment
-  overrides = _split_overrides(rest)
+  overrides = rest
   child = ensure_cpu_devices(args.devices, argv)
   if child is not None:
     return child
   from tokenlab.config import load_config
-  config = load_config(resolve_experiment(args.config), overrides)
+  config = load_config(args.config, overrides)
   report = make_plan(config, args.devices, args.chip, args.top)
   report["config"] = args.config
   report["overrides"] = overrides

@@ -27,7 +27,6 @@ study times the model step rather than the input pipeline; `--data real` uses th
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import json
@@ -38,6 +37,8 @@ import sys
 import time
 from typing import Any, Iterator
 
+from tokenlab import config as config_lib
+from tokenlab.argparsing import Parser
 from tokenlab.errors import ConfigError, TokenlabError
 
 MODES = ("jit", "fsdp", "dp_shard_map")
@@ -383,8 +384,9 @@ def main(argv: list[str]) -> int:
   """`tokenlab scale ...`; exit status 0 when every point ran, 1 when some failed."""
   if argv[:1] == ["--_child"]:
     return _child(argv[1])
-  parser = argparse.ArgumentParser(prog="tokenlab scale", description=__doc__.splitlines()[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = Parser(prog="tokenlab scale", description=__doc__.splitlines()[0],
+                  epilog="example:\n  tokenlab scale --config experiments/transformer_lm.py:"
+                         "size=tiny --sweep mesh.data=1,2,4 --steps 20 --out runs/scale\n")
   parser.add_argument("--config", default="experiments/transformer_lm.py:size=tiny")
   parser.add_argument("--sweep", action="append", default=[], help="KEY=v1,v2,... (repeat)")
   parser.add_argument("--compare", action="store_true",
@@ -396,7 +398,7 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per point")
   parser.add_argument("--plot-only", action="store_true",
                       help="redraw OUT/scaling.png from OUT/scaling.csv; run nothing")
-  args, rest = parser.parse_known_args(argv)
+  args, overrides = parser.parse_with_overrides(argv)
   if args.plot_only:
     csv_path = os.path.join(args.out, "scaling.csv")
     if not os.path.exists(csv_path):
@@ -408,8 +410,6 @@ def main(argv: list[str]) -> int:
     print(plot(rows, os.path.join(args.out, "scaling.png"), keys,
                title=f"tokenlab scale: {os.path.basename(os.path.abspath(args.out))}"))
     return 0
-  from tokenlab.cli import _split_overrides, resolve_experiment
-  overrides = _split_overrides(rest)
   sweeps = [parse_sweep(s) for s in args.sweep]
   if args.compare:
     if any(k == "mode" for k, _ in sweeps):
@@ -420,7 +420,7 @@ def main(argv: list[str]) -> int:
     raise ConfigError(f"a key is swept twice in {keys}; give each key one --sweep")
   if args.steps < 2:
     raise ConfigError("--steps must be at least 2 (the first step is not timed)")
-  spec = resolve_experiment(args.config)
+  spec = config_lib.resolve_experiment(args.config)
   points = [resolve_point(spec, values, overrides) for values in expand(sweeps)]
   log_every = args.log_every or max(args.steps // 4, 1)
   os.makedirs(args.out, exist_ok=True)

@@ -15,14 +15,14 @@ runs once before it is timed); the best of `--repeats` timings counts.
 
 from __future__ import annotations
 
-import argparse
+from tokenlab.argparsing import Parser
 import json
 import os
 import time
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="tokenlab bench decode", description=__doc__)
+  parser = Parser(prog="tokenlab bench decode", description=__doc__)
   parser.add_argument("--d_model", type=int, default=256)
   parser.add_argument("--num_layers", type=int, default=4)
   parser.add_argument("--num_heads", type=int, default=4)

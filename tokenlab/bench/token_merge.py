@@ -15,7 +15,7 @@ so the ratios hold on a shared machine. On a GPU it also prints achieved bandwid
 
 from __future__ import annotations
 
-import argparse
+from tokenlab.argparsing import Parser
 import time
 
 import jax
@@ -71,8 +71,7 @@ def main(argv: list[str]) -> int:
   from tokenlab.kernels import (bipartite_soft_matching, local_window_merge,
                                 merge_by_boundaries, merge_tokens)
 
-  p = argparse.ArgumentParser(prog="tokenlab bench token_merge", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = Parser(prog="tokenlab bench token_merge", description=__doc__)
   p.add_argument("--cases", default="tome,boundaries,window",
                  help="comma-separated subset of: tome, boundaries, window")
   p.add_argument("--repeats", type=int, default=7)

@@ -8,7 +8,7 @@ over that peak. The first logged window (which still warms caches) is dropped.
 
 from __future__ import annotations
 
-import argparse
+from tokenlab.argparsing import Parser
 import json
 import os
 import tempfile
@@ -17,14 +17,13 @@ DEFAULT = "experiments/transformer_lm.py:size=small"
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="tokenlab bench trainer", description=__doc__)
+  parser = Parser(prog="tokenlab bench trainer", description=__doc__)
   parser.add_argument("--config", default=DEFAULT)
   parser.add_argument("--steps", type=int, default=60)
   parser.add_argument("--log_every", type=int, default=10)
   parser.add_argument("--json", default="", help="also write the results to this file")
-  args, rest = parser.parse_known_args(argv)
+  args, overrides = parser.parse_with_overrides(argv)
 
-  from tokenlab.cli import _split_overrides, resolve_experiment
   from tokenlab.config import load_config
   from tokenlab.train.loop import train
   from tokenlab.train.metrics import measure_matmul_peak, read_metrics
@@ -33,8 +32,8 @@ def main(argv: list[str]) -> int:
                "--config.train.eval_every=0", "--config.train.eval_batches=1",
                f"--config.checkpoint.every_steps={args.steps}",
                "--config.checkpoint.async_save=false", "--config.train.progress=false",
-               *_split_overrides(rest)]
-  config = load_config(resolve_experiment(args.config), overrides)
+               *overrides]
+  config = load_config(args.config, overrides)
   peak_before = measure_matmul_peak()
   with tempfile.TemporaryDirectory() as workdir:
     train(config, workdir)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tokenlab.argparsing import Parser
 from tokenlab.errors import TokenlabError
 
 
@@ -40,8 +41,8 @@ def _ints(text: str) -> list[int]:
     raise argparse.ArgumentTypeError(f"'{text}': pass comma-separated ints") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="tokenlab bench windowed_attention",
+def _parser() -> Parser:
+  p = Parser(prog="tokenlab bench windowed_attention",
                               description=__doc__.split("\n\n")[0])
   p.add_argument("--suite", choices=["cpu", "gpu"], default=None,
                  help="cpu: reference vs XLA; gpu: Pallas GPU vs cuDNN/XLA (default: by backend)")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import numpy as np
 
+from tokenlab.argparsing import Parser
 from tokenlab.data import config, registry
 from tokenlab.errors import ConfigError, TokenlabError, nearest
 
@@ -113,9 +115,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
   return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
   """Returns the parser of `tokenlab data ...`."""
-  parser = argparse.ArgumentParser(prog="tokenlab data", description=__doc__.splitlines()[0])
+  parser = Parser(prog="tokenlab data", description=__doc__.splitlines()[0],
+                  epilog="examples:\n  tokenlab data list\n  tokenlab data show pysrc --num 2\n")
   sub = parser.add_subparsers(dest="action", required=True)
   sub.add_parser("list", help="list the embedded datasets and their options"
                  ).set_defaults(func=_cmd_list)
@@ -144,7 +147,7 @@ def main(argv: list[str]) -> int:
   try:
     return int(args.func(args) or 0)
   except TokenlabError as e:
-    print(f"tokenlab data: error: {e}", flush=True)
+    print(f"tokenlab data: error: {e}", file=sys.stderr, flush=True)
     return 2
 
 

@@ -41,7 +41,6 @@ config (token counts x factor, `norm_tokens` held, `train.init_from=SRC`) and tr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 
@@ -244,12 +243,14 @@ def grown_config(src, *, src_workdir: str, factor: float = 0.0, qkv_tokens: int 
 
 
 def grow_main(argv: list[str]) -> int:
-  """`tokenlab grow SRC --workdir DST [--factor F | --qkv_tokens N ...] [--steps N]
-  [--scale held|new] [--init zero_keys|zeros|fresh] [--dry_run] [--config.a.b=v ...]`."""
+  """`tokenlab grow SRC --workdir DST [--factor F | --qkv-tokens N ...] [--steps N]
+  [--scale held|new] [--init zero_keys|zeros|fresh] [--dry-run] [--config.a.b=v ...]`."""
   from tokenlab import config as config_lib
   from tokenlab.train.inference import load_config_from_workdir
-  parser = argparse.ArgumentParser(
-      prog="tokenlab grow",
+  from tokenlab.argparsing import Parser
+  parser = Parser(
+      prog="tokenlab grow", epilog="example:\n  tokenlab grow runs/tf --workdir runs/tf_x4 "
+                                   "--factor 4\n",
       description="Grow a trained TokenFormer run by appending parameter tokens, then train "
                   "the grown model (re-running the same command resumes it).")
   parser.add_argument("src", help="workdir of the trained TokenFormer run to grow")
@@ -268,11 +269,7 @@ def grow_main(argv: list[str]) -> int:
                       help="new tokens: zero_keys (default), zeros, fresh")
   parser.add_argument("--dry_run", action="store_true",
                       help="print what changes and write nothing")
-  args, rest = parser.parse_known_args(argv)
-  overrides = [r for r in rest if r.startswith("--config.")]
-  if len(overrides) != len(rest):
-    raise TokenlabError(f"unrecognised arguments {[r for r in rest if r not in overrides]}; "
-                        f"overrides look like --config.train.steps=100")
+  args, overrides = parser.parse_with_overrides(argv)
   if os.path.abspath(args.src) == os.path.abspath(args.workdir):
     raise TokenlabError("--workdir must differ from the source run's workdir")
   src = load_config_from_workdir(args.src)

@@ -22,7 +22,6 @@ the verdict is "not assessed (--quick)": a quick run claims nothing.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import json
@@ -31,6 +30,7 @@ import pkgutil
 import time
 from typing import Any
 
+from tokenlab.argparsing import Parser
 from tokenlab.errors import TokenlabError, nearest
 from tokenlab.repro.protocol import (HELD, NOT_ASSESSABLE, NOT_ASSESSED, NOT_HELD,
                                      PARTLY, VERDICTS, Check, CheckResult,
@@ -90,11 +90,10 @@ class Context:
     metrics. `experiment` is 'experiments/<file>.py[:arg]' (resolved like the CLI does). The
     arm is seeded with the context's seed; a finished arm is resumed (reused), not retrained.
     """
-    from tokenlab.cli import resolve_experiment
     from tokenlab.config import load_config
     from tokenlab.train.loop import train
     overrides = [f"--config.seed={self.seed}", "--config.train.progress=false", *overrides]
-    config = load_config(resolve_experiment(experiment), overrides)
+    config = load_config(experiment, overrides)
     t = time.perf_counter()
     print(f"[{self.name}] seed {self.seed}: training arm '{arm}' ({config.train.steps} "
           f"steps) ...", flush=True)
@@ -240,7 +239,11 @@ def _write(report: Result, name: str, workdir: str, command: str, seconds: float
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="tokenlab repro", description=__doc__.splitlines()[0])
+  parser = Parser(prog="tokenlab repro", description=__doc__.splitlines()[0],
+                  epilog="examples:\n  tokenlab repro            # list them\n"
+                         "  tokenlab repro fourier_head --quick\n"
+                         "  tokenlab repro fourier_head --workdir runs/repro/fourier_head "
+                         "--seeds 3\n")
   parser.add_argument("name", nargs="?")
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--seed", type=int, default=0, help="first seed (seeds S, S+1, ...)")
