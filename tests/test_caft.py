@@ -1,6 +1,7 @@
 """CAFT (method caft) and the auxiliary multi-token heads (tokenlab.nn.multi_token_heads)."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -125,6 +126,36 @@ def test_experiment_variants():
 
 def test_repro_quick(tmp_path):
   from tokenlab import repro
+  from tokenlab.repro import caft as mod
   report = repro.run("caft", workdir=str(tmp_path), quick=True)
   assert report.verdict == repro.NOT_ASSESSED
-  assert (tmp_path / "repro.md").exists()
+  assert (tmp_path / "repro.md").exists() and (tmp_path / "caft.png").exists()
+  data = json.loads((tmp_path / "repro.json").read_text())
+  assert {c["name"] for c in data["checks"]} == {c.name for c in mod.CHECKS}
+  assert data["baselines"] == list(mod.BASELINES) and data["seeds"] == [0]
+  rows = {(r["arm"], r["metric"]): r["mean"] for r in data["rows"]}
+  assert rows[(mod.UNIFORM, mod.NLL)] == pytest.approx(np.log(64))
+  assert 0.0 <= rows[(mod.NGRAM, mod.EXACT)] <= 1.0 and (mod.CAFT, mod.NLL) in rows
+
+
+def test_ngram_scores_match_the_networks_concept_metrics():
+  """The n-gram baseline is scored with the network's metric definitions: a model that
+  puts all mass on the truth scores NLL 0 and exact match 1; the concept metrics of a
+  network with the n-gram's log-probabilities as logits equal the n-gram's scores."""
+  from tokenlab.config import load_config
+  from tokenlab.methods.caft import iterator_fns
+  from tokenlab.repro import caft as mod
+  from tokenlab.repro.baselines import NGram
+  c = load_config("experiments/caft.py:size=tiny,stage=finetune",
+                  ["--config.train.eval_batches=1"])
+  train_fn, eval_fn = iterator_fns(c)
+  batch = next(iter(eval_fn(4, 0)))
+  ng = NGram(2, 64, 0.1).fit([r[0] for r in train_fn(4, 0).fixed])
+  got = mod.ngram_scores(ng, [batch])
+  x = batch["inputs"]
+  logp = np.log([[[ng.prob(list(x[n, :t + 1]), v) for v in range(64)]
+                  for t in range(x.shape[1])] for n in range(len(x))])
+  want = {k: float(v.value()) for k, v in concept_metrics(jnp.asarray(logp), batch).items()}
+  assert got["eval/concept_nll"] == pytest.approx(want["concept_nll"], rel=1e-4)
+  assert got["eval/concept_exact"] == pytest.approx(want["concept_exact"], abs=1e-6)
+  assert got["eval/concept_first_acc"] == pytest.approx(want["concept_first_acc"], abs=1e-6)
