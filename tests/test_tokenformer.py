@@ -171,16 +171,28 @@ def test_grow_command_dry_run_and_errors(tmp_path, capsys):
 
 
 def test_repro_quick_grows_a_trained_run_with_the_grow_command(tmp_path):
-  """--quick trains the small arm and grows it with `tokenlab grow` (the trainer's
-  init_from + TokenFormer.adopt_params): the grown checkpoint holds the trained tokens."""
+  """--quick runs every arm for a few steps and grows the small arm with `tokenlab grow`
+  (the trainer's init_from + TokenFormer.adopt_params): the grown checkpoint holds the
+  trained tokens, and the grown model starts as exactly the trained small one's function."""
   from tokenlab import repro
+  from tokenlab.repro import tokenformer as tf_repro
   from tokenlab.train.init_from import load_params
   report = repro.run("tokenformer", workdir=str(tmp_path), quick=True)
   assert report.verdict == repro.NOT_ASSESSED
-  assert (tmp_path / "repro.md").exists()
-  rows = {(a, m): v for a, m, v in report.rows}
-  assert abs(rows[("grown@0", "eval loss - small's")]) < 1e-4      # exact at growth
-  small, grown = load_params(str(tmp_path / "small")), load_params(str(tmp_path / "grown"))
+  assert (tmp_path / "repro.md").exists() and (tmp_path / "tokenformer_growth.png").exists()
+  assert {r.check.name for r in report.checks} == {c.name for c in tf_repro.CHECKS}
+  rows = {(a, m): v for a, m, v, _, _ in report.rows}
+  for arm in tf_repro.ARMS[:3] + tf_repro.BASELINES:        # scratch arms: full runs only
+    assert np.isfinite(rows[(arm, tf_repro.LOSS)]), arm
+  assert rows[("small_continued", "train PFLOPs (total)")] < rows[("grown",
+                                                                   "train PFLOPs (total)")]
+  assert "not measured" in {r.check.name: r.detail for r in report.checks}["larger_helps"]
+  seed = tmp_path / "seed0"
+  small, grown = load_params(str(seed / "small")), load_params(str(seed / "grown"))
+  cont = load_params(str(seed / "small_continued"))
   old = small["layer_0"]["ffn"]["key_tokens"]
   new = grown["layer_0"]["ffn"]["key_tokens"]
   assert new.shape[0] > old.shape[0] and not np.allclose(new[old.shape[0]:], 0)
+  assert cont["layer_0"]["ffn"]["key_tokens"].shape == old.shape     # continued, not grown
+  before, at_growth = tf_repro.loss_at_growth(str(seed / "small"), str(seed / "grown"), 1)
+  assert abs(at_growth - before) < 1e-4                                # exact at growth
