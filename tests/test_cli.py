@@ -120,3 +120,19 @@ def test_shipped_experiments_resolve_from_any_directory(tmp_path, monkeypatch):
   assert resolve_experiment("experiments/hnet.py") == "experiments/hnet.py"
   with pytest.raises(TokenlabError, match="did you mean 'hnet.py'"):
     resolve_experiment("experiments/hnett.py")
+
+
+def test_progress_is_plain_lines_when_not_a_terminal():
+  import io
+  from tokenlab.train.progress import Progress
+  stream = io.StringIO()
+  p = Progress(total=4, stream=stream)
+  assert p.bar is None
+  p.update()
+  p.log(2, {"train/loss": 1.5, "perf/tokens_per_sec": 100.0, "perf/mfu": 0.1})
+  p.write("eval at step 2: eval/loss=1.4")
+  p.close()
+  text = stream.getvalue()
+  assert "\r" not in text
+  assert text.splitlines()[0].startswith("train: step 2/4, loss 1.5000, 100 tokens/s")
+  assert text.splitlines()[1] == "eval at step 2: eval/loss=1.4"

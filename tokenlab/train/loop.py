@@ -35,6 +35,7 @@ from tokenlab.train.init_from import check_freeze, describe_overlay, load_params
 from tokenlab.train.mesh import make_mesh
 from tokenlab.train.metrics import MetricsWriter, peak_flops, reduce_metrics
 from tokenlab.train.optimizer import make_optimizer, make_schedule
+from tokenlab.train.progress import Progress
 from tokenlab.train.state import abstract_state, count_params, init_sharded_state
 from tokenlab.train.step import make_eval_step, make_train_step
 
@@ -333,11 +334,7 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
                           f"last good checkpoint is step {last}; lower config.optimizer.lr, "
                           f"use float32 compute, or set --config.train.on_nonfinite=skip")
 
-  progress = None
-  if is_main and tc.progress:
-    from tqdm.auto import tqdm
-    progress = tqdm(total=tc.steps, initial=start, desc="train", dynamic_ncols=True,
-                    unit="step")
+  progress = Progress(tc.steps, start) if is_main and tc.progress else None
 
   # Compile ahead of time so that compile time is not counted as step time.
   t_compile = time.perf_counter()
@@ -388,9 +385,7 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
             last.update(scalars)
             writer.write(step, scalars)
             if progress is not None:
-              progress.set_postfix(loss=f"{scalars['train/loss']:.4f}",
-                                   tok_s=f"{scalars['perf/tokens_per_sec']:.0f}",
-                                   mfu=f"{100 * scalars['perf/mfu']:.1f}%")
+              progress.log(step, scalars)
             window, window_time = [], 0.0
         if save_now:
           ckpt.save(step, state, train_iter)
@@ -400,7 +395,7 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
             last.update(ev)
             writer.write(step, ev)
             if progress is not None:
-              progress.write(f"step {step}: " + ", ".join(
+              progress.write(f"eval at step {step}: " + ", ".join(
                   f"{k}={v:.4f}" for k, v in sorted(ev.items())))
         if progress is not None:
           progress.update(1)
