@@ -202,10 +202,10 @@ def test_cli_list_build_show(tmp_path, capsys):
                    "--vocab-size", "16"] + args) == 0
   out = capsys.readouterr().out
   assert out.count("[train ") == 2 and "|" in out
-  assert cli.main(["build", "markv"]) == 2
-  assert "did you mean 'markov'" in capsys.readouterr().out
+  assert cli.main(["build", "markv"]) == 2   # errors go to stderr, exit 2
+  assert "did you mean 'markov'" in capsys.readouterr().err
   assert cli.main(["build", "markov", "--option", "kk=2"]) == 2
-  assert "unknown option 'kk'" in capsys.readouterr().out
+  assert "unknown option 'kk'" in capsys.readouterr().err
 
 
 
@@ -229,7 +229,36 @@ def test_prepared_tfds_dataset_reads_like_the_embedded_one(tmp_path):
     for k in w:
       np.testing.assert_array_equal(g[k], w[k])
   ext.options.tfds_name = "no_such_corpus"
-  with pytest.raises(TokenlabError, match="cannot read tfds dataset 'no_such_corpus'"):
+  with pytest.raises(TokenlabError, match="tfds dataset .no_such_corpus. is not prepared"):
     data.make_iterator(ext, **kw)
   with pytest.raises(TokenlabError, match="needs config.data.options.tfds_name"):
     data.validate_data_config({"name": "tfds"})
+
+
+def test_prepared_tfds_dataset_found_through_tfds_data_dir_and_tfrecord_refused(
+    tmp_path, monkeypatch):
+  """Without data.data_dir, a prepared dataset is found in $TFDS_DATA_DIR (as tfds users
+  expect); a tfrecord copy gets the conversion command instead of a traceback."""
+  import json
+  from tokenlab.data import tfds_text
+  cfg = _cfg("markov", tmp_path / "a", num_train=6, num_validation=5, length=64)
+  built = sources.builder(config.resolve(cfg)).data_dir
+  shutil.copytree(built, tmp_path / "tfds" / "my_corpus" / "1.0.0")
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  monkeypatch.delenv("TOKENLAB_DATA_DIR", raising=False)
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert tfds_text.candidate_data_dirs("")[0] == str(tmp_path / "tfds")
+  ext = data.default_data_config("tfds")
+  ext.options.tfds_name = "my_corpus"
+  ext.seq_len = 32
+  kw = dict(split="validation", batch_size=2, seed=0, shuffle=False, num_epochs=1)
+  assert len(list(data.make_iterator(ext, **kw))) > 1
+  info = tmp_path / "tfds" / "my_corpus" / "1.0.0" / "dataset_info.json"
+  meta = json.loads(info.read_text())
+  meta["fileFormat"] = "tfrecord"
+  info.write_text(json.dumps(meta))
+  with pytest.raises(TokenlabError, match="stored as tfrecord.*tfds convert_format"):
+    data.make_iterator(ext, **kw)
+  ext.options.tfds_name = "no_such_corpus"
+  with pytest.raises(TokenlabError, match="not prepared in .*tfds build no_such_corpus"):
+    data.make_iterator(ext, **kw)
