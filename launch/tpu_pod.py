@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -38,6 +39,36 @@ REMOTE_DIR = "$HOME/tokenlab"
 REMOTE_VENV = "$HOME/tokenlab-venv"
 REMOTE_LOG = "~/tokenlab_run.log"
 ARCHIVE = "/tmp/tokenlab-src.tar.gz"
+
+
+def requires_python(source: str = ".") -> tuple[int, int]:
+  """The lowest Python (major, minor) that pyproject.toml's requires-python allows."""
+  path = os.path.join(source, "pyproject.toml")
+  if not os.path.exists(path):   # --repo without a local checkout: this file's checkout.
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "pyproject.toml")
+  with open(path) as f:
+    m = re.search(r'requires-python\s*=\s*">=\s*(\d+)\.(\d+)', f.read())
+  return (int(m.group(1)), int(m.group(2))) if m else (3, 11)
+
+
+def python_setup(minimum: tuple[int, int]) -> str:
+  """Shell that sets $PY to a Python >= minimum on the worker. TPU VM images ship an older
+  python3 (Ubuntu 22.04: 3.10); then python3.X from the deadsnakes PPA is installed with apt.
+  Fails with the fix when neither works."""
+  major, minor = minimum
+  want = f"{major}.{minor}"
+  candidates = " ".join(f"python{major}.{m}" for m in range(minor + 4, minor - 1, -1))
+  ok = f"-c 'import sys; sys.exit(sys.version_info < ({major}, {minor}))'"
+  return (f'PY=""; for c in {candidates} python3; do '
+          f'if command -v $c >/dev/null 2>&1 && $c {ok} 2>/dev/null; then PY=$c; break; fi; '
+          f'done; if [ -z "$PY" ]; then echo "tokenlab needs Python >= {want}; installing '
+          f'python{want} (deadsnakes PPA)"; sudo apt-get update -qq && sudo apt-get install '
+          f'-y -qq software-properties-common && sudo add-apt-repository -y ppa:deadsnakes/ppa '
+          f'&& sudo apt-get update -qq && sudo apt-get install -y -qq python{want} '
+          f'python{want}-venv && PY=python{want}; fi; if [ -z "$PY" ]; then echo "no Python '
+          f'>= {want} on this worker: choose a newer --version image or install python{want}"'
+          f' >&2; exit 1; fi')
 
 
 def _tpu(args: argparse.Namespace, verb: str, *rest: str) -> list[str]:
@@ -80,7 +111,8 @@ def build_commands(args: argparse.Namespace, command: Sequence[str]
     cmds.append(("copy", _tpu(args, "scp", ARCHIVE, f"{args.name}:{ARCHIVE}", "--worker=all")))
     unpack = f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && tar -xzf {ARCHIVE} -C {REMOTE_DIR}"
     cmds.append(("copy", _tpu(args, "ssh", args.name, "--worker=all", f"--command={unpack}")))
-  install = (f"python3 -m venv {REMOTE_VENV} && {REMOTE_VENV}/bin/pip install -q -U pip && "
+  install = (f"{python_setup(requires_python(args.source))} && "
+             f"$PY -m venv {REMOTE_VENV} && {REMOTE_VENV}/bin/pip install -q -U pip && "
              f"{REMOTE_VENV}/bin/pip install -q -e \"{REMOTE_DIR}[tpu]\"")
   cmds.append(("install", _tpu(args, "ssh", args.name, "--worker=all", f"--command={install}")))
   cmds.append(("run", _tpu(args, "ssh", args.name, "--worker=all",

@@ -201,3 +201,42 @@ def test_slurm_script_per_gpu(capsys):
   assert "#SBATCH --ntasks-per-node=4" in text
   assert "--gpus-per-task=1 --ntasks-per-node=4" in text
   assert "#SBATCH --requeue" not in text
+
+
+def _python_setup_in(path_dirs, tmp_path):
+  """Runs the worker's Python selection with only `path_dirs` on PATH; returns (rc, $PY, log)."""
+  script = tpu_pod.python_setup(tpu_pod.requires_python(REPO)) + '; echo "PY=$PY"'
+  env = {"PATH": os.pathsep.join(map(str, path_dirs)), "HOME": str(tmp_path)}
+  out = subprocess.run(["/bin/bash", "-c", script], env=env, capture_output=True, text=True,
+                       timeout=60)
+  return out.returncode, out.stdout, out.stderr
+
+
+def test_tpu_pod_install_picks_a_python_the_project_supports(tmp_path):
+  import shutil
+  assert tpu_pod.requires_python(REPO) == (3, 11)
+  # This machine's interpreter (>= 3.11) is chosen as it is.
+  bindir = tmp_path / "bin"
+  bindir.mkdir()
+  os.symlink(sys.executable, bindir / "python3")
+  for tool in ("bash", "true"):
+    os.symlink(shutil.which(tool), bindir / tool)
+  rc, out, _ = _python_setup_in([bindir], tmp_path)
+  assert rc == 0 and "PY=python3" in out
+  # A TPU VM image with Python 3.10 only: python3.11 is installed with apt (sudo recorded).
+  old = tmp_path / "old"
+  old.mkdir()
+  (old / "python3").write_text("#!/bin/bash\nexit 1\n")          # 'version < 3.11' -> exit 1
+  (old / "sudo").write_text(f"#!/bin/bash\necho \"$@\" >> {tmp_path}/sudo.log\n")
+  for f in ("python3", "sudo"):
+    os.chmod(old / f, 0o755)
+  rc, out, _ = _python_setup_in([old], tmp_path)   # bash builtins do the rest
+  log = (tmp_path / "sudo.log").read_text()
+  assert "add-apt-repository -y ppa:deadsnakes/ppa" in log
+  assert "apt-get install -y -qq python3.11 python3.11-venv" in log
+  assert rc == 0 and "PY=python3.11" in out
+  # The rendered install step uses it.
+  cmds = tpu_pod.build_commands(tpu_pod.parse_args(
+      ["--name", "x", "--zone", "z", "--accelerator-type", "v4-8", "--", *TRAIN])[0], TRAIN)
+  install = next(c for phase, c in cmds if phase == "install")[-2]
+  assert "$PY -m venv $HOME/tokenlab-venv" in install and "deadsnakes" in install
