@@ -123,7 +123,9 @@ def _cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _cmd_plot(args: argparse.Namespace, rest: list[str]) -> int:
   from tokenlab.plotting import plot_workdir
-  for path in plot_workdir(args.workdir):
+  paths = plot_workdir(args.workdir, log_loss=args.log_loss)
+  print(f"summary: {paths[0]}")
+  for path in paths[1:]:
     print(path)
   return 0
 
@@ -218,9 +220,11 @@ def build_parser() -> Parser:
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.set_defaults(func=_cmd_sample, parser=p, strict=True)
 
-  p = _sub(sub, "plot", "write PNG curves of a workdir's metrics into WORKDIR/plots",
-           "tokenlab plot runs/lm")
+  p = _sub(sub, "plot", "write PNG curves of a workdir's metrics into WORKDIR/plots: a run "
+           "summary and one figure per metric group", "tokenlab plot runs/lm --log-loss")
   p.add_argument("workdir", help="a workdir written by `tokenlab train`")
+  p.add_argument("--log-loss", action="store_true", help="log-scaled y axis for loss-like "
+                 "metrics (loss, NLL, bits per byte)")
   p.set_defaults(func=_cmd_plot, parser=p, strict=True)
 
   for name, help_, func in (
