@@ -5,7 +5,9 @@
             kind=mixed|correct|incorrect (sft data: base samples | positive | negative model),
             weighting=critical|uniform (preference: cDPO | plain DPO),
             init_from=WORKDIR (start from that run's LM; preference copies it into policy and
-            reference), pos_from=WORKDIR, neg_from=WORKDIR (cDPO's scoring models)
+            reference), pos_from=WORKDIR, neg_from=WORKDIR (cDPO's scoring models),
+            beta=B (DPO's beta), remarks=true|false (a harmless remark token after every
+            step's result: valid tokens that a likelihood-only detector mistakes for errors)
 
 The data is the arithmetic-chain task of tokenlab.data.chains, generated in code
 (`config.data.name = "method"`). A pipeline: sft kind=mixed from scratch -> sft kind=correct
@@ -15,6 +17,7 @@ two. `size=base` is meant for an accelerator.
 
 from ml_collections import ConfigDict
 
+from tokenlab.data.chains import VOCAB
 from tokenlab.config import base_config, choose, parse_arg, set_accelerator_defaults, set_schedule
 
 SIZES = {
@@ -27,7 +30,7 @@ SIZES = {
 
 def get_config(arg=None):
   arg = parse_arg(arg, size="small", stage="sft", kind="mixed", weighting="critical",
-                  init_from="", pos_from="", neg_from="", beta=0.1)
+                  init_from="", pos_from="", neg_from="", beta=0.1, remarks=True)
   d, layers, heads, batch, (lr_sft, lr_pref), steps = choose("size", arg.size, SIZES)
   choose("stage", arg.stage, {"sft": 0, "preference": 1})
   if arg.stage == "sft":
@@ -47,10 +50,11 @@ def get_config(arg=None):
     set_accelerator_defaults(c)
   c.task = ConfigDict(dict(num_steps=4, p_wrong=0.6, p_misconception=0.9, kind=arg.kind,
                            data_seed=5, num_pairs=512 if arg.size != "base" else 65536,
-                           pos_from=arg.pos_from, neg_from=arg.neg_from, cd_alpha=1.0))
+                           pos_from=arg.pos_from, neg_from=arg.neg_from, cd_alpha=1.0,
+                           remarks=bool(arg.remarks), p_rare_remark=0.1))
   c.data.name = "method"   # the synthetic task of tokenlab/methods/<name>.py (iterator_fns)
   c.model.name = "cdpo"
-  c.model.vocab_size = 25   # tokenlab.data.chains.VOCAB
+  c.model.vocab_size = VOCAB
   c.model.d_model = d
   c.model.num_layers = layers
   c.model.num_heads = heads

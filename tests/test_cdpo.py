@@ -125,14 +125,19 @@ def test_adopt_params_copies_the_lm_into_policy_and_reference(model):
   assert set(jax.tree.leaves(labels["policy"])) == {"train"}
 
 
-def test_chain_task_plants_one_critical_mistake():
+REMARKS = chains.ChainTask(num_steps=3, remarks=True, p_rare_remark=0.3)
+
+
+@pytest.mark.parametrize("TASK", [TASK, REMARKS], ids=["plain", "remarks"])
+def test_chain_task_plants_one_critical_mistake(TASK):
   rng = np.random.default_rng(0)
   misconceptions = 0
   for _ in range(200):
     p = TASK.problem(rng)
     good = TASK.solve(p)
     toks, pos = TASK.trajectory(p, rng, "incorrect")
-    k = (pos - TASK.prompt_len + 1) // 2                # the planted step
+    assert len(toks) == TASK.length
+    k = (pos - TASK.prompt_len - 1) // TASK.stride + 1  # the planted step
     assert TASK.result_pos(k) == pos
     written = [int(toks[TASK.result_pos(i)]) for i in range(1, TASK.num_steps + 1)]
     assert written[:k - 1] == good[:k - 1] and written[k - 1] != good[k - 1]
@@ -154,6 +159,11 @@ def test_chain_task_plants_one_critical_mistake():
   rows = np.arange(64)[batch["critical"] >= 0]
   assert (batch["loss_mask"][rows, batch["critical"][rows]] == 1).all()
   assert (batch["loss_mask"][:, :TASK.prompt_len - 1] == 0).all()
+  if TASK.remarks:      # a remark after every result, rare ones at about p_rare_remark
+    remarks = batch["inputs"][:, [TASK.result_pos(i) + 1 for i in range(1, 4)]]
+    assert ((remarks >= chains.REMARK0) & (remarks < chains.VOCAB)).all()
+    assert 0.2 < np.mean(remarks != chains.REMARK0) < 0.4
+    assert (batch["inputs"][:, TASK.answer_pos - 1] == chains.ANS).all()
 
 
 def test_preference_rows_and_pair_iterator(pairs):
@@ -214,13 +224,28 @@ def test_experiment_variants():
 
 
 def test_repro_quick(tmp_path):
+  """The quick pipeline (sft, detection, baselines, the three preference weightings), then a
+  preference run through the real trainer from the quick sft: the reference stays the frozen
+  sft copy, the policy trains."""
   from tokenlab import repro
+  from tokenlab.repro import cdpo as cdpo_repro
   from tokenlab.train.init_from import load_params
   report = repro.run("cdpo", workdir=str(tmp_path), quick=True)
   assert report.verdict == repro.NOT_ASSESSED
-  assert (tmp_path / "repro.md").exists()
-  sft = load_params(str(tmp_path / "sft"))
-  pref = load_params(str(tmp_path / "cdpo_s0"))
+  assert (tmp_path / "repro.md").exists() and (tmp_path / "cdpo.png").exists()
+  assert {r.check.name for r in report.checks} == {c.name for c in cdpo_repro.CHECKS}
+  rows = {(a, m): v for a, m, v, _, _ in report.rows}
+  for arm in ("dpo (tuned)", "cdpo (tuned)", "p_pos-weighted dpo (tuned)", cdpo_repro.SFT,
+              cdpo_repro.MAJORITY):
+    assert 0.0 <= rows[(arm, cdpo_repro.ACC)] <= 1.0, arm
+  assert 0.0 < rows[(cdpo_repro.PRIOR, cdpo_repro.TOP1)] <= 1.0
+  sft_dir = tmp_path / "seed0" / "sft"
+  ctx = repro.Context("cdpo", str(tmp_path), 0, True)
+  ctx.train(f"experiments/cdpo.py:size=tiny,stage=preference,weighting=critical,"
+            f"init_from={sft_dir},pos_from={sft_dir},neg_from={sft_dir}", "pref",
+            ["--config.train.steps=2", "--config.train.eval_batches=1",
+             "--config.task.num_pairs=16"], eval_iter_fn=lambda batch_size, seed: iter(()))
+  sft, pref = load_params(str(sft_dir)), load_params(str(tmp_path / "pref"))
   emb = lambda p: p["embed"]["embedding"]
   np.testing.assert_array_equal(emb(pref["reference"]), emb(sft))   # frozen copy of sft
   assert not np.array_equal(emb(pref["policy"]), emb(sft))          # the policy trained

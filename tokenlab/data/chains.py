@@ -12,6 +12,14 @@ writes the running result after every step marker, then the final answer:
 (The markers let a small transformer find step i's operands by content; without them it has
 to count positions, which it learns far too slowly for a CPU reproduction.)
 
+With `remarks=True` every step's result is followed by a harmless *remark* token that carries
+no information: the common remark M0 with probability 1 - `p_rare_remark`, else one of the
+rare remarks M1..M7 drawn uniformly (the same law in correct and incorrect trajectories). They
+stand for a reasoning text's free phrasing: valid tokens a model finds unlikely, which a
+detector that only asks "is this token unlikely?" confuses with mistakes:
+
+  response: S1 r1 m1 S2 r2 m2 ... SK rK mK ANS rK EOS    (3K + 3 tokens)
+
 An *incorrect* trajectory has exactly one planted mistake at step k (the critical token): r_k is
 wrong and every later step is computed correctly from the wrong value, so the chain goes wrong
 from there and the final answer is wrong. The mistakes stand in for a base model's habits:
@@ -33,7 +41,8 @@ from tokenlab.data.synthetic import StepIterator
 
 PLUS, MINUS, TIMES, EQ, ANS, EOS, BOS = 10, 11, 12, 13, 14, 15, 16
 STEP0, MAX_STEPS = 17, 8     # step markers S_1..S_8 are tokens 17..24
-VOCAB = STEP0 + MAX_STEPS
+REMARK0, NUM_REMARKS = STEP0 + MAX_STEPS, 8   # remarks M0 (common), M1..M7 (rare): 25..32
+VOCAB = REMARK0 + NUM_REMARKS
 OPS = (PLUS, MINUS, TIMES)
 KINDS = ("mixed", "correct", "incorrect")
 
@@ -59,10 +68,19 @@ class ChainTask:
   num_steps: int = 4
   p_wrong: float = 0.6            # share of incorrect trajectories among `mixed` samples
   p_misconception: float = 0.9    # an incorrect trajectory's mistake is the `*` misconception
+  remarks: bool = False           # a remark token after every step's result
+  p_rare_remark: float = 0.1      # a remark is one of the rare M1..M7 (else M0)
 
   def __post_init__(self):
     if not 1 <= self.num_steps <= MAX_STEPS:
       raise ValueError(f"num_steps={self.num_steps} must be in 1..{MAX_STEPS}")
+    if not 0.0 <= self.p_rare_remark <= 1.0:
+      raise ValueError(f"p_rare_remark={self.p_rare_remark} must be in [0, 1]")
+
+  @property
+  def stride(self) -> int:
+    """Response tokens per step: marker, result (and remark)."""
+    return 3 if self.remarks else 2
 
   @property
   def prompt_len(self) -> int:
@@ -71,7 +89,7 @@ class ChainTask:
   @property
   def length(self) -> int:
     """Tokens of a whole trajectory (prompt + response)."""
-    return 5 * self.num_steps + 6
+    return self.prompt_len + self.stride * self.num_steps + 3
 
   @property
   def answer_pos(self) -> int:
@@ -80,7 +98,7 @@ class ChainTask:
 
   def result_pos(self, step: int) -> int:
     """Index in the trajectory of the result of step `step` (1-based)."""
-    return self.prompt_len + 2 * step - 1
+    return self.prompt_len + self.stride * (step - 1) + 1
 
   def problem(self, rng: np.random.Generator) -> Problem:
     ops = tuple(int(o) for o in rng.choice(OPS, self.num_steps))
@@ -98,10 +116,21 @@ class ChainTask:
       out.append(r)
     return out
 
-  def tokens(self, p: Problem, results: list[int]) -> np.ndarray:
+  def remark_tokens(self, rng: np.random.Generator) -> list[int]:
+    """One remark per step (empty without remarks)."""
+    if not self.remarks:
+      return []
+    rare = rng.random(self.num_steps) < self.p_rare_remark
+    which = rng.integers(1, NUM_REMARKS, self.num_steps)
+    return [REMARK0 + int(w) if r else REMARK0 for r, w in zip(rare, which)]
+
+  def tokens(self, p: Problem, results: list[int], remarks: list[int] = ()) -> np.ndarray:
     marks = range(STEP0, STEP0 + self.num_steps)
     prompt = [BOS, p.start] + [t for step in zip(p.ops, p.operands, marks) for t in step]
-    response = [t for step in zip(marks, results) for t in step]
+    if remarks:
+      response = [t for step in zip(marks, results, remarks) for t in step]
+    else:
+      response = [t for step in zip(marks, results) for t in step]
     return np.array(prompt + [EQ] + response + [ANS, results[-1], EOS], np.int32)
 
   def plant_mistake(self, p: Problem, rng: np.random.Generator) -> tuple[int, int]:
@@ -124,9 +153,10 @@ class ChainTask:
     """(tokens (length,), index of the planted mistake token or -1) of one trajectory."""
     wrong = kind == "incorrect" or (kind == "mixed" and rng.random() < self.p_wrong)
     if not wrong:
-      return self.tokens(p, self.solve(p)), -1
+      return self.tokens(p, self.solve(p), self.remark_tokens(rng)), -1
     k, value = self.plant_mistake(p, rng)
-    return self.tokens(p, self.solve(p, (k, value))), self.result_pos(k)
+    return (self.tokens(p, self.solve(p, (k, value)), self.remark_tokens(rng)),
+            self.result_pos(k))
 
 
 def lm_row(tokens: np.ndarray, prompt_len: int) -> dict[str, np.ndarray]:

@@ -189,7 +189,8 @@ def detection_metrics(scores: np.ndarray, mask: np.ndarray, critical: np.ndarray
 
 def task_from_config(config) -> ChainTask:
   t = config.task
-  return ChainTask(t.num_steps, t.p_wrong, t.p_misconception)
+  return ChainTask(t.num_steps, t.p_wrong, t.p_misconception, bool(t.get("remarks", False)),
+                   float(t.get("p_rare_remark", 0.1)))
 
 
 def preference_pairs(task: ChainTask, n: int, data_seed: int, split: str) -> list[dict]:
