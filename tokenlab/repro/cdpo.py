@@ -24,7 +24,7 @@ Per seed (the config seed sets every arm's batches and initialisation):
    prior`: the most frequent planted position in 2048 training incorrect trajectories with
    the same operator pattern.
 3. preference, from sft (policy and frozen reference both start there), 512 fixed pairs
-   (correct chosen, incorrect rejected, same prompt), 100 steps of batch 64, three token
+   (correct chosen, incorrect rejected, same prompt), 100 steps of batch 32, three token
    weightings: `dpo` (all weights 1: plain DPO), `cdpo` (chosen s_t, rejected 1 - s_t) and
    `p_pos-weighted dpo` (the same with s_t = p_pos(y_t): the positive model alone). Each gets
    the same small sweep SWEEP of (peak lr, beta); the setting with the best greedy answer
@@ -51,7 +51,7 @@ CLAIM = ("Contrastive estimation (2 l_pos - l_neg) finds the critical tokens of 
 EXPERIMENT = "experiments/cdpo.py"
 NUM_DETECT = 512                      # held-out incorrect trajectories scored for detection
 EVAL_BATCH, TEST_BATCHES, DEV_BATCHES = 256, 4, 2   # test 1024 prompts, dev 512
-PREF_STEPS, PREF_BATCH = 100, 64
+PREF_STEPS, PREF_BATCH = 100, 32
 SWEEP = ((3e-4, 0.1), (1e-4, 0.1), (1e-4, 0.5))      # (peak lr, beta), the same for every arm
 DEV_SEED_OFFSET = 100                 # dev prompts: another data seed than the test prompts
 ACC, TOP1 = "held-out answer acc", "top-1 hit rate"
