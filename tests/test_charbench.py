@@ -123,9 +123,31 @@ def test_analysis_buckets_and_correlations():
   assert np.isnan(a["corr_true_count"])            # constant property: no correlation
 
 
+def test_answer_loss_masks_all_but_the_answer_tokens():
+  tok = BytesTokenizer()
+  it = cb.TaskStream(tok, ["banana", "letter"], 2, 40, seed=0, tasks=("locate",),
+                     answer_loss=True)
+  b = next(it)
+  for row, mask in zip(b["targets"], b["loss_mask"]):
+    text = tok.decode(row).decode()
+    kept = "".join(c for c, m in zip(text, mask) if m)
+    lines = [l for l in text.split("\n")[:-1]]
+    # Every complete line contributes exactly its answer digit(s) and its newline.
+    want = "".join(l.split("=")[1] + "\n" for l in lines if "=" in l)
+    assert kept.startswith(want) and 0 < mask.sum() < len(mask)
+  full = next(cb.TaskStream(tok, ["banana"], 2, 40, seed=0))
+  assert full["loss_mask"].min() == 1.0
+
+
 def test_repro_quick(tmp_path):
+  import json
   import tokenlab.repro
   report = tokenlab.repro.run("charbench", workdir=str(tmp_path), quick=True)
   assert report.verdict == tokenlab.repro.NOT_ASSESSED
   assert (tmp_path / "repro.md").exists() and (tmp_path / "charbench.png").exists()
-  assert any("locate accuracy" in r[1] for r in report.rows)
+  data = json.loads((tmp_path / "repro.json").read_text())
+  assert {c["name"] for c in data["checks"]} == {"char_beats_prior", "bpe_beats_prior",
+                                                "char_locates_better", "token_length_effect"}
+  rows = {(a, m): v for a, m, v, _, _ in report.rows}
+  assert 0.0 < rows[("answer prior", "locate accuracy")] < 0.6
+  assert 0.0 <= rows[("char", "locate accuracy")] <= 1.0

@@ -123,32 +123,44 @@ class TaskStream(StepIterator):
   """Checkpointable batches {inputs, targets, loss_mask} of task lines packed into rows.
 
   Lines alternate over `tasks`, words are drawn from `word_list`; batch i depends only on
-  (seed, i). Every row starts at a line boundary (after a newline).
+  (seed, i). Every row starts at a line boundary (after a newline). With `answer_loss` the
+  loss mask keeps only the targets that are tokens holding a byte of an answer (or its
+  newline): the model is trained on the answers, not on predicting the next word.
   """
 
   def __init__(self, tokenizer, word_list: Sequence[str], batch_size: int, seq_len: int,
                seed: int, tasks: Sequence[str] = ("count", "locate"),
-               num_batches: int | None = None):
+               num_batches: int | None = None, answer_loss: bool = False):
     self.tok, self.words, self.batch_size, self.seq_len = tokenizer, list(word_list), \
         batch_size, seq_len
     self.seed, self.tasks, self.num_batches, self.step = seed, tuple(tasks), num_batches, 0
+    self.answer_loss = answer_loss
 
-  def _row(self, rng: np.random.Generator) -> np.ndarray:
+  def _row(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     ids: list[int] = list(self.tok.encode(b"\n"))
+    mask: list[float] = [0.0] * len(ids)
     while len(ids) < self.seq_len + 1:
       ex = make_example(self.words[rng.integers(len(self.words))],
                         self.tasks[rng.integers(len(self.tasks))], rng)
-      ids += list(self.tok.encode(ex.line.encode()))
-    return np.asarray(ids[:self.seq_len + 1], np.int32)
+      toks = list(self.tok.encode(ex.line.encode()))
+      ids += toks
+      end, start = 0, len(ex.prompt.encode())
+      for t in toks:
+        end += len(self.tok.token_bytes(int(t)))
+        mask.append(1.0 if end > start else 0.0)
+    return (np.asarray(ids[:self.seq_len + 1], np.int32),
+            np.asarray(mask[1:self.seq_len + 1], np.float32))
 
   def __next__(self) -> dict[str, np.ndarray]:
     if self.num_batches is not None and self.step >= self.num_batches:
       raise StopIteration
     rng = np.random.default_rng((self.seed, self.step))
     self.step += 1
-    x = np.stack([self._row(rng) for _ in range(self.batch_size)])
-    return {"inputs": x[:, :-1], "targets": x[:, 1:],
-            "loss_mask": np.ones((self.batch_size, self.seq_len), np.float32)}
+    rows = [self._row(rng) for _ in range(self.batch_size)]
+    x = np.stack([r[0] for r in rows])
+    mask = (np.stack([r[1] for r in rows]) if self.answer_loss
+            else np.ones((self.batch_size, self.seq_len), np.float32))
+    return {"inputs": x[:, :-1], "targets": x[:, 1:], "loss_mask": mask}
 
 
 def candidates(task: str) -> list[int]:
