@@ -127,8 +127,31 @@ def test_cipher_iterator_is_a_per_row_bijection_and_resumes():
   np.testing.assert_array_equal(next(it2)["inputs"], b2["inputs"])
 
 
+def test_in_context_counters_are_lexinvariant_and_learn_an_order1_source():
+  """The counters (baseline arms of the reproduction) involve no training: renaming the
+  symbols leaves their loss unchanged, and on an order-1 source their bigram loss falls
+  toward the entropy rate along the sequence."""
+  from tokenlab.repro.lexinvariant import BI, UNI, _in_context_counts
+  src = MarkovSource(vocab=8, order=1, branching=2, seed=3)
+  x = src.sample(16, 129, np.random.default_rng(0))
+  perm = np.random.default_rng(1).permutation(8)
+  a = _in_context_counts(x[:, :-1], x[:, 1:], 8)
+  b = _in_context_counts(perm[x[:, :-1]], perm[x[:, 1:]], 8)
+  for k in (UNI, BI):
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-12)
+  bi = a[BI].mean(0)
+  assert bi[-32:].mean() < bi[:16].mean() - 0.2
+  assert bi[-32:].mean() < src.entropy_rate() + 0.3
+
+
 def test_repro_quick(tmp_path):
+  import json
   import tokenlab.repro
   report = tokenlab.repro.run("lexinvariant", workdir=str(tmp_path), quick=True)
   assert report.verdict == tokenlab.repro.NOT_ASSESSED
   assert (tmp_path / "repro.md").exists() and (tmp_path / "lexinvariant.png").exists()
+  data = json.loads((tmp_path / "repro.json").read_text())
+  assert {c["name"] for c in data["checks"]} >= {"lex_beats_bigram_counts", "gap_shrinks"}
+  rows = {(a, m): v for a, m, v, _, _ in report.rows}
+  assert np.isfinite(rows[("lexinvariant", "loss, plain")])
+  assert rows[("in-context bigram (counts)", "loss, plain")] < np.log(16)
