@@ -122,9 +122,33 @@ def test_experiment_variants():
     assert c.model.vocab_size == c.task.num_bins and c.model.name == "fourier_head"
 
 
+def test_repro_scores_and_count_baseline():
+  """The reproduction's exact metrics: the truth has KL 0, the uniform law KL = ln B - mean
+  H(truth); the count bigram's rows are pmfs and it beats the uniform law on 4096 pairs."""
+  from tokenlab.methods.fourier_head import sample_chain, transition_matrix
+  from tokenlab.repro.fourier_head import KL, NLL, count_pmfs, scores, tune_alpha
+  trans = transition_matrix(16)
+  assert scores(trans, trans)[KL] == pytest.approx(0.0, abs=1e-9)
+  u = scores(np.full((16, 16), 1 / 16), trans)
+  h = -np.sum(np.where(trans > 0, trans * np.log(np.where(trans > 0, trans, 1)), 0), 1)
+  assert u[KL] == pytest.approx(np.log(16) - h.mean(), rel=1e-9)
+  assert u[NLL] == pytest.approx(np.log(16), rel=1e-9)
+  pairs = sample_chain(trans, 4096, 2, np.random.default_rng(0))
+  alpha = tune_alpha(pairs, 16)
+  q = count_pmfs(pairs, 16, alpha)
+  np.testing.assert_allclose(q.sum(1), 1.0, rtol=1e-9)
+  assert scores(q, trans)[KL] < 0.5 * u[KL]
+
+
 def test_repro_quick(tmp_path):
+  import json
   from tokenlab import repro
   report = repro.run("fourier_head", workdir=str(tmp_path), quick=True)
   assert report.verdict == repro.NOT_ASSESSED
-  assert (tmp_path / "repro.md").exists()
-  assert any(m.startswith("KL") for _, m, _ in report.rows)
+  assert (tmp_path / "repro.md").exists() and (tmp_path / "fourier_head.png").exists()
+  data = json.loads((tmp_path / "repro.json").read_text())
+  assert {"fourier_lower_kl", "network_reaches_counts"} <= {c["name"] for c in data["checks"]}
+  rows = {(a, m): v for a, m, v, _, _ in report.rows}
+  assert rows[("uniform", "KL(truth||model) nats")] > rows[("bigram (counts)",
+                                                            "KL(truth||model) nats")] > 0
+  assert np.isfinite(rows[("fourier_N4", "KL(truth||model) nats")])
