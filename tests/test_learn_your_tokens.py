@@ -96,7 +96,19 @@ def test_greedy_sampling_keeps_the_prompt_and_follows_the_byte_distribution(mode
 
 
 def test_repro_quick(tmp_path):
+  import json
   from tokenlab import repro
+  from tokenlab.repro import learn_your_tokens as lyt
   report = repro.run("learn_your_tokens", workdir=str(tmp_path), quick=True)
-  assert report.verdict == repro.NOT_ASSESSED
+  assert report.verdict == repro.NOT_ASSESSED and report.seeds == [0]
   assert (tmp_path / "repro.md").exists() and (tmp_path / "lyt_exact_match.png").exists()
+  data = json.loads((tmp_path / "repro.json").read_text())
+  assert {c["name"] for c in data["checks"]} == {c.name for c in lyt.CHECKS}
+  values = {(r[0], r[1]): r[2] for r in report.rows}
+  assert values[("all", "words scored")] > 0
+  # Every arm is scored on the same words; bits/byte of an exact byte law: positive, finite,
+  # and uniform is 8 bits/byte.
+  for arm in ("lyt", "byte", "bpe", "byte n-gram (counts)"):
+    assert 0.0 < values[(arm, "word bits/byte, all")] < 20.0, arm
+    assert 0.0 <= values[(arm, "next-word exact match, all")] <= 1.0, arm
+  assert abs(values[("uniform", "word bits/byte, all")] - 8.0) < 1e-9

@@ -65,6 +65,22 @@ def _logsumexp(values) -> float:
   return float(m + np.log(np.exp(values - m).sum()))
 
 
+def _by_byte(joint: tuple[list, list]) -> np.ndarray:
+  """Per-byte logsumexp of (byte indices, log values) parts: (256,) natural logs."""
+  out = np.full(256, _NEG)
+  if not joint[0]:
+    return out
+  b = np.concatenate(joint[0]).astype(np.int64)
+  v = np.concatenate(joint[1]).astype(np.float64)
+  m = np.full(256, _NEG)
+  np.maximum.at(m, b, v)
+  fin = np.isfinite(m)
+  total = np.zeros(256)
+  np.add.at(total, b, np.exp(v - np.where(fin[b], m[b], 0.0)))
+  out[fin] = m[fin] + np.log(total[fin])
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Cover:
   """One cover encoding of a query: `left` (the canonical encoding of query[:split]) + token."""
@@ -115,6 +131,21 @@ class ByteLevelLM:
       self._enc[data] = tuple(int(t) for t in self.tokenizer.encode(data)) if data else ()
     return self._enc[data]
 
+  def _encode_many(self, datas: Sequence[bytes]) -> list[tuple[int, ...]]:
+    """Canonical encodings of many byte strings in one batched tokenizer call (not cached:
+    these are one-off validity checks)."""
+    nonempty = [bytes(d) for d in datas if d]
+    encoded = iter(self.tokenizer.encode_batch(nonempty) if nonempty else [])
+    return [tuple(int(t) for t in next(encoded)) if d else () for d in datas]
+
+  def _valid_next(self, prefix: bytes, seq: tuple[int, ...]) -> np.ndarray:
+    """(V,) bool: whether seq + (u,) is the canonical encoding of prefix + bytes(u)."""
+    ids = [u for u in range(self.vocab_size) if self.pieces[u]]
+    valid = np.zeros(self.vocab_size, bool)
+    for u, enc in zip(ids, self._encode_many([prefix + self.pieces[u] for u in ids])):
+      valid[u] = enc == seq + (u,)
+    return valid
+
   def tokens_starting_with(self, prefix: bytes) -> list[int]:
     """Ids of the (non-empty) tokens whose bytes start with `prefix`."""
     lo = bisect.bisect_left(self._sorted, prefix)
@@ -133,14 +164,12 @@ class ByteLevelLM:
   def covers(self, query: bytes) -> list[Cover]:
     """The cover encodings of `query` with a canonical left part (the lemma's sum)."""
     query = bytes(query)
-    out = []
-    for i in range(len(query)):
-      left = self.encode(query[:i])
-      for t in self.tokens_starting_with(query[i:]):
-        if self.check_valid and self.encode(query[:i] + self.pieces[t]) != left + (t,):
-          continue
-        out.append(Cover(left, t, i))
-    return out
+    cands = [(self.encode(query[:i]), t, i) for i in range(len(query))
+             for t in self.tokens_starting_with(query[i:])]
+    if self.check_valid:
+      encs = self._encode_many([query[:i] + self.pieces[t] for _, t, i in cands])
+      cands = [c for c, enc in zip(cands, encs) if enc == c[0] + (c[1],)]
+    return [Cover(left, t, i) for left, t, i in cands]
 
   # --- planning and evaluation ------------------------------------------------------------
 
@@ -200,26 +229,22 @@ class ByteLevelLM:
     return total
 
   def _next_token_joint(self, res: dict, plan: _Plan, seq: tuple, lp: float,
-                        joint: list[list[float]]) -> None:
+                        joint: tuple[list, list]) -> None:
     """Adds P(seq) P(u | seq) for every next token u to joint[first byte of u]."""
     row = self._row(res, plan.context + seq)
-    prefix = b"".join(self.pieces[t] for t in seq)
-    for u in range(self.vocab_size):
-      b = self.first_byte[u]
-      if b < 0 or not np.isfinite(row[u]):
-        continue
-      if (self.check_valid and plan.kind == "exact"
-          and self.encode(prefix + self.pieces[u]) != seq + (u,)):
-        continue
-      joint[b].append(lp + row[u])
+    keep = (self.first_byte >= 0) & np.isfinite(row)
+    if self.check_valid and plan.kind == "exact":
+      keep &= self._valid_next(b"".join(self.pieces[t] for t in seq), seq)
+    joint[0].append(self.first_byte[keep])
+    joint[1].append(lp + row[keep])
 
   def _finish(self, res: dict, plan: _Plan) -> tuple[float, np.ndarray]:
     """Returns (log P(query | context), log P(query + b | context) for b in 0..255)."""
-    joint: list[list[float]] = [[] for _ in range(256)]
+    joint: tuple[list, list] = ([], [])   # (first bytes, log values) parts
     n = len(plan.query)
     if plan.kind == "naive":
       self._next_token_joint(res, plan, plan.continuations[0], 0.0, joint)
-      return 0.0, np.array([_logsumexp(v) for v in joint])
+      return 0.0, _by_byte(joint)
     left_lp = {left: self._seq_logprob(res, plan.context, left) for left in plan.lefts}
     cover_lps = []
     for c in plan.covers:
@@ -227,13 +252,14 @@ class ByteLevelLM:
       cover_lps.append(lp)
       piece = self.pieces[c.token]
       if len(piece) > n - c.split:
-        joint[piece[n - c.split]].append(lp)
+        joint[0].append(np.array([piece[n - c.split]]))
+        joint[1].append(np.array([lp]))
       else:
         self._next_token_joint(res, plan, c.left + (c.token,), lp, joint)
     if plan.kind == "exact" and n == 0:
       self._next_token_joint(res, plan, (), 0.0, joint)
-      return 0.0, np.array([_logsumexp(v) for v in joint])
-    return _logsumexp(cover_lps), np.array([_logsumexp(v) for v in joint])
+      return 0.0, _by_byte(joint)
+    return _logsumexp(cover_lps), _by_byte(joint)
 
   # --- public API -------------------------------------------------------------------------
 
@@ -248,6 +274,20 @@ class ByteLevelLM:
     plans = [self._plan(c, q, kind) for c, q in items]
     res = self._run(plans)[0]
     return [self._finish(res, p) for p in plans]
+
+  def prefix_logprobs(self, items: Sequence[tuple[Sequence[int], bytes]]) -> list[float]:
+    """log P(query | context) by the lemma for many (context ids, query bytes), with one
+    batched LM call and without the next-byte law (cheaper than `evaluate`)."""
+    plans = [self._plan(c, q, "exact") for c, q in items]
+    for p in plans:
+      p.continuations = []          # the cover sum needs the left parts only
+    res = self._run(plans)[0]
+    out = []
+    for p in plans:
+      left_lp = {left: self._seq_logprob(res, p.context, left) for left in p.lefts}
+      out.append(_logsumexp([left_lp[c.left] + self._row(res, p.context + c.left)[c.token]
+                             for c in p.covers]) if p.query else 0.0)
+    return out
 
   def prefix_logprob(self, context: Sequence[int], query: bytes) -> float:
     """log P(the bytes after `context` start with `query`) (natural log), by the lemma."""
