@@ -108,6 +108,17 @@ def test_lemma_equals_brute_force_on_all_short_strings(binary):
                                err_msg=repr(s))
 
 
+def test_prefix_logprobs_is_the_lemma_without_the_next_byte_law(binary):
+  tok, lm = binary
+  bl = ByteLevelLM(tok, lm)
+  strings = [b"", b"0", b"0110", b"00000000", b"10101"]
+  got = bl.prefix_logprobs([((3,), s) for s in strings])
+  assert got[0] == 0.0
+  for s, lp in zip(strings[1:], got[1:]):
+    np.testing.assert_allclose(math.exp(lp), brute_force_prefix_prob(lm, 3, s), rtol=1e-10,
+                               err_msg=repr(s))
+
+
 def test_prefix_probabilities_of_all_strings_of_a_length_sum_to_one(binary):
   tok, lm = binary
   bl = ByteLevelLM(tok, lm)
