@@ -1,8 +1,8 @@
 """H-Net (dynamic chunking) byte-level LM.
 
   tokenlab train --config experiments/hnet.py:size=tiny --workdir runs/hnet
-  tokenlab repro hnet            # the mini-reproduction (size=small arms)
-  variants: size=tiny|small|base, data=pysrc|markov|dna, stages=1|2, smoothing=1|0,
+  tokenlab repro hnet            # the mini-reproduction (size=repro arms, 3 seeds)
+  variants: size=tiny|small|repro|base, data=pysrc|markov|dna, stages=1|2, smoothing=1|0,
   ratio=N (target bytes per chunk per stage; default 5 for one stage, 2.5 per stage for two).
 """
 
@@ -14,6 +14,7 @@ SIZES = {
     #        d_model heads enc dec main window  seq  batch steps   lr
     "tiny": (32, 2, 1, 1, 1, 16, 64, 8, 20, 3e-3),
     "small": (128, 4, 1, 1, 3, 32, 128, 16, 300, 2e-3),
+    "repro": (64, 2, 1, 1, 2, 16, 128, 16, 300, 3e-3),   # `tokenlab repro hnet` arms (CPU)
     "base": (768, 12, 2, 2, 12, 256, 2048, 256, 20000, 6e-4),   # accelerators (TPU/GPU)
 }
 

@@ -146,7 +146,17 @@ def test_loss_metrics_router_gradients_and_sampling():
 
 
 def test_repro_quick(tmp_path):
+  import json
   from tokenlab import repro
+  from tokenlab.repro import hnet as hnet_repro
   report = repro.run("hnet", workdir=str(tmp_path), quick=True)
   assert report.verdict == repro.NOT_ASSESSED
-  assert (tmp_path / "repro.md").exists() and (tmp_path / "hnet_boundaries.png").exists()
+  for name in ("repro.md", "repro.json", "hnet_summary.png", "hnet_boundaries.png"):
+    assert (tmp_path / name).exists(), name
+  data = json.loads((tmp_path / "repro.json").read_text())
+  assert [c["name"] for c in data["checks"]] == [c.name for c in hnet_repro.CHECKS]
+  assert set(data["baselines"]) == {"count n-gram", "untrained hnet"}
+  rows = {(r["arm"], r["metric"]): r["mean"] for r in data["rows"]}
+  # The baselines were measured: the n-gram beats uniform, the untrained net has boundaries.
+  assert rows[("count n-gram", "eval bits/byte")] < rows[("uniform", "eval bits/byte")]
+  assert 0 < rows[("untrained hnet", "boundary rate, all bytes")] < 1
