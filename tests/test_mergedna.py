@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tokenlab.kernels import local_window_merge, unmerge
-from tokenlab.methods.mergedna import MASK_ID, MergeDNA, MergeDNAConfig
+from tokenlab.methods.mergedna import MASK_ID, MergeDNA, MergeDNAConfig, row_budget_merge
 
 CFG = MergeDNAConfig(d_model=16, num_heads=2, window=8, merge_layers=2, merge_r=2,
                      latent_encoder_layers=1, latent_decoder_layers=1, local_decoder_layers=1)
@@ -119,8 +119,68 @@ def test_mlm_and_kmer_baselines():
   assert MASK_ID not in b"ACGT"
 
 
+def test_row_budget_merge_spends_the_row_budget_where_tokens_are_similar():
+  # Window 0 (tokens 0-7) is one repeated vector, windows 1-2 are random: the row's budget
+  # (3 pairs per window x 3 windows = 9, minus the short last window's cap) goes to window 0
+  # first, which a fixed per-window budget cannot do.
+  n, window, r = 22, 8, 3
+  x = np.array(jax.random.normal(jax.random.key(0), (2, n, 8)))
+  x[:, :8] = x[:, :1]
+  sizes = jnp.asarray(np.random.default_rng(0).integers(1, 4, (2, n)), jnp.float32)
+  merged, gid, new_sizes = row_budget_merge(jnp.asarray(x), jnp.asarray(x), window=window,
+                                            r=r, sizes=sizes)
+  total = 3 + 3 + 3     # windows of 8, 8, 6 tokens
+  chex.assert_shape(merged, (2, n - total, 8))
+  gid = np.asarray(gid)
+  for row in range(2):
+    assert set(np.diff(gid[row])) <= {0, 1} and gid[row, -1] == n - total - 1
+    per_window = [len(np.unique(gid[row, w:w + window])) for w in range(0, n, window)]
+    assert per_window[0] == 4                    # 8 identical tokens: 4 pairs merged
+    for g in np.unique(gid[row]):
+      members = np.nonzero(gid[row] == g)[0]
+      assert len(members) <= 2 and len(set(members // window)) == 1
+  # Size-weighted means and sizes, as local_window_merge's.
+  s = np.asarray(sizes)
+  for row in range(2):
+    for g in range(n - total):
+      m = gid[row] == g
+      np.testing.assert_allclose(merged[row, g], (x[row, m] * s[row, m, None]).sum(0)
+                                 / s[row, m].sum(), rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(new_sizes[row, g], s[row, m].sum())
+
+
+def test_row_scope_model_keeps_the_static_token_count():
+  m = MergeDNA(dataclasses.replace(CFG, merge_scope="row"))
+  batch = _batch()
+  params = m.init(jax.random.key(0), batch)
+  t = jax.jit(m.tokenize)(params, batch["inputs"])
+  chex.assert_shape(t["tokens"], (2, CFG.num_tokens(N), CFG.d_model))
+  np.testing.assert_allclose(np.asarray(t["sizes"]).sum(1), N)
+  loss, _ = jax.jit(m.loss)(params, batch, jax.random.key(1))
+  assert np.isfinite(float(loss))
+  with pytest.raises(ValueError, match="merge_scope"):
+    MergeDNA(dataclasses.replace(CFG, merge_scope="global"))
+
+
+def test_kmer_counts_probe_features():
+  from tokenlab.repro.mergedna import kmer_counts
+  bases = np.frombuffer(b"ACGTAC", np.uint8)[None].astype(np.int32)
+  c = kmer_counts(bases, 2)      # AC, CG, GT, TA, AC over 5 2-mers
+  assert c.shape == (1, 16)
+  np.testing.assert_allclose(c[0, 0 * 4 + 1], 2 / 5)   # AC
+  np.testing.assert_allclose(c.sum(), 1.0, rtol=1e-6)
+
+
 def test_repro_quick(tmp_path):
+  import json
   from tokenlab import repro
+  from tokenlab.repro import mergedna as mergedna_repro
   report = repro.run("mergedna", workdir=str(tmp_path), quick=True)
   assert report.verdict == repro.NOT_ASSESSED
   assert (tmp_path / "repro.md").exists() and (tmp_path / "mergedna_tokens_probe.png").exists()
+  data = json.loads((tmp_path / "repro.json").read_text())
+  assert [c["name"] for c in data["checks"]] == [c.name for c in mergedna_repro.CHECKS]
+  rows = {(r["arm"], r["metric"]): r["mean"] for r in data["rows"]}
+  for arm in ("mergedna", "untrained mergedna", "untrained kmer", "k-mer counts probe"):
+    assert 0.0 <= rows[(arm, "motif probe AUC")] <= 1.0
+  assert rows[("untrained kmer", "bases per token")] > 1.0

@@ -8,7 +8,10 @@ Model (bases (B, N) -> logits over bases (B, N, vocab)):
 
   local encoder   `merge_layers` x [windowed-attention block (window `window`) then
                   `local_window_merge` (the token_merge kernel): in each window of `window`
-                  tokens the `merge_r` most similar disjoint adjacent pairs merge, size-weighted]
+                  tokens the `merge_r` most similar disjoint adjacent pairs merge, size-weighted;
+                  with `merge_scope="row"` the row merges as many pairs in all, the most
+                  similar of the whole row, so each window's count follows the data
+                  (`row_budget_merge`); no merge crosses a window either way]
                   -> M local tokens, and the source map: `group_ids` (B, N) base -> token,
                   which is the paper's source matrix S (S[j, i] = 1 iff group_ids[j] = i)
   latent encoder  full-attention transformer over the M tokens (RoPE at each token's mean
@@ -73,7 +76,11 @@ class MergeDNAConfig:
   mlp_dim: int = 0                 # 0 = 4 * d_model rounded like transformer_lm
   window: int = 16                 # local attention window and merge window (tokens)
   merge_layers: int = 3            # local encoder blocks, each followed by a merge
-  merge_r: int = 6                 # pairs merged per window per layer
+  merge_r: int = 6                 # pairs merged per window per layer (merge_scope=window)
+  merge_scope: str = "window"      # window: merge_r pairs in every window (the reproduction's
+                                   # fixed budget) | row: the row's merge_r * windows pairs,
+                                   # most similar first, so a window may merge 0..all of its
+                                   # pairs (a per-window budget set by the data)
   tokenizer: str = "learned"       # learned | kmer (fixed k-mers, baseline)
   kmer: int = 4
   latent_encoder_layers: int = 2
@@ -106,6 +113,39 @@ def _group_mean(values: jax.Array, gid: jax.Array, weights: jax.Array, m: int) -
                                                                        mode="drop")
   w = jnp.zeros((values.shape[0], m), jnp.float32).at[rows, gid].add(weights, mode="drop")
   return tot / jnp.maximum(w, 1e-6)
+
+
+def row_budget_merge(x: jax.Array, metric: jax.Array, *, window: int, r: int,
+                     sizes: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Local merging with a per-window budget that varies with the data.
+
+  Merges as many disjoint adjacent pairs as `local_window_merge` does over the whole row
+  (R = sum over windows of min(r, window length // 2), so M = N - R is the same static
+  length), but chooses them across the row: pairs are visited by decreasing cosine
+  similarity of `metric` (ties: leftmost) and taken when both tokens are free; a pair never
+  crosses a window. One window may thus merge none of its pairs and another all of them.
+  If the greedy matching stops short of R (rare), the row falls back to (0,1), (2,3), ...
+  Same returns as `local_window_merge`: merged (B, M, D) size-weighted means, group_ids
+  (B, N), sizes (B, M). Differentiable in x (not in the decisions, as in ToMe).
+  """
+  from tokenlab.kernels.token_merge import reference as ref
+  b, n, _ = x.shape
+  total = sum(ref.window_r(n, window, r))
+  sizes = jnp.ones((b, n), jnp.float32) if sizes is None else sizes
+  if total == 0:
+    return x, jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n)), sizes
+  sim = ref.adjacent_similarity(jax.lax.stop_gradient(metric))          # (B, N - 1)
+  pair = jnp.arange(n - 1)
+  valid = jnp.broadcast_to((pair // window) == ((pair + 1) // window), sim.shape)
+  chosen = ref.greedy_window_pairs(sim[:, None], valid[:, None],
+                                   jnp.full((b, 1), total, jnp.int32))[:, 0]
+  starts = ~jnp.pad(chosen, ((0, 0), (1, 0)))        # token t joins t - 1 if pair t-1 chosen
+  m = n - total
+  merged, gid, _ = merge_by_boundaries(x, starts, weights=sizes, max_groups=m)
+  rows = jnp.arange(b)[:, None]
+  new_sizes = jnp.zeros((b, m), jnp.float32).at[rows, gid].add(sizes, mode="drop")
+  return merged, gid, new_sizes
 
 
 class MergeDNAModule(nn.Module):
@@ -144,8 +184,12 @@ class MergeDNAModule(nn.Module):
           pos = _group_mean(jnp.broadcast_to(jnp.arange(n, dtype=jnp.float32), (b, n)), gid,
                             jnp.ones((b, n)), x.shape[1])
         continue
-      x, layer_gid, new_sizes = local_window_merge(x, x, window=c.window, r=c.merge_r,
+      if c.merge_scope == "row":
+        x, layer_gid, new_sizes = row_budget_merge(x, x, window=c.window, r=c.merge_r,
                                                    sizes=sizes)
+      else:
+        x, layer_gid, new_sizes = local_window_merge(x, x, window=c.window, r=c.merge_r,
+                                                     sizes=sizes)
       pos = _group_mean(pos, layer_gid, sizes, x.shape[1])
       gid = jnp.take_along_axis(layer_gid, gid, axis=1)   # compose: base -> new token
       sizes = new_sizes
@@ -184,6 +228,8 @@ class MergeDNA(Method):
   def __init__(self, config: MergeDNAConfig):
     if config.tokenizer not in ("learned", "kmer"):
       raise ValueError(f"model.tokenizer='{config.tokenizer}': use learned or kmer")
+    if config.merge_scope not in ("window", "row"):
+      raise ValueError(f"model.merge_scope='{config.merge_scope}': use window or row")
     if config.objective not in ("mergedna", "mlm"):
       raise ValueError(f"model.objective='{config.objective}': use mergedna or mlm")
     super().__init__(config)
