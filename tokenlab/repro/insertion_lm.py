@@ -141,14 +141,19 @@ def random_path(rows: np.ndarray, task, rng: np.random.Generator) -> dict[str, f
 
 def run_seed(ctx: Context) -> Trial:
   from tokenlab.methods.insertion_lm import iterator_fns, task_from_config
+  from tokenlab.repro.caft import finished_metrics
   size = "tiny" if ctx.quick else "small"
   quick = ["--config.train.eval_batches=1"] if ctx.quick else []
   rows, res = [], {}
   for arm, label in (ARMS[-1:] if ctx.quick else ARMS):   # quick: the ILM arm only
     spec = f"{EXPERIMENT}:size={size},objective={arm},degree={DEGREE},path=5"
     config = _config(spec.split(":", 1)[1], [f"--config.seed={ctx.seed}", *quick])
-    train_fn, eval_fn = iterator_fns(config)
-    out = ctx.train(spec, arm, quick, train_iter_fn=train_fn, eval_iter_fn=eval_fn)
+    # A finished arm is reused with its logged metrics (Context.train would resume it
+    # without an eval and return none).
+    out = finished_metrics(ctx.path(arm), config.train.steps)
+    if out is None:
+      train_fn, eval_fn = iterator_fns(config)
+      out = ctx.train(spec, arm, quick, train_iter_fn=train_fn, eval_iter_fn=eval_fn)
     res[label] = out
   ar_config = _config(f"size={size},objective=ar,degree={DEGREE},path=5",
                       [f"--config.seed={ctx.seed}", *quick])
