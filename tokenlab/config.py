@@ -178,10 +178,26 @@ def split_overrides(args: list[str]) -> list[str]:
   return out
 
 
+ENV_OVERRIDES = "TOKENLAB_CONFIG_OVERRIDES"
+
+
+def env_overrides() -> list[str]:
+  """Overrides from $TOKENLAB_CONFIG_OVERRIDES ('train.steps=2 train.eval_batches=1'),
+  applied after the command line's, to every config loaded: one place to shrink every run of
+  a script or a README (smoke tests, CI) without editing its commands. Announced on stderr."""
+  import shlex
+  import sys
+  words = shlex.split(os.environ.get(ENV_OVERRIDES, ""))
+  if words:
+    print(f"tokenlab: ${ENV_OVERRIDES} applies {' '.join(words)}", file=sys.stderr)
+  return [w if w.startswith("--config.") else f"--config.{w}" for w in words]
+
+
 def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ConfigDict:
   """Loads 'path/to/experiment.py[:arg]' (a user's file, or a shipped experiment by name; see
   `resolve_experiment`), applies overrides 'a.b=value', validates keys."""
   path, _, arg = resolve_experiment(spec).partition(":")
+  overrides = list(overrides) + env_overrides()
   module_spec = importlib.util.spec_from_file_location(f"_tokenlab_exp_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)

@@ -31,7 +31,8 @@ from tokenlab import registry
 from tokenlab.errors import ConfigError, TokenlabError
 from tokenlab.train import partitioning
 from tokenlab.train.checkpoint import Checkpointer
-from tokenlab.train.init_from import check_freeze, describe_overlay, load_params, param_path
+from tokenlab.train.init_from import (check_freeze, checkpoint_dir, describe_overlay,
+                                     load_params, param_path)
 from tokenlab.train.mesh import make_mesh
 from tokenlab.train.metrics import MetricsWriter, peak_flops, reduce_metrics
 from tokenlab.train.optimizer import make_optimizer, make_schedule
@@ -48,30 +49,98 @@ IteratorFn = Callable[..., Iterator[dict[str, np.ndarray]]]
 
 
 def check_workdir(config: ConfigDict, workdir: str) -> None:
-  """Writes WORKDIR/config.json, or refuses a workdir that holds a different experiment."""
+  """Refuses a workdir that cannot take this run; reads, never writes (see `write_config`).
+
+  A workdir that holds a different experiment is refused (naming the keys that differ) unless
+  --config.resume=force; a workdir that is a file, or under one, is refused.
+  """
   if "://" in workdir:
     raise TokenlabError(f"--workdir {workdir}: object-store URLs are not supported for the "
                         f"workdir yet (metrics and config are written with local file I/O); "
                         f"mount the bucket (e.g. gcsfuse) and pass the mounted path")
+  parent = os.path.abspath(workdir)
+  while parent and not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if os.path.exists(workdir) and not os.path.isdir(workdir) or (
+      parent and not os.path.isdir(parent)):
+    raise TokenlabError(f"--workdir {workdir}: {parent} is a file, not a directory; choose "
+                        f"another workdir")
+  if parent and not os.access(parent, os.W_OK):
+    raise TokenlabError(f"--workdir {workdir}: {parent} is not writable; choose a workdir you "
+                        f"can write to")
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     with open(path) as f:
       previous = config_lib.from_json(f.read())
-    diff = [k for k in config_lib.config_diff(previous, config)
-            if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
+    diff = _config_changes(previous, config)
     if diff and config.get("resume", "") != "force":
       raise TokenlabError(f"workdir {workdir} holds a run with a different config (keys "
                           f"{', '.join(diff[:6])}{'...' if len(diff) > 6 else ''}); use a new "
                           f"--workdir, or --config.resume=force to continue it with this one")
-    if diff and jax.process_index() == 0:  # Keep the config the checkpoints were made with.
+
+
+def _config_changes(previous: ConfigDict, config: ConfigDict) -> list[str]:
+  return [k for k in config_lib.config_diff(previous, config)
+          if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
+
+
+def write_config(config: ConfigDict, workdir: str) -> None:
+  """Writes WORKDIR/config.json atomically, once the run has started: after validation and
+  after the checkpoint restored, so a run that fails before that leaves the workdir as it was.
+  A config replaced under resume=force is kept as config.replaced_<time>.json."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = config_lib.from_json(f.read())
+    if _config_changes(previous, config):   # Keep the config the checkpoints were made with.
       backup = os.path.join(workdir, f"config.replaced_{int(time.time())}.json")
       os.replace(path, backup)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(config_lib.to_json(config))
-    os.replace(tmp, path)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config_lib.to_json(config))
+  os.replace(tmp, path)
+
+
+def validate_train_config(config: ConfigDict) -> None:
+  """Every check of the training keys that needs no data or devices, before anything runs:
+  counts, learning rate, dtypes, optimizer and schedule names, init_from. Raises ConfigError
+  naming the key and the fix."""
+  tc, ck = config.train, config.checkpoint
+  positive = {"train.steps": tc.steps, "train.batch_size": tc.batch_size,
+              "train.log_every": tc.log_every, "train.grad_accum_steps": tc.grad_accum_steps,
+              "checkpoint.every_steps": ck.every_steps, "checkpoint.keep": ck.keep}
+  for key, value in positive.items():
+    if not isinstance(value, int) or value < 1:
+      why = (" (it is how many checkpoints are kept; 0 would delete every checkpoint of this "
+             "workdir)" if key == "checkpoint.keep" else "")
+      raise ConfigError(f"config.{key}={value} must be a positive integer{why}")
+  for key, value in {"train.eval_every": tc.eval_every, "train.eval_batches": tc.eval_batches
+                     }.items():
+    if not isinstance(value, int) or value < 0:
+      raise ConfigError(f"config.{key}={value} must be 0 (never / all) or a positive integer")
+  if not config.optimizer.lr >= 0:
+    raise ConfigError(f"config.optimizer.lr={config.optimizer.lr} must be >= 0")
+  for key in ("compute_dtype", "param_dtype"):
+    name = tc.get(key)
+    try:
+      kind = jnp.dtype(name).kind
+    except TypeError:
+      kind = None
+    if kind != "f":
+      raise ConfigError(f"config.train.{key}='{name}' is not a floating dtype; use float32 or "
+                        f"bfloat16")
+  if tc.on_nonfinite not in ("halt", "skip"):
+    raise ConfigError(f"config.train.on_nonfinite must be 'halt' or 'skip', got "
+                      f"'{tc.on_nonfinite}'")
+  make_schedule(config.optimizer, tc.steps)
+  make_optimizer(config.optimizer, tc.steps, tc.clip_grad_norm, "")
+  source = tc.get("init_from")
+  if source and not any(n.isdigit() for n in os.listdir(checkpoint_dir(source))):  # raises
+    raise ConfigError(f"config.train.init_from='{source}' holds no finished checkpoint yet; "
+                      f"train it first, or fix the path")
 
 
 # `config.data.name = METHOD_DATA`: the method's module generates its own data (synthetic
@@ -229,10 +298,8 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
           eval_iter_fn: IteratorFn | None = None) -> dict[str, Any]:
   """Runs (or resumes) the experiment `config` in `workdir`; returns the last metrics."""
   tc = config.train
+  validate_train_config(config)
   on_nonfinite = tc.on_nonfinite
-  if on_nonfinite not in ("halt", "skip"):
-    raise ConfigError(f"config.train.on_nonfinite must be 'halt' or 'skip', got "
-                      f"'{on_nonfinite}'")
   mesh = make_mesh(config.mesh)
   rules = partitioning.rules_from_config(config.sharding_rules)
   partitioning.check_rules(rules, mesh)
@@ -265,6 +332,11 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
   ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
                       keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
   start = ckpt.latest_step() or 0
+  if start > tc.steps:
+    ckpt.close()
+    raise TokenlabError(f"workdir {workdir} is at step {start}, past config.train.steps="
+                        f"{tc.steps}; raise train.steps to train on, or use `tokenlab eval "
+                        f"--workdir {workdir}`")
   pending = [first]
   if tc.get("freeze"):
     check_freeze(tc.freeze, state.params)
@@ -273,6 +345,7 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
   if start:
     state = ckpt.restore(start, abstract_state(state_sh, state), train_iter)
     pending = []
+  write_config(config, workdir)   # the run has started: only now is config.json (re)written
   compute_dtype = jnp.dtype(tc.compute_dtype)
   jit_step = jit_train_step(config, method, tx, schedule, mesh, rules, state_sh,
                             batch_shardings)
