@@ -59,6 +59,11 @@ def test_empty_or_single_step_workdir_is_a_clear_error(tmp_path):
   from tokenlab.errors import TokenlabError
   with pytest.raises(TokenlabError, match="missing or empty"):
     plot_workdir(str(tmp_path))
-  _write_metrics(str(tmp_path), [{"step": 1, "train/loss": 1.0}])
-  with pytest.raises(TokenlabError, match="fewer than two logged steps"):
+  _write_metrics(str(tmp_path), [{"step": 0, "perf/compile_sec": 1.0}])
+  with pytest.raises(TokenlabError, match="no metric logged after step 0"):
     plot_workdir(str(tmp_path))
+  # One training step (a --quick arm): single points, still plotted.
+  _write_metrics(str(tmp_path), [{"step": 0, "perf/compile_sec": 1.0},
+                                 {"step": 1, "train/loss": 1.0, "eval/loss": 1.1}])
+  paths = plot_workdir(str(tmp_path))
+  assert [os.path.basename(p) for p in paths] == ["summary.png", "loss.png"]

@@ -1,6 +1,7 @@
 """The reproduction protocol: checks as data, verdicts computed from them, seeds, repro.json."""
 
 import json
+import os
 import sys
 import types
 
@@ -119,6 +120,9 @@ def _fake_module(name, values_by_seed, checks=(PRE, CLAIM_A, CLAIM_B)):
 
   def run_seed(ctx):
     vals = values_by_seed[ctx.seed]
+    os.makedirs(ctx.path("model"), exist_ok=True)   # a trained arm's metrics, as the trainer
+    with open(ctx.path("model", "metrics.jsonl"), "w") as f:   # writes them
+      f.write('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/stage1/x": 1.5}\n')
     return repro.Trial([(a, m, v) for (a, m), v in vals.items()])
   mod.run_seed = run_seed
   return mod
@@ -139,6 +143,9 @@ def test_runner_writes_protocol_fields(tmp_path, monkeypatch):
   md = (tmp_path / "repro.md").read_text()
   assert "Verdict: **held**" in md and "beats_uniform" in md
   assert (tmp_path / "seed2").is_dir()
+  # Every arm is plotted like `tokenlab plot` would (nested metric names included).
+  assert (tmp_path / "seed2" / "model" / "plots" / "summary.png").exists()
+  assert (tmp_path / "seed2" / "model" / "plots" / "stage1.png").exists()
   # --quick: one seed, checks shown, nothing claimed.
   quick = repro.run("toy", workdir=str(tmp_path / "q"), quick=True)
   assert quick.verdict == P.NOT_ASSESSED and quick.seeds == [0] and len(quick.checks) == 3

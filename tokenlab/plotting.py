@@ -48,10 +48,11 @@ def read_series(workdir: str) -> Series:
 
 def group_metrics(series: Series) -> dict[str, dict[str, list[str]]]:
   """{group: {metric name: [keys of that metric, train first]}} (see the module docstring).
-  Metrics logged once (compile time, FLOPs per step) are values, not curves: left out."""
+  Metrics logged only at step 0 (compile time, FLOPs per step) are values, not curves: left
+  out; a metric logged at one training step is a single point."""
   groups: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
   for key in sorted(series, key=lambda k: (k.split("/", 1)[-1], k)):
-    if len(series[key]) < 2:
+    if all(step == 0 for step, _ in series[key]):
       continue
     split, _, name = key.partition("/")
     if split in SPLITS and name:
@@ -69,7 +70,7 @@ def _is_loss(name: str) -> bool:
 def _draw(ax, series: Series, keys: list[str], title: str, log_loss: bool) -> None:
   for key in keys:
     steps, values = zip(*series[key])
-    ax.plot(steps, values, marker="o" if len(steps) < 30 else None, ms=3,
+    ax.plot(steps, values, marker="o" if len(steps) < 30 else None, ms=3 if len(steps) > 1 else 6,
             label=key.split("/", 1)[0] if "/" in key else key)
   if log_loss and _is_loss(title) and all(v > 0 for k in keys for _, v in series[k]):
     ax.set_yscale("log")
@@ -91,8 +92,8 @@ def plot_workdir(workdir: str, out_dir: str | None = None, log_loss: bool = Fals
   series = read_series(workdir)
   groups = group_metrics(series)
   if not groups:
-    raise TokenlabError(f"{workdir}/metrics.jsonl has fewer than two logged steps of any "
-                        f"metric; train longer (or log more often) to get curves")
+    raise TokenlabError(f"{workdir}/metrics.jsonl has no metric logged after step 0; train "
+                        f"at least one step to get curves")
   out_dir = out_dir or os.path.join(workdir, "plots")
   os.makedirs(out_dir, exist_ok=True)
   run = os.path.basename(os.path.abspath(workdir))
@@ -123,9 +124,8 @@ def plot_workdir(workdir: str, out_dir: str | None = None, log_loss: bool = Fals
 def _summary(plt, series: Series, groups, path: str, run: str, log_loss: bool) -> str:
   """One page: loss (train + eval), the other eval metrics, tokens/s."""
   loss = groups.get("loss", {}).get("loss", [])
-  evals = [k for k in sorted(series) if k.startswith("eval/") and k != "eval/loss"
-           and len(series[k]) > 1]
-  speed = [k for k in ("perf/tokens_per_sec",) if len(series.get(k, ())) > 1]
+  evals = [k for k in sorted(series) if k.startswith("eval/") and k != "eval/loss"]
+  speed = [k for k in ("perf/tokens_per_sec",) if series.get(k)]
   panels = [(p, keys) for p, keys in (("loss", loss), ("eval metrics", evals),
                                       ("tokens/s", speed)) if keys]
   fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.4 * max(len(panels), 1), 3.4),

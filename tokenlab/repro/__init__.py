@@ -105,7 +105,7 @@ class Context:
 
 def names() -> list[str]:
   import tokenlab.repro as pkg
-  skip = {"protocol"}
+  skip = {"protocol", "baselines"}   # the harness, not reproductions
   return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
                 if not m.name.startswith("_") and m.name not in skip)
 
@@ -150,8 +150,6 @@ def load(name: str):
     raise TokenlabError(f"unknown reproduction '{name}'{nearest(name, names())}; "
                         f"available: {', '.join(names()) or 'none yet'}")
   module = importlib.import_module(f"tokenlab.repro.{name}")
-  if _is_legacy(module):
-    return module
   for attr in ("CLAIM", "BASELINES", "CHECKS", "run_seed"):
     if not hasattr(module, attr):
       raise TokenlabError(f"tokenlab/repro/{name}.py does not follow the protocol: it has no "
@@ -176,8 +174,6 @@ def run(name: str, workdir: str | None = None, seed: int = 0, quick: bool = Fals
         seeds: int | None = None) -> Result:
   """Runs the mini-reproduction `name` over its seeds; writes repro.md (+ PNGs), repro.json."""
   module = load(name)
-  if _is_legacy(module):
-    return _run_legacy(module, name, workdir, seed, quick)
   n = seeds if seeds is not None else (1 if quick else getattr(module, "SEEDS", 3))
   if n < 1:
     raise TokenlabError(f"--seeds {n}: give at least 1 seed")
@@ -205,7 +201,21 @@ def run(name: str, workdir: str | None = None, seed: int = 0, quick: bool = Fals
   command = (f"tokenlab repro {name} --workdir {workdir} --seed {seed} --seeds {n}"
              + (" --quick" if quick else ""))
   _write(report, name, workdir, command, seconds, quick)
+  plot_arms(workdir)
   return report
+
+
+def plot_arms(workdir: str) -> list[str]:
+  """`tokenlab plot` for every trained arm (WORKDIR/seed<S>/<arm>/plots); returns the
+  summary PNGs. Runs after repro.md is written, so a plotting error loses no result."""
+  from tokenlab.plotting import plot_workdir
+  summaries = []
+  for seed_dir in sorted(d for d in os.listdir(workdir) if d.startswith("seed")):
+    root = os.path.join(workdir, seed_dir)
+    for arm in sorted(os.listdir(root)):
+      if os.path.isfile(os.path.join(root, arm, "metrics.jsonl")):
+        summaries.append(plot_workdir(os.path.join(root, arm))[0])
+  return summaries
 
 
 def _write(report: Result, name: str, workdir: str, command: str, seconds: float,
@@ -257,42 +267,3 @@ def main(argv: list[str]) -> int:
     return 0
   run(args.name, args.workdir, args.seed, args.quick, args.seeds)
   return 0
-
-
-# --- Transition: modules not yet re-judged under the protocol (`run(ctx) -> Report`). ------
-
-
-@dataclasses.dataclass
-class Report:
-  """The pre-protocol report of a module that has not been migrated yet."""
-  claim: str
-  rows: list[tuple[str, str, float | str]]
-  verdict: str
-  reason: str = ""
-  figures: list[str] = dataclasses.field(default_factory=list)
-  notes: str = ""
-
-
-def _is_legacy(module) -> bool:
-  return not hasattr(module, "run_seed") and hasattr(module, "run")
-
-
-def _run_legacy(module, name: str, workdir: str | None, seed: int, quick: bool) -> Report:
-  workdir = workdir or os.path.join("runs", "repro", name + ("_quick" if quick else ""))
-  os.makedirs(workdir, exist_ok=True)
-  ctx = Context(name=name, workdir=workdir, seed=seed, quick=quick, root=workdir)
-  t = time.perf_counter()
-  report = module.run(ctx)
-  if quick:
-    report.verdict = NOT_ASSESSED
-  rows = [(a, m, v, None, [v]) for a, m, v in report.rows]
-  md = [f"# Mini-reproduction: {name} (not yet re-judged under the protocol)", "",
-        f"Claim: {report.claim}", "", format_table(rows), "",
-        f"Verdict: **{report.verdict}**" + (f": {report.reason}" if report.reason else "")]
-  with open(os.path.join(workdir, "repro.md"), "w") as f:
-    f.write("\n".join(md) + "\n")
-  with open(os.path.join(workdir, "repro.json"), "w") as f:
-    json.dump({"name": name, "claim": report.claim, "verdict": report.verdict,
-               "protocol": "legacy", "seconds": time.perf_counter() - t, "seed": seed,
-               "quick": quick, "rows": [list(r) for r in report.rows]}, f, indent=2)
-  return report

@@ -248,13 +248,12 @@ def run_seed(ctx: Context) -> Trial:
 def _run_seed(ctx: Context) -> Trial:
   import flax.linen as nn
   import jax
-  from tokenlab.cli import resolve_experiment
   from tokenlab.config import load_config
   from tokenlab.methods.hnet import HNet
   from tokenlab.train.inference import load_trained
   steps = ctx.steps(STEPS, 3)
   n_eval = 1 if ctx.quick else EVAL_BATCHES
-  hcfg = load_config(resolve_experiment(_hnet_arg(ctx)), [f"--config.seed={ctx.seed}"])
+  hcfg = load_config(_hnet_arg(ctx), [f"--config.seed={ctx.seed}"])
   seq = hcfg.data.seq_len
   layers, tl_flops, hnet_flops = _matched_layers(hcfg, seq)
   common = [f"--config.train.steps={steps}", f"--config.train.eval_every={steps}",

@@ -209,7 +209,6 @@ def run_seed(ctx: Context) -> Trial:
 def _run_seed(ctx: Context) -> Trial:
   import flax.linen as nn
   import jax
-  from tokenlab.cli import resolve_experiment
   from tokenlab.config import load_config
   from tokenlab.registry import build_method
   size = "tiny" if ctx.quick else "repro"
@@ -222,7 +221,7 @@ def _run_seed(ctx: Context) -> Trial:
   arms = {a: e for a, e in ARMS.items() if not ctx.quick or a == "mergedna"}
   trained = {arm: ctx.train(f"{EXPERIMENT}:size={size}{extra}", arm, common)
              for arm, extra in arms.items()}
-  config = load_config(resolve_experiment(f"{EXPERIMENT}:size={size}"), [])
+  config = load_config(f"{EXPERIMENT}:size={size}", [])
   n_train, n_val = (32, 16) if ctx.quick else PROBE_WINDOWS
   tr = _records(config, "train", n_train)
   va = _records(config, "validation", n_val)
@@ -231,7 +230,7 @@ def _run_seed(ctx: Context) -> Trial:
     method, params = _load(ctx, arm, config)
     results[arm] = _measure(method, params, (tr, va))
   for arm, extra in UNTRAINED.items():
-    cfg = load_config(resolve_experiment(f"{EXPERIMENT}:size={size}{extra}"), [])
+    cfg = load_config(f"{EXPERIMENT}:size={size}{extra}", [])
     method = build_method(cfg.model)
     params = nn.unbox(method.init(jax.random.key(ctx.seed), {"inputs": np.asarray(tr[0][:2])}))
     results[arm] = _measure(method, params, (tr, va))
