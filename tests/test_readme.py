@@ -91,9 +91,10 @@ def _shrink(argv: list[str], tmp: str):
   if _synopsis(argv):
     return SYNOPSIS
   sub = argv[1]
-  if sub == "repro":
-    extra = ["--quick"] + ([] if "--workdir" in argv else
-                           ["--workdir", os.path.join("runs", "repro", argv[2])])
+  if sub == "repro":   # one quick seed: --quick added, --seeds N made 1
+    argv = [("1" if i and argv[i - 1] == "--seeds" else a) for i, a in enumerate(argv)]
+    extra = ([] if "--quick" in argv else ["--quick"]) + (
+        [] if "--workdir" in argv else ["--workdir", os.path.join("runs", "repro", argv[2])])
     return argv + extra
   if sub == "eval":
     return argv + ["--batches", "2"]
@@ -102,8 +103,10 @@ def _shrink(argv: list[str], tmp: str):
   if argv[1:3] == ["bench", "decode"]:
     return argv + ["--d-model", "32", "--num-layers", "1", "--length", "24", "--prompt", "8",
                    "--peer-steps", "2", "--repeats", "1"]
-  if sub in ("train", "plot", "plan", "data", "grow"):
+  if sub in ("train", "plot", "plan", "data", "grow", "scale"):
     return argv
+  if argv[1:3] == ["bench", "trainer"]:
+    return argv + ["--steps", "2", "--log-every", "1"]
   raise AssertionError(f"README command the README test does not know how to shrink: {argv}")
 
 
@@ -116,14 +119,17 @@ def _check_synopsis(argv: list[str], env: dict) -> None:
     assert flag in helptext.stdout, f"README shows {flag} for `tokenlab {sub}`; --help has not"
 
 
-def test_every_readme_command_runs(tmp_path):
-  with open(os.path.join(REPO, "README.md")) as f:
-    commands = readme_commands(f.read())
-  assert len(commands) > 10
-  env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-             TOKENLAB_CONFIG_OVERRIDES=SHRINK, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  os.symlink(os.path.join(REPO, "launch"), tmp_path / "launch")
+def _env() -> dict:
+  return dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+              TOKENLAB_CONFIG_OVERRIDES=SHRINK, JAX_PLATFORMS="cpu",
+              XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+def run_all(commands: list[tuple[list[str], list[str]]], tmp_path) -> int:
+  """Runs `commands` in order in tmp_path (see the module docstring); returns how many ran."""
+  env = _env()
+  if not (tmp_path / "launch").exists():
+    os.symlink(os.path.join(REPO, "launch"), tmp_path / "launch")
   done = set()
   for argv, shown in commands:
     run = _shrink(argv, str(tmp_path))
@@ -146,6 +152,37 @@ def test_every_readme_command_runs(tmp_path):
     else:
       assert proc.returncode == 0, f"{shlex.join(argv)} exited {proc.returncode}:\n" \
                                    f"{output[-3000:]}"
+  return len(done)
+
+
+def test_every_readme_command_runs(tmp_path):
+  with open(os.path.join(REPO, "README.md")) as f:
+    commands = readme_commands(f.read())
+  assert run_all(commands, tmp_path) > 10
+
+
+def help_examples() -> list[tuple[list[str], list[str]]]:
+  """The `tokenlab ...` example lines of `tokenlab --help` and of each subcommand's --help."""
+  from tokenlab.cli import build_parser
+  texts = [build_parser().format_help()]
+  for sub in ("train", "eval", "sample", "plot", "data", "plan", "scale", "repro", "grow",
+              "bench"):
+    out = subprocess.run([os.path.join(BIN, "tokenlab"), sub, "--help"], env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    texts.append(out.stdout)
+  commands = []
+  for text in texts:
+    text = re.sub(r"\\\n\s*", " ", text)
+    for line in text.splitlines():
+      if line.strip().startswith("tokenlab ") and not line.startswith("usage"):
+        commands.append((shlex.split(line.strip(), comments=True), []))
+  return commands
+
+
+def test_every_help_example_runs(tmp_path):
+  commands = help_examples()
+  assert len(commands) >= 15
+  assert run_all(commands, tmp_path) >= 12
 
 
 def test_readme_parser_and_shrink_table():

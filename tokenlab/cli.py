@@ -8,6 +8,8 @@ bench | grow.
   tokenlab plot runs/x
   tokenlab data build pysrc
   tokenlab bench trainer
+  tokenlab repro fourier_head                 # a paper's mini-reproduction (tokenlab repro)
+  tokenlab train --config experiments/tokenformer.py:size=tiny --workdir runs/tf
   tokenlab grow runs/tf --workdir runs/tf_x4 --factor 4     # TokenFormer progressive scaling
 
 User-fixable errors (:class:`tokenlab.errors.TokenlabError`) end with one line on stderr and
