@@ -96,3 +96,12 @@ def test_failed_resume_force_keeps_config_json(trained, capsys):
   assert _snapshot(trained) == before
   # The original command still resumes (a finished run: nothing left to train).
   assert main(["train", "--config", EXP, "--workdir", trained, *SMALL]) == 0
+
+
+def test_finished_run_resumed_reports_its_last_metrics(trained):
+  """Resuming a finished run runs no step or eval; it still returns what the run logged (the
+  reproductions reuse finished arms through this)."""
+  from tokenlab.config import load_config
+  from tokenlab.train.loop import train
+  out = train(load_config(EXP, SMALL), trained)
+  assert out["step"] == 2 and "eval/loss" in out and "train/loss" in out

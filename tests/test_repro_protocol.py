@@ -64,6 +64,12 @@ def test_missing_or_nonfinite_metric_fails_the_check():
 
 def test_margin_by_and_non_strict_ops():
   c = P.claim("c", "x below y by 0.2", ("x", "m"), "<", ("y", "m"), by=0.2)
+  assert c.comparison() == "x · m < y · m - 0.2"
+  assert P.claim("w", "x within 0.1 of y", ("x", "m"), "<", ("y", "m"), by=-0.1
+                 ).comparison() == "x · m < y · m + 0.1"
+  assert P.claim("g", "x above 0.5 by 0.1", ("x", "m"), ">", 0.5, by=0.1
+                 ).comparison() == "x · m > 0.5 + 0.1"
+  assert P.aggregate([[("a", "m", 0.1 + 0.2)], [("a", "m", 0.1 + 0.2)]])[0][3] == 0.0
   assert not P.evaluate(c, [{("x", "m"): 1.0, ("y", "m"): 1.1}]).passed
   assert P.evaluate(c, [{("x", "m"): 1.0, ("y", "m"): 1.3}]).passed
   c = P.claim("d", "x at least 1", ("x", "m"), ">=", 1.0)

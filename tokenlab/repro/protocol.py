@@ -82,7 +82,9 @@ class Check:
   def comparison(self) -> str:
     """The comparison in one line, e.g. `fourier_N4 · NLL nats < uniform · NLL nats`."""
     side = lambda r: f"{r:g}" if _is_number(r) else f"{r[0]} · {r[1]}"
-    by = f" by > {self.by:g}" if self.by else ""
+    # lhs < rhs - by   or   lhs > rhs + by  (a negative `by` allows lhs that far the other way)
+    shift = -self.by if self.op.startswith("<") else self.by
+    by = f" {'+' if shift > 0 else '-'} {abs(shift):g}" if self.by else ""
     return f"{side(self.lhs)} {self.op} {side(self.rhs)}{by}"
 
 
@@ -200,7 +202,7 @@ def _mean(xs: Sequence[float]) -> float:
 
 def _std(xs: Sequence[float]) -> float:
   """Sample standard deviation (ddof = 1)."""
-  if len(xs) < 2:
+  if len(xs) < 2 or max(xs) == min(xs):   # identical values: exactly 0, not float noise
     return 0.0
   m = _mean(xs)
   return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))

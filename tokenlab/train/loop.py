@@ -34,7 +34,7 @@ from tokenlab.train.checkpoint import Checkpointer
 from tokenlab.train.init_from import (check_freeze, checkpoint_dir, describe_overlay,
                                      load_params, param_path)
 from tokenlab.train.mesh import make_mesh
-from tokenlab.train.metrics import MetricsWriter, peak_flops, reduce_metrics
+from tokenlab.train.metrics import MetricsWriter, peak_flops, read_metrics, reduce_metrics
 from tokenlab.train.optimizer import make_optimizer, make_schedule
 from tokenlab.train.progress import Progress
 from tokenlab.train.state import abstract_state, count_params, init_sharded_state
@@ -484,6 +484,10 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
       progress.close()
     ckpt.close()
     writer.close()
+  if step == start and start and is_main:
+    # A finished run resumed: no step or eval ran; report what it logged, last value wins.
+    for row in read_metrics(workdir):
+      last.update({k: v for k, v in row.items() if k != "step"})
   last.update({"step": step, "info/params": n_params, "info/peak_source": peak_source})
   return last
 
