@@ -159,16 +159,3 @@ def test_ngram_scores_match_the_networks_concept_metrics():
   assert got["eval/concept_nll"] == pytest.approx(want["concept_nll"], rel=1e-4)
   assert got["eval/concept_exact"] == pytest.approx(want["concept_exact"], abs=1e-6)
   assert got["eval/concept_first_acc"] == pytest.approx(want["concept_first_acc"], abs=1e-6)
-
-
-def test_finished_arm_metrics_are_read_back(tmp_path):
-  """A finished arm is reused with the eval metrics of its last step; an unfinished one is
-  not (Context.train would resume it without an eval)."""
-  from tokenlab.repro.caft import finished_metrics
-  (tmp_path / "metrics.jsonl").write_text(
-      '{"step": 0, "info/params": 10}\n{"step": 5, "eval/concept_nll": 2.0}\n'
-      '{"step": 10, "train/loss": 1.0}\n{"step": 10, "eval/concept_nll": 0.5}\n')
-  out = finished_metrics(str(tmp_path), 10)
-  assert out["eval/concept_nll"] == 0.5 and out["train/loss"] == 1.0
-  assert finished_metrics(str(tmp_path), 20) is None
-  assert finished_metrics(str(tmp_path / "missing"), 10) is None

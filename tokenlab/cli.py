@@ -19,7 +19,6 @@ exit status 2, never a traceback wall.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from tokenlab import config as config_lib

@@ -129,6 +129,7 @@ def format_table(rows: list[tuple]) -> str:
 
 
 def _markdown(cells: list[tuple[str, ...]]) -> str:
+  cells = [tuple(c.replace("|", "\\|") for c in row) for row in cells]   # 'KL(p||q)' stays a cell
   widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
   lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
   lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")

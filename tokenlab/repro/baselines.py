@@ -9,8 +9,9 @@ strongest trivial predictor for it. These are the ones that need no network:
 - `majority(train_answers)` / `answer_prior_accuracy`: always answer the most frequent training
   answer (per group where the answer prior depends on a key such as the task).
 
-The untrained network (same architecture at initialisation) is the remaining baseline; a
-reproduction evaluates it with its own metric code on `Method.init` parameters.
+The untrained network (same architecture at initialisation) is `untrained_metrics` when the
+trainer's eval metrics are the judged ones; otherwise a reproduction evaluates its own metric
+on `Method.init` parameters.
 """
 
 from __future__ import annotations
@@ -108,3 +109,20 @@ def answer_prior_accuracy(train: Sequence[tuple[Hashable, Hashable]],
   if not test:
     return float("nan")
   return float(np.mean([best.get(k, overall) == a for k, a in test]))
+
+
+def untrained_metrics(config, batches: list[dict], seed: int) -> dict[str, float]:
+  """The untrained-network baseline: eval metrics ('eval/...') of `config`'s method at
+  initialisation (same architecture, the seed's init) on `batches`, through the trainer's own
+  eval step."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from tokenlab.registry import build_method
+  from tokenlab.train.metrics import reduce_metrics
+  from tokenlab.train.step import make_eval_step
+  method = build_method(config.model)
+  params = nn.unbox(method.init(jax.random.key(seed), batches[0]))
+  step = jax.jit(make_eval_step(method, jnp.float32))
+  out = [step(params, b, jax.random.key(seed)) for b in batches]
+  return {f"eval/{k}": v for k, v in reduce_metrics(out).items()}

@@ -93,9 +93,8 @@ _NGRAM_CACHE: dict = {}
 
 
 def _config(arg: str, overrides=()):
-  from tokenlab.cli import resolve_experiment
   from tokenlab.config import load_config
-  return load_config(resolve_experiment(f"{EXPERIMENT}:{arg}"), list(overrides))
+  return load_config(f"{EXPERIMENT}:{arg}", list(overrides))
 
 
 def ngram_scores(ngram, batches: list[dict]) -> dict[str, float]:
@@ -156,53 +155,25 @@ def count_ngram(config, quick: bool) -> tuple[dict[str, float], str]:
   return _NGRAM_CACHE[quick]
 
 
-def finished_metrics(workdir: str, steps: int) -> dict | None:
-  """The last metrics of a finished arm in `workdir` (read from its metrics.jsonl), or None.
-
-  Context.train on a finished arm resumes it without running a step or an eval, so it
-  returns no eval metrics; a finished arm's numbers are read back from its log instead."""
-  import json
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return None
-  last: dict = {}
-  with open(path) as f:
-    for line in f:
-      rec = json.loads(line)
-      if rec.get("step") == steps:
-        last.update(rec)
-  return last if any(k.startswith("eval/") for k in last) else None
-
-
-def train_or_reuse(ctx: Context, spec: str, arm: str, overrides=()) -> dict:
-  """ctx.train(spec, arm), or the finished arm's metrics when it already ran to the end."""
-  steps = _config(spec.split(":", 1)[1], [f"--config.seed={ctx.seed}", *overrides]).train.steps
-  done = finished_metrics(ctx.path(arm), steps)
-  if done is not None:
-    print(f"[{ctx.name}] seed {ctx.seed}: arm '{arm}' finished before: reused", flush=True)
-    return done
-  return ctx.train(spec, arm, list(overrides))
-
-
 def run_seed(ctx: Context) -> Trial:
   size = "tiny" if ctx.quick else "small"
   quick = ["--config.train.steps=2", "--config.train.eval_batches=1",
            "--config.task.num_train=8"] if ctx.quick else []
   res: dict[str, dict] = {}
   if ctx.quick:  # Smoke test: one CAFT fine-tune from scratch (init_from has a unit test).
-    res[CAFT] = train_or_reuse(ctx, f"{EXPERIMENT}:size={size},stage=finetune,alpha=0.1",
-                               "caft", quick)
+    res[CAFT] = ctx.train(f"{EXPERIMENT}:size={size},stage=finetune,alpha=0.1", "caft",
+                          quick)
   else:
     shared = Context(name=ctx.name, workdir=ctx.out("shared"), seed=0, quick=False,
                      root=ctx.root)
-    train_or_reuse(shared, f"{EXPERIMENT}:size={size},stage=pretrain", "pretrain")
+    shared.train(f"{EXPERIMENT}:size={size},stage=pretrain", "pretrain")
     pre_dir = os.path.abspath(shared.path("pretrain"))
-    res[BEFORE] = train_or_reuse(
-        shared, f"{EXPERIMENT}:size={size},stage=heads,init_from={pre_dir}", "heads")
+    res[BEFORE] = shared.train(f"{EXPERIMENT}:size={size},stage=heads,init_from={pre_dir}",
+                               "heads")
     heads_dir = os.path.abspath(shared.path("heads"))
     for arm, name, alpha in (("ntp", NTP, 0.0), ("caft", CAFT, 0.1)):
-      res[name] = train_or_reuse(ctx, f"{EXPERIMENT}:size={size},stage=finetune,"
-                                 f"alpha={alpha},init_from={heads_dir}", arm)
+      res[name] = ctx.train(f"{EXPERIMENT}:size={size},stage=finetune,"
+                            f"alpha={alpha},init_from={heads_dir}", arm)
   config = _config(f"size={size},stage=finetune", quick)
   res[NGRAM], chosen = count_ngram(config, ctx.quick)
   rows = []

@@ -67,7 +67,6 @@ model as a control, 3 seeds, checks declared as data."""
 
 def run_seed(ctx: Context) -> Trial:
   import jax
-  from tokenlab.config import load_config
   from tokenlab.evals import charbench as cb
   from tokenlab.repro.baselines import answer_prior_accuracy
   from tokenlab.train.inference import load_trained

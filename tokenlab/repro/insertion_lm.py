@@ -39,6 +39,7 @@ import itertools
 import numpy as np
 
 from tokenlab.repro import Context, Trial, claim, prerequisite
+from tokenlab.repro.baselines import untrained_metrics
 
 CLAIM = ("On star-graph path finding (degree 3, path length 5) a left-to-right model stays "
          "near 1/degree while an insertion LM finds the path much more often.")
@@ -91,9 +92,8 @@ the Clever-Hans 1/degree plateau, untrained network) added; the claim's "AR stay
 
 
 def _config(arg: str, overrides=()):
-  from tokenlab.cli import resolve_experiment
   from tokenlab.config import load_config
-  return load_config(resolve_experiment(f"{EXPERIMENT}:{arg}"), list(overrides))
+  return load_config(f"{EXPERIMENT}:{arg}", list(overrides))
 
 
 def _eval_batches(config) -> list[dict]:
@@ -101,21 +101,6 @@ def _eval_batches(config) -> list[dict]:
   _, eval_fn = iterator_fns(config)
   it = eval_fn(config.train.batch_size, config.seed)
   return list(itertools.islice(it, config.train.eval_batches))
-
-
-def untrained_metrics(config, batches: list[dict], seed: int) -> dict[str, float]:
-  """The eval metrics of the network at initialisation (same architecture, seed's init)."""
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-  from tokenlab.registry import build_method
-  from tokenlab.train.metrics import reduce_metrics
-  from tokenlab.train.step import make_eval_step
-  method = build_method(config.model)
-  params = nn.unbox(method.init(jax.random.key(seed), batches[0]))
-  step = jax.jit(make_eval_step(method, jnp.float32))
-  out = [step(params, b, jax.random.key(seed)) for b in batches]
-  return {f"eval/{k}": v for k, v in reduce_metrics(out).items()}
 
 
 def random_path(rows: np.ndarray, task, rng: np.random.Generator) -> dict[str, float]:
@@ -141,20 +126,14 @@ def random_path(rows: np.ndarray, task, rng: np.random.Generator) -> dict[str, f
 
 def run_seed(ctx: Context) -> Trial:
   from tokenlab.methods.insertion_lm import iterator_fns, task_from_config
-  from tokenlab.repro.caft import finished_metrics
   size = "tiny" if ctx.quick else "small"
   quick = ["--config.train.eval_batches=1"] if ctx.quick else []
   rows, res = [], {}
   for arm, label in (ARMS[-1:] if ctx.quick else ARMS):   # quick: the ILM arm only
     spec = f"{EXPERIMENT}:size={size},objective={arm},degree={DEGREE},path=5"
     config = _config(spec.split(":", 1)[1], [f"--config.seed={ctx.seed}", *quick])
-    # A finished arm is reused with its logged metrics (Context.train would resume it
-    # without an eval and return none).
-    out = finished_metrics(ctx.path(arm), config.train.steps)
-    if out is None:
-      train_fn, eval_fn = iterator_fns(config)
-      out = ctx.train(spec, arm, quick, train_iter_fn=train_fn, eval_iter_fn=eval_fn)
-    res[label] = out
+    train_fn, eval_fn = iterator_fns(config)   # a finished arm is reused with its metrics
+    res[label] = ctx.train(spec, arm, quick, train_iter_fn=train_fn, eval_iter_fn=eval_fn)
   ar_config = _config(f"size={size},objective=ar,degree={DEGREE},path=5",
                       [f"--config.seed={ctx.seed}", *quick])
   batches = _eval_batches(ar_config)

@@ -258,19 +258,6 @@ def _params(ctx, arm, config, seq):
   return run.method, params, int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
 
-def _eval_bpb(ctx: Context, arm: str, result: dict) -> float:
-  """eval bits/byte of an arm: from the train result, else its metrics.jsonl (reused arm)."""
-  import json
-  if "eval/bits_per_byte" in result:
-    return float(result["eval/bits_per_byte"])
-  try:
-    with open(ctx.path(arm, "metrics.jsonl")) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
-    return float([r for r in rows if "eval/bits_per_byte" in r][-1]["eval/bits_per_byte"])
-  except (OSError, IndexError):
-    return float("nan")
-
-
 def _word_pairs(text: bytes) -> list[bytes]:
   """(word + its terminator byte) of every word of `text` whose terminator is present."""
   return [m.group() + text[m.end():m.end() + 1] for m in _WORD.finditer(text)
@@ -309,13 +296,12 @@ def _counts(lcfg, quick: bool, budget: int):
 
 
 def run_seed(ctx: Context) -> Trial:
-  from tokenlab.cli import resolve_experiment
   from tokenlab.config import load_config
   from tokenlab.data import get_tokenizer
   from tokenlab.evals.byte_level import ByteLevelLM, lm_logprob_fn
   import jax
   size = "tiny" if ctx.quick else "small"
-  lcfg = load_config(resolve_experiment(f"{EXPERIMENT}:size={size}"), [])
+  lcfg = load_config(f"{EXPERIMENT}:size={size}", [])
   seq, m = lcfg.data.seq_len, lcfg.model
   steps = ctx.steps(lcfg.train.steps, 3)
   common = [f"--config.train.steps={steps}", f"--config.train.eval_every={steps}",
@@ -403,7 +389,7 @@ def run_seed(ctx: Context) -> Trial:
   results = {"lyt": lyt, "byte": byte, "bpe": bpe}
   for arm, n in (("lyt", lyt_n), ("byte", byte_n), ("bpe", bpe_n)):
     rows_out.append((arm, "parameters", n))
-    rows_out.append((arm, "eval bits/byte", _eval_bpb(ctx, arm, results[arm])))
+    rows_out.append((arm, "eval bits/byte", float(results[arm].get("eval/bits_per_byte", float("nan")))))
   rows_out.append(("all", "words scored", len(words)))
   for key, name, lo, hi in BUCKETS:
     rows_out.append(("all", f"words {name}", int(masks[key].sum())))

@@ -44,6 +44,7 @@ import itertools
 import numpy as np
 
 from tokenlab.repro import Context, Trial, claim, prerequisite
+from tokenlab.repro.baselines import untrained_metrics
 
 CLAIM = ("Training on the model's own tokens (batch-scheduled sampling, BASH, and "
          "reference-answer-based correction, RAC) improves free-running generation over "
@@ -86,9 +87,8 @@ non-saturation prerequisite were added; nothing else changed."""
 
 
 def _config(arg: str, overrides=()):
-  from tokenlab.cli import resolve_experiment
   from tokenlab.config import load_config
-  return load_config(resolve_experiment(f"{EXPERIMENT}:{arg}"), list(overrides))
+  return load_config(f"{EXPERIMENT}:{arg}", list(overrides))
 
 
 def _eval_batches(config) -> list[dict]:
@@ -96,21 +96,6 @@ def _eval_batches(config) -> list[dict]:
   _, eval_fn = iterator_fns(config)
   it = eval_fn(config.train.batch_size, config.seed)
   return list(itertools.islice(it, config.train.eval_batches))
-
-
-def untrained_metrics(config, batches: list[dict], seed: int) -> dict[str, float]:
-  """The eval metrics of the network at initialisation (same architecture, seed's init)."""
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-  from tokenlab.registry import build_method
-  from tokenlab.train.metrics import reduce_metrics
-  from tokenlab.train.step import make_eval_step
-  method = build_method(config.model)
-  params = nn.unbox(method.init(jax.random.key(seed), batches[0]))
-  step = jax.jit(make_eval_step(method, jnp.float32))
-  out = [step(params, b, jax.random.key(seed)) for b in batches]
-  return {f"eval/{k}": v for k, v in reduce_metrics(out).items()}
 
 
 def _exact(pred: np.ndarray, batches: list[dict], prompt_len: int) -> dict[str, float]:

@@ -28,8 +28,6 @@ is true by construction: a unit test (tests/test_tokenformer.py), not a check.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 
 import numpy as np
 

@@ -28,7 +28,6 @@ character transformer stalls: it is above the midpoint between H and the count u
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 
@@ -87,15 +86,6 @@ to a unit test. To fit three seeds of four trained arms in the time budget on th
 smaller step budget is expected to make a character stall more likely, not less (the
 character arm was already at 0.738 train bits/char by step 195 of 600 in a first, aborted run
 of this design at 600 steps)."""
-
-
-def _eval_bpc(ctx: Context, arm: str, result: dict) -> float:
-  """eval bits/char of an arm: from the train result, else its metrics.jsonl (reused arm)."""
-  if "eval/bits_per_byte" in result:
-    return float(result["eval/bits_per_byte"])
-  with open(ctx.path(arm, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return float([r for r in rows if "eval/bits_per_byte" in r][-1]["eval/bits_per_byte"])
 
 
 _COUNTS: dict = {}   # the count models do not depend on the seed: computed once per process
@@ -166,7 +156,7 @@ def run_seed(ctx: Context) -> Trial:
   for name, tok, vocab in arms:
     arg = f"size={size},tokenizer={tok},vocab={vocab},k={K},p={P},q={Q}"
     result = ctx.train(f"{EXPERIMENT}:{arg}", name, common)
-    bpc[name] = _eval_bpc(ctx, name, result)
+    bpc[name] = float(result["eval/bits_per_byte"])   # a reused arm reports its last metrics
     rows.append((f"transformer {name}", BPC, bpc[name]))
   bpe = [bpc[f"bpe{v}"] for v in vocabs]
   rows.append(("transformer bpe (mean)", BPC, float(np.mean(bpe))))
