@@ -107,7 +107,8 @@ def test_mixing_prob_zero_is_teacher_forcing_exactly(params, mode):
   at_start = _batch(progress=0.0)
   want, _ = lm_loss(m._apply(params, at_start["inputs"]), at_start)   # teacher forcing
   loss, metrics = loss_fn(params, at_start, rng)
-  assert float(loss) == float(want)
+  # Jitted loss vs the un-jitted reference: two programs XLA may fuse differently (issue 14).
+  assert float(loss) == pytest.approx(float(want), rel=1e-6, abs=1e-6)
   assert float(metrics["mix_prob"].value()) == 0.0
   assert float(metrics["own_token_frac"].value()) == 0.0   # no input replaced
   # ... and a positive probability changes the inputs (the check above could not pass
