@@ -133,9 +133,10 @@ def run_all(commands: list[tuple[list[str], list[str]]], tmp_path) -> int:
   done = set()
   for argv, shown in commands:
     run = _shrink(argv, str(tmp_path))
-    if run is SETUP or tuple(argv) in done:
+    key = tuple(argv) if run is SYNOPSIS or run is SETUP else tuple(run)
+    if run is SETUP or key in done:   # the same command (once shrunk) runs once
       continue
-    done.add(tuple(argv))
+    done.add(key)
     if run is SYNOPSIS:
       _check_synopsis(argv, env)
       continue
