@@ -22,13 +22,14 @@ the verdict is "not assessed (--quick)": a quick run claims nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import os
 import pkgutil
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from tokenlab.argparsing import Parser
 from tokenlab.errors import TokenlabError, nearest
@@ -38,7 +39,8 @@ from tokenlab.repro.protocol import (HELD, NOT_ASSESSABLE, NOT_ASSESSED, NOT_HEL
                                      validate, verdict)
 
 __all__ = ["HELD", "PARTLY", "NOT_HELD", "NOT_ASSESSABLE", "NOT_ASSESSED", "VERDICTS",
-           "Check", "claim", "prerequisite", "Context", "Trial", "Result", "run", "names"]
+           "Check", "claim", "prerequisite", "Context", "Trial", "Result", "run", "names",
+           "compile_cache"]
 
 Row = tuple[str, str, Any]
 
@@ -101,6 +103,30 @@ class Context:
     print(f"[{self.name}] seed {self.seed}: arm '{arm}' done in "
           f"{time.perf_counter() - t:.0f}s", flush=True)
     return result
+
+
+@contextlib.contextmanager
+def compile_cache(path: str) -> Iterator[None]:
+  """JAX's persistent compilation cache in `path` while the block runs (then restored).
+
+  The arms of every seed compile the same programs; with the cache, seeds after the first
+  load them instead of compiling again (compiles dominate these small CPU runs).
+  """
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  old = {n: getattr(jax.config, n) for n in names}
+  jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  cc.reset_cache()
+  try:
+    yield
+  finally:
+    for n, v in old.items():
+      jax.config.update(n, v)
+    cc.reset_cache()
 
 
 def names() -> list[str]:

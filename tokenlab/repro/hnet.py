@@ -21,13 +21,11 @@ starts vs inside identifiers/numbers, their ratio, beside the untrained network'
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 
 import numpy as np
 
-from tokenlab.repro import Context, Trial, claim, prerequisite
+from tokenlab.repro import Context, Trial, claim, compile_cache, prerequisite
 
 CLAIM = ("H-Net's learned dynamic chunking matches or beats a byte-level transformer of "
          "matched compute in bits/byte at equal steps, learns about N bytes per chunk with "
@@ -75,30 +73,6 @@ control for the boundary claim, no count n-gram baseline, the smoothing margin (
 rested on one seed. This design adds the baselines and the untrained control, runs 3 seeds and
 shrinks the arms (`size=repro`: d_model 64, 2 main layers, window 16, 300 steps) so 3 seeds
 fit the time budget."""
-
-
-@contextlib.contextmanager
-def compile_cache(path: str):
-  """JAX's persistent compilation cache in `path` while the block runs (then restored).
-
-  The arms of every seed compile the same programs; with the cache, seeds after the first
-  load them instead of compiling again (compiles dominate these small CPU runs).
-  """
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {n: getattr(jax.config, n) for n in names}
-  jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  cc.reset_cache()
-  try:
-    yield
-  finally:
-    for n, v in old.items():
-      jax.config.update(n, v)
-    cc.reset_cache()
 
 
 def _hnet_arg(ctx: Context, extra: str = "") -> str:

@@ -23,12 +23,10 @@ scored on validation windows. --quick trains only the tiny mergedna arm for 3 st
 
 from __future__ import annotations
 
-import contextlib
-import os
 
 import numpy as np
 
-from tokenlab.repro import Context, Trial, claim, prerequisite
+from tokenlab.repro import Context, Trial, claim, compile_cache, prerequisite
 
 CLAIM = ("MergeDNA's learned merging gives long tokens on repeats and fine tokens on motifs, "
          "and its features predict motif presence better than fixed k-mer tokens or plain "
@@ -87,27 +85,6 @@ nearly impossible by design, one seed. This design: a per-window budget set by t
 (`merge=row`, the same number of merges per row), untrained controls and a k-mer counts probe
 as arms, checks against them, 3 seeds, smaller arms (`size=repro`: d_model 32, one latent
 encoder layer) so 3 seeds fit the time budget."""
-
-
-@contextlib.contextmanager
-def compile_cache(path: str):
-  """JAX's persistent compilation cache in `path` while the block runs (then restored): the
-  arms of every seed compile the same programs, so seeds after the first load them."""
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {n: getattr(jax.config, n) for n in names}
-  jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  cc.reset_cache()
-  try:
-    yield
-  finally:
-    for n, v in old.items():
-      jax.config.update(n, v)
-    cc.reset_cache()
 
 
 def _records(config, split: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
