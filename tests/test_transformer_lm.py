@@ -68,15 +68,17 @@ def test_flops_per_token_counts_matmul_parameters():
   assert method.flops_per_token(24) == pytest.approx(6 * matmul + 3 * attention)
 
 
-def test_pallas_window_kernel_runs_per_shard_under_a_mesh():
+@pytest.mark.parametrize("batch_size", [4, 1])
+def test_pallas_window_kernel_runs_per_shard_under_a_mesh(batch_size):
   """Under a data=2 x tensor=2 mesh the Pallas kernel (interpret mode) runs inside shard_map
-  on local blocks and gives the reference's logits."""
+  on local blocks and gives the reference's logits; a batch of 1 (sampling one sequence),
+  which the data axis cannot split, runs replicated over it."""
   import flax.linen as nn
   from ml_collections import ConfigDict
   from tokenlab.config import DEFAULT_SHARDING_RULES
   from tokenlab.train.mesh import make_mesh
   from tokenlab.train.partitioning import rules_from_config
-  batch = _batch(seq=16, batch=4)
+  batch = _batch(seq=16, batch=batch_size)
   ref = TransformerLM(TransformerLMConfig(**CFG, window=(5, 0), attention_impl="reference"))
   pallas = TransformerLM(TransformerLMConfig(**CFG, window=(5, 0), attention_impl="pallas_gpu"))
   params = ref.init(jax.random.key(0), batch)

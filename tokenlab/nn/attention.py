@@ -1,8 +1,10 @@
 """Attention, written once: the function every method calls and a multi-head layer.
 
 `dot_product_attention` chooses between dense attention (``jax.nn.dot_product_attention``,
-with causal / segment masks and an optional additive bias) and windowed attention
-(``tokenlab.kernels.windowed_attention``, O(N*W)) when a window is set.
+with causal / segment masks and an optional additive bias), windowed attention
+(``tokenlab.kernels.windowed_attention``, O(N*W)) when a window is set, and 2-D neighborhood
+attention on an image grid (``tokenlab.kernels.neighborhood_attention_2d``) when a
+neighborhood is set.
 
 `MultiHeadAttention(decode=True)` keeps a key/value cache in the Flax "cache" collection for
 one-token-per-step autoregressive decoding (driven by tokenlab/nn/decode.py).
@@ -25,7 +27,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           segment_ids: jax.Array | None = None,
                           bias: jax.Array | None = None,
                           mask: jax.Array | None = None,
-                          implementation: str | None = None) -> jax.Array:
+                          implementation: str | None = None,
+                          neighborhood: tuple[int, int, float, str] | None = None) -> jax.Array:
   """Scaled dot-product attention.
 
   Args:
@@ -39,9 +42,23 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       token sizes for ToMe's proportional attention. Dense path only.
     mask: bool, broadcastable to (batch, heads, q_len, kv_len); True = may attend.
     implementation: for the windowed kernel (None = best for the backend).
+    neighborhood: (height, width, radius, shape): tokens are a height x width grid in raster
+      order and query (y, x) sees keys with dy^2 + dx^2 < radius^2 ("circle") or
+      max(|dy|, |dx|) <= radius ("square"); see tokenlab.kernels.neighborhood_attention_2d.
+      Takes no other mask, bias, window or segment ids.
   Returns:
     (batch, q_len, heads, head_dim) in q's dtype.
   """
+  if neighborhood is not None:
+    if causal or window is not None or segment_ids is not None or bias is not None \
+        or mask is not None:
+      raise ValueError("neighborhood attention takes no causal flag, window, segment_ids, "
+                       "bias or mask")
+    from tokenlab.kernels import neighborhood_attention_2d
+    height, width, radius, shape = neighborhood
+    fn = lambda q, k, v, _: neighborhood_attention_2d(q, k, v, height=height, width=width,
+                                                      radius=radius, shape=shape)
+    return _per_shard(fn, q, k, v, None)
   if window is not None:
     if bias is not None or mask is not None:
       raise ValueError("windowed attention takes no bias or mask; use segment_ids")
@@ -59,6 +76,23 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=causal)
 
 
+def _divisible(spec, shape: tuple[int, ...], mesh) -> "jax.sharding.PartitionSpec":
+  """`spec` with every axis whose size its mesh axes do not divide replicated instead.
+
+  A batch of 1 (sampling one sequence, initialising from one example) on a 4-device data
+  axis cannot be split; each device then runs the kernel on the whole (small) array.
+  """
+  from jax.sharding import PartitionSpec as P
+  out = []
+  for size, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    ways = 1
+    for name in names:
+      ways *= mesh.shape[name]
+    out.append(axes if size % ways == 0 else None)
+  return P(*out)
+
+
 def _per_shard(fn, q: jax.Array, k: jax.Array, v: jax.Array,
                segment_ids: jax.Array | None) -> jax.Array:
   """Runs a per-example attention kernel on each device's shard under the current mesh.
@@ -71,8 +105,12 @@ def _per_shard(fn, q: jax.Array, k: jax.Array, v: jax.Array,
   if mesh.empty or mesh.size == 1:
     return fn(q, k, v, segment_ids)
   from jax.sharding import PartitionSpec as P
-  q_spec = nn.logical_to_mesh_axes(("batch", None, "heads", None))
-  kv_spec = nn.logical_to_mesh_axes(("batch", None, "kv_heads", None))
+  q_spec = _divisible(nn.logical_to_mesh_axes(("batch", None, "heads", None)), q.shape, mesh)
+  kv_spec = _divisible(nn.logical_to_mesh_axes(("batch", None, "kv_heads", None)), k.shape,
+                       mesh)
+  if q_spec[0] != kv_spec[0]:   # batch split the same way for q and kv, or not at all
+    q_spec = P(None, *q_spec[1:])
+    kv_spec = P(None, *kv_spec[1:])
   if segment_ids is None:
     return jax.shard_map(lambda q, k, v: fn(q, k, v, None), mesh=mesh,
                          in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
@@ -102,6 +140,7 @@ class MultiHeadAttention(nn.Module):
   num_kv_heads: int | None = None
   causal: bool = True
   window: tuple[int, int] | None = None
+  neighborhood: tuple[int, int, float, str] | None = None  # see dot_product_attention
   implementation: str | None = None
   use_rope: bool = True
   rope_theta: float = 10000.0
@@ -132,7 +171,8 @@ class MultiHeadAttention(nn.Module):
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
     out = dot_product_attention(q, k, v, causal=self.causal, window=self.window,
                                 segment_ids=segment_ids, bias=bias,
-                                implementation=self.implementation)
+                                implementation=self.implementation,
+                                neighborhood=self.neighborhood)
     return DenseGeneral((x.shape[-1],), ("heads", "head_dim", "embed"), in_dims=2,
                         param_dtype=self.param_dtype, name="out")(out)
 
