@@ -11,9 +11,9 @@ Public API:
   get_tokenizer(data_cfg)             the tokenizer (bytes | sentencepiece | bpe)
   DATASETS                            name -> DatasetSpec (kind, default options)
 
-Datasets (`tokenlab data list`): markov, pysrc, dna, digits are embedded: each is built on
-first use into the data dir (`config.data.data_dir`, else $TOKENLAB_DATA_DIR, else
-~/.cache/tokenlab/tfds). `tfds` reads any text dataset already prepared there by tfds
+Datasets (`tokenlab data list`): markov, pysrc, dna, digits, mnist, shapes, photos are
+embedded: each is built on first use into the data dir (`config.data.data_dir`, else
+$TOKENLAB_DATA_DIR, else ~/.cache/tokenlab/tfds). `tfds` reads any text dataset already prepared there by tfds
 (array_record), e.g. `data_dir=gs://bucket/tfds`, through the same pipeline.
 Heavy imports (tfds, grain) happen on first use, not on `import tokenlab.data`.
 """
@@ -56,17 +56,24 @@ def batch_spec(data_cfg: Any, batch_size: int) -> dict[str, Any]:
   Builds no data and trains no tokenizer, so plans and AOT compiles can use it. Text:
   inputs, targets, segment_ids, positions, target_bytes int32 and loss_mask float32, each
   (batch_size, seq_len), plus labels int32 for dna. Images: image float32
-  (batch_size, size, size, 1), label int32 and mask float32 (batch_size,).
+  (batch_size, height, width, channels), label int32 and mask float32 (batch_size,), plus
+  the dataset's `batch_fields` (shapes: colour, count, positions) int32.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tokenlab.data import config  # pylint: disable=g-import-not-at-top
   cfg = config.resolve(data_cfg)
   if DATASETS[cfg["name"]].kind == "image":
-    size = cfg["options"]["size"]
-    return {"image": jax.ShapeDtypeStruct((batch_size, size, size, 1), np.float32),
+    module = DATASETS[cfg["name"]].load()
+    shape = (module.image_shape(cfg["options"]) if hasattr(module, "image_shape")
+             else (cfg["options"]["size"], cfg["options"]["size"], 1))
+    spec = {"image": jax.ShapeDtypeStruct((batch_size, *shape), np.float32),
             "label": jax.ShapeDtypeStruct((batch_size,), np.int32),
             "mask": jax.ShapeDtypeStruct((batch_size,), np.float32)}
+    if hasattr(module, "batch_fields"):
+      for key, field_shape in module.batch_fields(cfg["options"]).items():
+        spec[key] = jax.ShapeDtypeStruct((batch_size, *field_shape), np.int32)
+    return spec
   shape = (batch_size, cfg["seq_len"])
   ints = ["inputs", "targets", "segment_ids", "positions", "target_bytes"]
   if cfg["name"] == "dna":

@@ -25,6 +25,11 @@ def _parse_options(name: str, pairs: list[str]) -> dict[str, Any]:
       raise ConfigError(f"unknown option '{key}' for dataset '{name}'{nearest(key, defaults)}; "
                         f"valid options: {', '.join(defaults)}")
     kind = type(defaults[key])
+    if kind is bool:
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ConfigError(f"--option {key}={value} must be true or false")
+      out[key] = value.lower() in ("true", "1")
+      continue
     try:
       out[key] = kind(value)
     except ValueError:
@@ -86,7 +91,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _ascii_image(image: np.ndarray) -> str:
   shades = " .:-=+*#%@"
-  rows = [("".join(shades[min(int(v * 10), 9)] for v in row)) for row in image[..., 0]]
+  if image.dtype == np.uint8:
+    image = image.astype(np.float32) / 255.0
+  rows = [("".join(shades[min(int(v * 10), 9)] for v in row)) for row in image.mean(-1)]
   return "\n".join("    " + r for r in rows)
 
 

