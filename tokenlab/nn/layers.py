@@ -105,8 +105,19 @@ class SwiGLU(nn.Module):
 def rope(x: jax.Array, positions: jax.Array, theta: float = 10000.0) -> jax.Array:
   """Rotary position embedding (Su et al. 2021), rotate-half form.
 
-  x: (batch, length, heads, head_dim) with even head_dim; positions: (batch, length) int.
+  x: (batch, length, heads, head_dim) with even head_dim; positions: (batch, length) int, or
+  (batch, length, axes) for multi-axis RoPE (e.g. (row, col) on an image grid): head_dim is
+  split into `axes` equal chunks and chunk a is rotated by positions[..., a] alone, so q.k
+  depends only on the per-axis offsets. head_dim must then be divisible by 2 * axes.
   """
+  if positions.ndim == x.ndim - 1:
+    axes = positions.shape[-1]
+    if x.shape[-1] % (2 * axes):
+      raise ValueError(f"head_dim {x.shape[-1]} must be divisible by {2 * axes} for RoPE over "
+                       f"{axes} position axes")
+    chunks = jnp.split(x, axes, axis=-1)
+    return jnp.concatenate([rope(c, positions[..., a], theta) for a, c in enumerate(chunks)],
+                           axis=-1)
   half = x.shape[-1] // 2
   freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angles = positions[..., None].astype(jnp.float32) * freqs          # (B, L, half)

@@ -26,7 +26,9 @@ class TransformerBlock(nn.Module):
   num_kv_heads: int | None = None
   causal: bool = True
   window: tuple[int, int] | None = None
+  neighborhood: tuple[int, int, float, str] | None = None  # 2-D local attention (attention.py)
   attention_impl: str | None = None
+  use_rope: bool = True
   rope_theta: float = 10000.0
   param_dtype: Any = jnp.float32
   decode: bool = False  # key/value cache for one-token steps (see MultiHeadAttention)
@@ -38,8 +40,9 @@ class TransformerBlock(nn.Module):
     h = RMSNorm(param_dtype=self.param_dtype, name="attn_norm")(x)
     x = x + MultiHeadAttention(
         num_heads=self.num_heads, head_dim=self.head_dim, num_kv_heads=self.num_kv_heads,
-        causal=self.causal, window=self.window, implementation=self.attention_impl,
-        rope_theta=self.rope_theta, param_dtype=self.param_dtype, decode=self.decode,
+        causal=self.causal, window=self.window, neighborhood=self.neighborhood,
+        implementation=self.attention_impl, use_rope=self.use_rope, rope_theta=self.rope_theta,
+        param_dtype=self.param_dtype, decode=self.decode,
         name="attn")(h, positions=positions, segment_ids=segment_ids)
     h = RMSNorm(param_dtype=self.param_dtype, name="mlp_norm")(x)
     return x + SwiGLU(self.mlp_dim, param_dtype=self.param_dtype, name="mlp")(h)
