@@ -198,17 +198,11 @@ def _rng(module: nn.Module, rng: jax.Array | None, what: str) -> jax.Array:
   return module.make_rng("quantizer")
 
 
-class VectorQuantizer(nn.Module):
-  """Nearest-neighbour vector quantizer with a (K, D) codebook; z (..., dim) -> Quantized.
-
-  ema=False: the codebook is a parameter learned by the VQ-VAE codebook loss;
-    loss = |sg(z) - q|^2 + commitment_cost |z - sg(q)|^2 (means over elements).
-  ema=True: the codebook is in the ``vq_stats`` collection, updated by :func:`ema_update` when
-    called with train=True and ``vq_stats`` mutable, then dead codes restarted
-    (:func:`restart_dead_codes`, if dead_after or dead_threshold > 0);
-    loss = commitment_cost |z - sg(q)|^2. ``values`` always use the codebook before the update.
-  codes: (...,) int32; metrics also hold ``restarted`` (codes reset by this call).
-  """
+class _VQOptions(nn.Module):
+  """The options of one VQ codebook, shared by VectorQuantizer and each ResidualVQ level:
+  codebook_size K, dim D, commitment_cost, ema, decay and epsilon (:func:`ema_update`),
+  dead_after and dead_threshold (:func:`restart_dead_codes`; 0 = off), init_scale (stddev of
+  the normal initial codebook), param_dtype."""
   codebook_size: int
   dim: int
   commitment_cost: float = 0.25
@@ -219,6 +213,24 @@ class VectorQuantizer(nn.Module):
   dead_threshold: float = 0.0
   init_scale: float = 1.0
   param_dtype: Dtype = jnp.float32
+
+  def vq_options(self) -> dict[str, Any]:
+    """These options as keyword arguments (without flax's parent and name)."""
+    return {f: getattr(self, f) for f in _VQOptions.__annotations__
+            if f not in ("parent", "name")}
+
+
+class VectorQuantizer(_VQOptions):
+  """Nearest-neighbour vector quantizer with a (K, D) codebook; z (..., dim) -> Quantized.
+
+  ema=False: the codebook is a parameter learned by the VQ-VAE codebook loss;
+    loss = |sg(z) - q|^2 + commitment_cost |z - sg(q)|^2 (means over elements).
+  ema=True: the codebook is in the ``vq_stats`` collection, updated by :func:`ema_update` when
+    called with train=True and ``vq_stats`` mutable, then dead codes restarted
+    (:func:`restart_dead_codes`, if dead_after or dead_threshold > 0);
+    loss = commitment_cost |z - sg(q)|^2. ``values`` always use the codebook before the update.
+  codes: (...,) int32; metrics also hold ``restarted`` (codes reset by this call).
+  """
 
   @property
   def bits_per_token(self) -> float:
@@ -283,7 +295,7 @@ class VectorQuantizer(nn.Module):
     return Quantized(straight_through(z, q), codes, loss, metrics)
 
 
-class ResidualVQ(nn.Module):
+class ResidualVQ(_VQOptions):
   """L VQ levels on successive residuals: r_0 = z, q_l = VQ_l(r_l), r_{l+1} = r_l - q_l;
   values = sum_l q_l (straight-through to z). codes (..., L); loss = sum of the levels' losses
   (each level's commitment term reaches z through r_l). Options as VectorQuantizer, per level.
@@ -291,28 +303,15 @@ class ResidualVQ(nn.Module):
   Nearest-neighbour assignment alone does not shrink the residual (a random codebook can
   have no entry closer to r_l than the origin); fitted codebooks (EMA / codebook loss) do.
   """
-  levels: int
-  codebook_size: int
-  dim: int
-  commitment_cost: float = 0.25
-  ema: bool = True
-  decay: float = 0.99
-  epsilon: float = 1e-5
-  dead_after: int = 0
-  dead_threshold: float = 0.0
-  init_scale: float = 1.0
-  param_dtype: Dtype = jnp.float32
+  levels: int = 4
 
   @property
   def bits_per_token(self) -> float:
     return self.levels * math.log2(self.codebook_size)
 
   def setup(self):
-    self.quantizers = [
-        VectorQuantizer(self.codebook_size, self.dim, self.commitment_cost, self.ema,
-                        self.decay, self.epsilon, self.dead_after, self.dead_threshold,
-                        self.init_scale, self.param_dtype, name=f"level_{i}")
-        for i in range(self.levels)]
+    self.quantizers = [VectorQuantizer(**self.vq_options(), name=f"level_{i}")
+                       for i in range(self.levels)]
 
   def decode(self, codes: jax.Array) -> jax.Array:
     """codes (..., L) -> (..., D), the sum of the levels' vectors."""
