@@ -19,6 +19,7 @@ exit status 2, never a traceback wall.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from tokenlab import config as config_lib
@@ -54,6 +55,9 @@ def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     keys = [k for k in sorted(result) if k.startswith(("eval/", "train/loss", "perf/"))]
     print("final: " + ", ".join(f"{k}={result[k]:.4g}" for k in keys
                                 if isinstance(result[k], float)))
+    if "train/skipped_steps" in result:
+      print(f"skipped steps (non-finite loss or gradient, on_nonfinite=skip): "
+            f"{result['train/skipped_steps']} of {result.get('info/steps_run', '?')}")
     print(f"workdir: {args.workdir} (metrics.jsonl, tb/, checkpoints/; "
           f"`tokenlab plot {args.workdir}` for curves)")
   return 0
@@ -61,9 +65,11 @@ def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _first_batch(config, split: str, batch_size: int):
   from tokenlab import data as data_lib
-  it = data_lib.make_iterator(config.data, split=split, batch_size=batch_size, seed=config.seed,
-                              shuffle=False, num_epochs=1)
-  return next(iter(it))
+  from tokenlab.train.loop import METHOD_DATA, data_errors
+  with data_errors(None if config.data.get("name") == METHOD_DATA else config.data):
+    it = data_lib.make_iterator(config.data, split=split, batch_size=batch_size,
+                                seed=config.seed, shuffle=False, num_epochs=1)
+    return next(iter(it))
 
 
 def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
@@ -74,6 +80,9 @@ def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
   from tokenlab.train.metrics import reduce_metrics
   from tokenlab.train.partitioning import batch_sharding
   from tokenlab.train.step import make_eval_step
+  if args.batches < 0:
+    raise TokenlabError(f"--batches {args.batches}: give the number of batches to evaluate, "
+                        f"or 0 for the whole split")
   config = load_config_from_workdir(args.workdir)
   batch_size = config.train.batch_size
   run = load_trained(args.workdir, _first_batch(config, args.split, batch_size), args.step)
@@ -100,12 +109,24 @@ def _cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
   import numpy as np
   from tokenlab.data import tokenizers
   from tokenlab.train.inference import load_config_from_workdir, load_trained
+  if args.num < 1:
+    raise TokenlabError(f"--num {args.num}: the number of samples must be at least 1")
+  if args.temperature < 0:
+    raise TokenlabError(f"--temperature {args.temperature} must be >= 0 (0 = greedy)")
+  if args.top_k < 0:
+    raise TokenlabError(f"--top-k {args.top_k} must be >= 0 (0 = all tokens)")
   config = load_config_from_workdir(args.workdir)
+  vocab = config.model.get("vocab_size")
+  if isinstance(vocab, int) and args.top_k > vocab:
+    raise TokenlabError(f"--top-k {args.top_k} is larger than the model's vocabulary "
+                        f"({vocab} tokens); use 1..{vocab}, or 0 for all")
   run = load_trained(args.workdir, _first_batch(config, "validation", 1), args.step)
   if not hasattr(run.method, "sample"):
     raise TokenlabError(f"method '{config.model.name}' has no sampler")
   tok = tokenizers.get_tokenizer(config.data)
-  prompt = np.asarray(tok.encode(args.prompt.encode("utf-8")), np.int32)
+  # The prompt's bytes as given on the command line (os.fsencode undoes the surrogate escapes
+  # Python uses for bytes that are not UTF-8): bytes in, bytes out.
+  prompt = np.asarray(tok.encode(os.fsencode(args.prompt)), np.int32)
   length = args.length or config.data.seq_len
   if len(prompt) == 0 or len(prompt) >= length:
     raise TokenlabError(f"prompt must be 1..{length - 1} tokens long (it is {len(prompt)}); "

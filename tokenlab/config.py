@@ -53,6 +53,7 @@ def base_config() -> ConfigDict:
       eval_batches=20,          # 0 = the whole validation split
       clip_grad_norm=1.0,       # 0 = off
       on_nonfinite="halt",      # halt: stop, keeping the last good checkpoint; skip: drop update
+      max_skipped_fraction=0.1,  # skip: fail when more of the run's steps than this are dropped
       param_dtype="float32",
       compute_dtype="float32",  # e.g. bfloat16 for mixed precision
       progress=True,
@@ -200,7 +201,11 @@ def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> Confi
   overrides = list(overrides) + env_overrides()
   module_spec = importlib.util.spec_from_file_location(f"_tokenlab_exp_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:   # one line naming file, line and column (IndentationError too)
+    raise ConfigError(f"{e.filename or path}:{e.lineno}:{e.offset}: {type(e).__name__}: "
+                      f"{e.msg}") from None
   if not hasattr(module, "get_config"):
     raise ConfigError(f"experiment file '{path}' has no get_config(arg) function")
   config = module.get_config(arg or None)

@@ -20,7 +20,7 @@ import re
 from collections import defaultdict
 
 from tokenlab.errors import TokenlabError
-from tokenlab.train.metrics import read_metrics
+from tokenlab.train.metrics import latest_by_step, read_metrics
 
 SPLITS = ("train", "eval")
 Series = dict[str, list[tuple[int, float]]]
@@ -33,16 +33,21 @@ def safe_name(name: str) -> str:
 
 
 def read_series(workdir: str) -> Series:
-  """{metric: [(step, value), ...]} of every numeric metric in WORKDIR/metrics.jsonl."""
+  """{metric: [(step, value), ...]} of every numeric metric in WORKDIR/metrics.jsonl, sorted
+  by step. A step logged twice (a resumed run repeats the steps after its checkpoint) keeps
+  its last write; null (non-finite) values and partial lines are left out."""
   rows = read_metrics(workdir)
   if not rows:
     raise TokenlabError(f"{workdir}/metrics.jsonl is missing or empty; train into it first")
-  series: Series = defaultdict(list)
-  for row in rows:
-    for key, value in row.items():
-      if (key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
-          and not key.startswith("info/") and math.isfinite(float(value))):
-        series[key].append((int(row["step"]), float(value)))
+  series: Series = {}
+  for key, by_step in latest_by_step(rows).items():
+    if key.startswith("info/"):
+      continue
+    points = [(step, float(value)) for step, value in sorted(by_step.items())
+              if isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(float(value))]
+    if points:
+      series[key] = points
   return series
 
 

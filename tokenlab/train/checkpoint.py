@@ -4,13 +4,20 @@ Saving is asynchronous (training goes on while arrays are written) and atomic (o
 into a temporary directory and renames it when complete, so a half-written checkpoint is
 never restored). The grain iterator state is saved per process next to the arrays, so a
 restart resumes on exactly the next batch.
+
+A damaged checkpoint (a truncated or garbled array file, an empty or garbled `_METADATA`, a
+step directory without orbax's commit markers, a garbled data-iterator state) is skipped by
+`restore_latest`, which walks back to the newest checkpoint that restores and says on stderr
+which it skipped and why. Nothing here deletes a damaged checkpoint; the trainer moves one it
+walked past to WORKDIR/checkpoints.damaged/ (`set_aside`) so that a new save of that step does
+not collide with it and orbax's `keep` never counts or removes it.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
+import sys
+from typing import Any
 
 import grain
 import jax
@@ -18,6 +25,13 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from tokenlab.errors import TokenlabError
+
+
+COMMIT_MARKERS = ("commit_success.txt", "_CHECKPOINT_METADATA")
+
+
+class CheckpointDamaged(TokenlabError):
+  """A checkpoint that cannot be read (as opposed to one of another model)."""
 
 
 class Checkpointer:
@@ -35,35 +49,110 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
   def save(self, step: int, state: Any, data_iterator: Any | None = None,
            force: bool = True) -> bool:
+    """Saves (asynchronously, if so configured); a failure, of this save or of an earlier
+    asynchronous one, raises TokenlabError naming the step, the directory and the cause."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(_as_grain(data_iterator))
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    try:
+      return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    except Exception as e:  # noqa: BLE001 (any failure to write is the same message)
+      raise self._save_failed(step, e) from e
+
+  def _save_failed(self, step: int | None, e: Exception) -> TokenlabError:
+    done = [s for s in self.all_steps() if s != step]
+    return TokenlabError(
+        f"saving the checkpoint{'' if step is None else f' of step {step}'} into "
+        f"{self.directory} failed ({_reason(e)}); the run stopped there; the last saved "
+        f"checkpoint is {f'step {done[-1]}' if done else 'none'}: fix the directory (space, "
+        f"permissions) and re-run to resume")
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
     """Restores the state into `abstract_state`'s shapes and shardings (orbax reshards onto
     whatever mesh the shardings name), and the data iterator in place.
 
-    A checkpoint of another model is refused before anything is read, listing the first
-    parameters whose names or shapes differ.
+    A checkpoint of another model is refused (TokenlabError) before anything is read, listing
+    the first parameters whose names or shapes differ; a checkpoint that cannot be read raises
+    CheckpointDamaged saying why.
     """
-    self.check_compatible(step, abstract_state)
+    if step not in self.all_steps():
+      raise TokenlabError(f"{self.directory} has no checkpoint of step {step}; it has "
+                          f"{_steps_text(self.all_steps())}")
+    missing = self.uncommitted(step)
+    if missing:
+      raise CheckpointDamaged(missing)
+    try:
+      saved = self.manager.item_metadata(step)["state"]
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointDamaged(f"its metadata cannot be read ({_reason(e)})") from e
+    self.check_compatible(saved, abstract_state, step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(_as_grain(data_iterator))
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    except (ValueError, KeyError, TypeError) as e:
-      raise TokenlabError(
-          f"checkpoint at step {step} in {self.directory} does not fit this model/config "
-          f"({str(e).splitlines()[0][:200]}); use a new --workdir or the config it was "
-          f"saved with") from e
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointDamaged(f"it cannot be read ({_reason(e)})") from e
     return restored["state"]
 
-  def check_compatible(self, step: int, abstract_state: Any) -> None:
-    saved = _shapes(self.manager.item_metadata(step)["state"])
+  def restore_latest(self, abstract_state: Any, data_iterator: Any | None = None
+                     ) -> tuple[Any, int | None, list[tuple[int, str]]]:
+    """(state, step, skipped) from the newest checkpoint that restores, walking back over
+    damaged ones (each named on stderr with the reason; none is deleted). (None, None, [])
+    when there is no checkpoint; TokenlabError when none restores or one is of another model.
+    """
+    skipped: list[tuple[int, str]] = []
+    for step in reversed(self.all_steps()):
+      try:
+        state = self.restore(step, abstract_state, data_iterator)
+      except CheckpointDamaged as e:
+        skipped.append((step, str(e)))
+        continue
+      for bad, why in skipped:
+        print(f"tokenlab: warning: skipped damaged checkpoint {self.directory}/{bad} ({why}); "
+              f"restored step {step}", file=sys.stderr, flush=True)
+      return state, step, skipped
+    if skipped:
+      raise TokenlabError(
+          f"no checkpoint in {self.directory} can be restored (" +
+          "; ".join(f"step {s}: {why}" for s, why in skipped[:3]) +
+          f"{'; ...' if len(skipped) > 3 else ''}); they are kept on disk; move "
+          f"checkpoints/ aside to start over, or use a new --workdir")
+    return None, None, skipped
+
+  def uncommitted(self, step: int) -> str:
+    """Why step's directory is not a finished save ('' when it is): orbax writes its commit
+    markers (commit_success.txt, _CHECKPOINT_METADATA) last."""
+    path = self.directory / str(step)
+    if not any((path / m).exists() for m in COMMIT_MARKERS):
+      return (f"no orbax commit marker ({' or '.join(COMMIT_MARKERS)}): a save that never "
+              f"finished")
+    return ""
+
+  def set_aside(self, steps: list[int], destination: str) -> list[str]:
+    """Moves the step directories `steps` (damaged ones a restore walked past) into
+    `destination` (never deletes them) and returns where each went."""
+    moved = []
+    dest = epath.Path(destination)
+    dest.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      target = dest / str(step)
+      n = 1
+      while target.exists():
+        target = dest / f"{step}.{n}"
+        n += 1
+      (self.directory / str(step)).rename(target)
+      moved.append(str(target))
+    self.manager.reload()
+    return moved
+
+  def check_compatible(self, saved: Any, abstract_state: Any, step: int) -> None:
+    saved = _shapes(saved)
     wanted = _shapes(abstract_state)
     problems = [f"{k}: checkpoint {saved[k]} vs model {wanted[k]}"
                 for k in wanted if k in saved and saved[k] != wanted[k]]
@@ -76,11 +165,40 @@ class Checkpointer:
           f"new --workdir or the model config it was saved with")
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for an asynchronous save; its failure raises TokenlabError (see `save`)."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._save_failed(None, e) from e
 
-  def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+  def close(self, quiet: bool = False) -> None:
+    """Finishes pending saves and closes; `quiet`: on the way out of an error, a failure
+    here is not raised over it."""
+    try:
+      self.wait()
+    except TokenlabError:
+      if not quiet:
+        raise
+    finally:
+      try:
+        self.manager.close()
+      except Exception:  # noqa: BLE001
+        if not quiet:
+          raise
+
+
+def _reason(e: BaseException) -> str:
+  """One short line of an exception: its type and the first line of its message."""
+  text = (str(e).strip().splitlines() or [""])[0]
+  text = text.split(" See full TensorStore details")[0]
+  return f"{type(e).__name__}: {text[:160]}{'...' if len(text) > 160 else ''}"
+
+
+def _steps_text(steps: list[int]) -> str:
+  if not steps:
+    return "none"
+  shown = ", ".join(map(str, steps[-10:]))
+  return f"step{'s' if len(steps) > 1 else ''} {'..., ' if len(steps) > 10 else ''}{shown}"
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -17,7 +17,7 @@ from tokenlab import registry
 from tokenlab.errors import TokenlabError
 from tokenlab.method import Method
 from tokenlab.train import partitioning
-from tokenlab.train.checkpoint import Checkpointer
+from tokenlab.train.checkpoint import CheckpointDamaged, Checkpointer
 from tokenlab.train.mesh import make_mesh
 from tokenlab.train.optimizer import make_optimizer
 from tokenlab.train.state import abstract_state, state_layout
@@ -54,13 +54,31 @@ def load_trained(workdir: str, example_batch: dict[str, np.ndarray],
   method = registry.build_method(config.model)
   tx = make_optimizer(config.optimizer, config.train.steps, config.train.clip_grad_norm,
                       config.train.get("freeze", ""))
-  ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), async_save=False)
-  step = step if step is not None else ckpt.latest_step()
-  if step is None:
-    raise TokenlabError(f"{workdir}/checkpoints holds no checkpoint yet; train first")
-  example = {k: jnp.zeros(np.shape(v), np.asarray(v).dtype) for k, v in example_batch.items()}
-  state_shapes, shardings = state_layout(lambda r: method.init(r, example), tx, mesh, rules,
-                                         jnp.dtype(config.train.param_dtype))
-  state = ckpt.restore(step, abstract_state(shardings, state_shapes))
-  ckpt.close()
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise TokenlabError(f"{workdir} has no checkpoints/ directory; train first")
+  ckpt = Checkpointer(directory, async_save=False)
+  try:
+    steps = ckpt.all_steps()
+    if not steps:
+      raise TokenlabError(f"{workdir}/checkpoints holds no checkpoint yet; train first")
+    if step is not None and step not in steps:
+      raise TokenlabError(f"--step {step}: {workdir}/checkpoints has no checkpoint of step "
+                          f"{step}; it has {', '.join(map(str, steps))}")
+    example = {k: jnp.zeros(np.shape(v), np.asarray(v).dtype)
+               for k, v in example_batch.items()}
+    state_shapes, shardings = state_layout(lambda r: method.init(r, example), tx, mesh, rules,
+                                           jnp.dtype(config.train.param_dtype))
+    target = abstract_state(shardings, state_shapes)
+    if step is None:   # the newest checkpoint that restores (damaged ones are skipped)
+      state, step, _ = ckpt.restore_latest(target)
+    else:
+      try:
+        state = ckpt.restore(step, target)
+      except CheckpointDamaged as e:
+        raise TokenlabError(f"--step {step}: checkpoint {directory}/{step} is damaged ({e}); "
+                            f"the others are {', '.join(str(s) for s in steps if s != step)}"
+                            ) from e
+  finally:
+    ckpt.close(quiet=True)
   return TrainedRun(config, method, state.params, int(step), mesh, rules)

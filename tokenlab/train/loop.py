@@ -2,10 +2,12 @@
 
     train(config, workdir)
 
-1. checks the workdir (a different config there is refused, naming the keys that differ),
+1. validates the whole config (one pass, before anything is built or written) and checks
+   the workdir (a different config there is refused, naming the keys that differ),
 2. builds the mesh, the method and the data pipeline,
-3. initialises the state already sharded, or restores state + data iterator from the latest
-   checkpoint in WORKDIR/checkpoints,
+3. opens the workdir (`workdir.Workdir`: lock, writability), initialises the state already
+   sharded, or restores state + data iterator from the newest checkpoint in
+   WORKDIR/checkpoints that restores (damaged ones are walked past and moved aside),
 4. runs jitted steps with in/out shardings and donated state, logging to metrics.jsonl /
    TensorBoard with a progress bar (loss, tokens/s, MFU), evaluating and checkpointing
    periodically; SIGTERM saves a checkpoint at the next step boundary and returns.
@@ -13,10 +15,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -34,74 +38,27 @@ from tokenlab.train.checkpoint import Checkpointer
 from tokenlab.train.init_from import (check_freeze, checkpoint_dir, describe_overlay,
                                      load_params, param_path)
 from tokenlab.train.mesh import make_mesh
-from tokenlab.train.metrics import MetricsWriter, peak_flops, read_metrics, reduce_metrics
+from tokenlab.train.metrics import peak_flops, read_metrics, reduce_metrics
 from tokenlab.train.optimizer import make_optimizer, make_schedule
 from tokenlab.train.progress import Progress
-from tokenlab.train.state import abstract_state, count_params, init_sharded_state
+from tokenlab.train.state import (abstract_state, count_params, init_sharded_state,
+                                  state_layout)
 from tokenlab.train.step import make_eval_step, make_train_step
+from tokenlab.train.workdir import RESUMABLE_CHANGES, Workdir  # noqa: F401 (re-exported)
 
-# Keys that may change between runs in one workdir without invalidating its checkpoints.
-RESUMABLE_CHANGES = ("resume", "train.progress", "train.log_every", "train.eval_every",
-                     "train.eval_batches", "checkpoint.every_steps", "checkpoint.keep",
-                     "checkpoint.async_save", "train.steps")
+DEFAULT_MAX_SKIPPED_FRACTION = 0.1
 
 IteratorFn = Callable[..., Iterator[dict[str, np.ndarray]]]
 
 
 def check_workdir(config: ConfigDict, workdir: str) -> None:
-  """Refuses a workdir that cannot take this run; reads, never writes (see `write_config`).
-
-  A workdir that holds a different experiment is refused (naming the keys that differ) unless
-  --config.resume=force; a workdir that is a file, or under one, is refused.
-  """
-  if "://" in workdir:
-    raise TokenlabError(f"--workdir {workdir}: object-store URLs are not supported for the "
-                        f"workdir yet (metrics and config are written with local file I/O); "
-                        f"mount the bucket (e.g. gcsfuse) and pass the mounted path")
-  parent = os.path.abspath(workdir)
-  while parent and not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if os.path.exists(workdir) and not os.path.isdir(workdir) or (
-      parent and not os.path.isdir(parent)):
-    raise TokenlabError(f"--workdir {workdir}: {parent} is a file, not a directory; choose "
-                        f"another workdir")
-  if parent and not os.access(parent, os.W_OK):
-    raise TokenlabError(f"--workdir {workdir}: {parent} is not writable; choose a workdir you "
-                        f"can write to")
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = config_lib.from_json(f.read())
-    diff = _config_changes(previous, config)
-    if diff and config.get("resume", "") != "force":
-      raise TokenlabError(f"workdir {workdir} holds a run with a different config (keys "
-                          f"{', '.join(diff[:6])}{'...' if len(diff) > 6 else ''}); use a new "
-                          f"--workdir, or --config.resume=force to continue it with this one")
-
-
-def _config_changes(previous: ConfigDict, config: ConfigDict) -> list[str]:
-  return [k for k in config_lib.config_diff(previous, config)
-          if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
+  """Refuses a workdir that cannot take this run; reads, never writes (`Workdir.check`)."""
+  Workdir(workdir).check(config)
 
 
 def write_config(config: ConfigDict, workdir: str) -> None:
-  """Writes WORKDIR/config.json atomically, once the run has started: after validation and
-  after the checkpoint restored, so a run that fails before that leaves the workdir as it was.
-  A config replaced under resume=force is kept as config.replaced_<time>.json."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = config_lib.from_json(f.read())
-    if _config_changes(previous, config):   # Keep the config the checkpoints were made with.
-      backup = os.path.join(workdir, f"config.replaced_{int(time.time())}.json")
-      os.replace(path, backup)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config_lib.to_json(config))
-  os.replace(tmp, path)
+  """Writes WORKDIR/config.json atomically (`Workdir.write_config`)."""
+  Workdir(workdir).write_config(config)
 
 
 def validate_train_config(config: ConfigDict) -> None:
@@ -135,12 +92,69 @@ def validate_train_config(config: ConfigDict) -> None:
   if tc.on_nonfinite not in ("halt", "skip"):
     raise ConfigError(f"config.train.on_nonfinite must be 'halt' or 'skip', got "
                       f"'{tc.on_nonfinite}'")
+  fraction = tc.get("max_skipped_fraction", DEFAULT_MAX_SKIPPED_FRACTION)
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+      0 <= fraction <= 1):
+    raise ConfigError(f"config.train.max_skipped_fraction={fraction} must be a fraction in "
+                      f"[0, 1] (the share of steps on_nonfinite=skip may drop before the run "
+                      f"fails)")
   make_schedule(config.optimizer, tc.steps)
   make_optimizer(config.optimizer, tc.steps, tc.clip_grad_norm, "")
   source = tc.get("init_from")
   if source and not any(n.isdigit() for n in os.listdir(checkpoint_dir(source))):  # raises
     raise ConfigError(f"config.train.init_from='{source}' holds no finished checkpoint yet; "
                       f"train it first, or fix the path")
+
+
+def validate_data(config: ConfigDict) -> None:
+  """The data checks that need no devices, before anything is written: a data_dir that is a
+  file (or under one), and a model vocabulary smaller than the tokenizer's (its ids would
+  index past the embedding and show up later as a non-finite loss)."""
+  data = config.get("data") or ConfigDict()
+  data_dir = data.get("data_dir", "") or ""
+  if data_dir and "://" not in data_dir:
+    path = os.path.abspath(os.path.expanduser(data_dir))
+    parent = path
+    while parent and not os.path.exists(parent):
+      parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+      raise ConfigError(f"config.data.data_dir='{data_dir}': {parent} is a file, not a "
+                        f"directory; point it at a directory (built data is kept there) or "
+                        f"leave it empty for the default")
+  model_vocab = config.model.get("vocab_size")
+  if (isinstance(model_vocab, int) and data.get("name") not in ("", None, METHOD_DATA)
+      and data.get("tokenizer")):
+    from tokenlab import data as data_lib
+    data_lib.validate_data_config(data)
+    wanted = data.get("vocab_size")
+    if isinstance(wanted, int) and model_vocab >= wanted:
+      return   # a tokenizer never has more ids than asked for: nothing to build
+    tokens = data_lib.vocab_size(data)
+    if model_vocab < tokens:
+      raise ConfigError(f"config.model.vocab_size={model_vocab} is smaller than the "
+                        f"vocabulary of config.data.tokenizer='{data.tokenizer}' ({tokens} "
+                        f"ids): token ids would index past the embedding; set "
+                        f"--config.model.vocab_size={tokens}")
+
+
+@contextlib.contextmanager
+def data_errors(data_cfg: ConfigDict | None) -> Iterator[None]:
+  """Turns a failure to read the built data of `data_cfg` (garbled or truncated files in the
+  data dir) into one TokenlabError naming the data dir and the fix; None: no translation."""
+  try:
+    yield
+  except (TokenlabError, KeyboardInterrupt):
+    raise
+  except Exception as e:  # noqa: BLE001 (any failure to read the data files is the same fix)
+    if data_cfg is None:
+      raise
+    from tokenlab.data import storage
+    where = storage.resolve_data_dir(data_cfg.get("data_dir", "") or "")
+    text = (str(e).strip().splitlines() or [""])[0][:160]
+    raise TokenlabError(f"reading dataset '{data_cfg.get('name')}' from {where} failed "
+                        f"({type(e).__name__}: {text}); its files may be damaged: for an embedded "
+                        f"dataset delete {where}/tokenlab_{data_cfg.get('name')} (it is "
+                        f"rebuilt), or point config.data.data_dir elsewhere") from e
 
 
 # `config.data.name = METHOD_DATA`: the method's module generates its own data (synthetic
@@ -299,21 +313,38 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
   """Runs (or resumes) the experiment `config` in `workdir`; returns the last metrics."""
   tc = config.train
   validate_train_config(config)
+  if train_iter_fn is None:
+    validate_data(config)
   on_nonfinite = tc.on_nonfinite
+  max_skipped = tc.get("max_skipped_fraction", DEFAULT_MAX_SKIPPED_FRACTION)
   mesh = make_mesh(config.mesh)
   rules = partitioning.rules_from_config(config.sharding_rules)
   partitioning.check_rules(rules, mesh)
   local_batch, micro = validate_batch(config, mesh, rules)
   method = registry.build_method(config.model)
+  own_data = train_iter_fn is None and config.data.get("name") != METHOD_DATA
   if train_iter_fn is None or eval_iter_fn is None:
     default_train, default_eval = _default_iterators(config)
     train_iter_fn = train_iter_fn or default_train
     eval_iter_fn = eval_iter_fn or default_eval
-  check_workdir(config, workdir)
+  wd = Workdir(workdir)
+  wd.check(config)
   is_main = jax.process_index() == 0
+  # From here on the workdir is open (locked, writable); everything below is under `with`.
+  with wd.open():
+    return _train_in(config, wd, mesh, rules, method, local_batch, micro, train_iter_fn,
+                     eval_iter_fn, is_main, on_nonfinite, max_skipped, own_data)
 
-  train_iter = train_iter_fn(local_batch, config.seed)
-  first = next(train_iter)
+
+def _train_in(config: ConfigDict, wd: Workdir, mesh, rules, method, local_batch: int,
+              micro: int, train_iter_fn: IteratorFn, eval_iter_fn: IteratorFn, is_main: bool,
+              on_nonfinite: str, max_skipped: float, own_data: bool) -> dict[str, Any]:
+  """`train` once the workdir is open: build, restore, run."""
+  tc = config.train
+  workdir = wd.path
+  with data_errors(config.data if own_data else None):
+    train_iter = train_iter_fn(local_batch, config.seed)
+    first = next(train_iter)
   batch_shardings = {k: partitioning.batch_sharding(mesh, rules, np.ndim(v))
                      for k, v in first.items()}
   example = {k: jax.ShapeDtypeStruct((micro, *np.shape(v)[1:]), np.asarray(v).dtype)
@@ -325,27 +356,24 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
   init_rng, step_rng, eval_rng = jax.random.split(rng, 3)
   init_params = lambda r: method.init(
       r, {k: jnp.zeros(s.shape, s.dtype) for k, s in example.items()})
-  state, state_sh = init_sharded_state(init_params, tx, init_rng, mesh, rules,
-                                       jnp.dtype(tc.param_dtype))
-  n_params = count_params(state.params)
+  # The layout needs no compile; the state is initialised only when no checkpoint restores.
+  state_shapes, state_sh = state_layout(init_params, tx, mesh, rules, jnp.dtype(tc.param_dtype))
+  n_params = count_params(state_shapes.params)
+  fresh = lambda: init_sharded_state(init_params, tx, init_rng, mesh, rules,
+                                     jnp.dtype(tc.param_dtype))[0]
 
-  ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                      keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
-  start = ckpt.latest_step() or 0
-  if start > tc.steps:
+  ckpt = Checkpointer(wd.checkpoints, keep=config.checkpoint.keep,
+                      async_save=config.checkpoint.async_save)
+  try:
+    state, start, pending = _restore(config, wd, ckpt, method, state_shapes, state_sh, fresh,
+                                     mesh, rules, train_iter, first, is_main)
+  except BaseException:
+    ckpt.close(quiet=True)
+    raise
+  wd.write_config(config)   # the run has started: only now is config.json (re)written
+  if start == tc.steps:     # A finished run resumed: nothing to compile or run.
     ckpt.close()
-    raise TokenlabError(f"workdir {workdir} is at step {start}, past config.train.steps="
-                        f"{tc.steps}; raise train.steps to train on, or use `tokenlab eval "
-                        f"--workdir {workdir}`")
-  pending = [first]
-  if tc.get("freeze"):
-    check_freeze(tc.freeze, state.params)
-  if tc.get("init_from") and not start:
-    state = start_from(method, tc.init_from, state, state_sh, mesh, rules, verbose=is_main)
-  if start:
-    state = ckpt.restore(start, abstract_state(state_sh, state), train_iter)
-    pending = []
-  write_config(config, workdir)   # the run has started: only now is config.json (re)written
+    return finished_summary(workdir, start, n_params, is_main)
   compute_dtype = jnp.dtype(tc.compute_dtype)
   jit_step = jit_train_step(config, method, tx, schedule, mesh, rules, state_sh,
                             batch_shardings)
@@ -361,7 +389,7 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
   tokens_per_step = tc.batch_size * seq_len
   flops_token = method.flops_per_token(seq_len) if "inputs" in first else None
   peak, peak_source = peak_flops()
-  writer = MetricsWriter(workdir, enabled=is_main)
+  writer = wd.metrics_writer(enabled=is_main)
   if is_main and start == 0:
     writer.write(0, {"info/params": n_params, "info/devices": jax.device_count(),
                      "info/peak_flops": peak})
@@ -400,12 +428,36 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
     loss = metrics.get("train/step_loss", 0.0)
     grad_norm = metrics.get("train/grad_norm", 0.0)
     if on_nonfinite == "halt" and not (math.isfinite(loss) and math.isfinite(grad_norm)):
-      ckpt.wait()
-      last = ckpt.latest_step()
       raise TokenlabError(f"non-finite training loss/gradient (loss {loss}, grad norm "
-                          f"{grad_norm}) within steps {step - len(window) + 1}..{step}; the "
-                          f"last good checkpoint is step {last}; lower config.optimizer.lr, "
-                          f"use float32 compute, or set --config.train.on_nonfinite=skip")
+                          f"{grad_norm}) within steps {step - len(window) + 1}..{step}; "
+                          f"{last_good()}; lower config.optimizer.lr, use float32 compute, "
+                          f"or set --config.train.on_nonfinite=skip")
+
+  def last_good() -> str:
+    ckpt.wait()
+    last = ckpt.latest_step()
+    return (f"the last good checkpoint is step {last}" if last is not None else
+            "no checkpoint was saved yet (a re-run starts from step 0)")
+
+  skipped_total = 0         # steps whose update on_nonfinite=skip dropped, in this run
+  budget = tc.steps - start
+
+  def count_skipped(scalars: dict[str, float], n_steps: int, step: int) -> None:
+    """Turns the window's skipped fraction into counts; fails past max_skipped_fraction."""
+    nonlocal skipped_total
+    if "train/skipped_steps" not in scalars:
+      return
+    skipped = int(round(scalars["train/skipped_steps"] * n_steps))
+    skipped_total += skipped
+    scalars["train/skipped_steps"] = float(skipped)
+    scalars["train/skipped_steps_total"] = float(skipped_total)
+    if skipped_total > max_skipped * budget:
+      raise TokenlabError(
+          f"{skipped_total} of the {step - start} steps run so far had a non-finite loss or "
+          f"gradient and were skipped (on_nonfinite=skip), more than "
+          f"config.train.max_skipped_fraction={max_skipped} of this run's {budget} steps; "
+          f"{last_good()}; lower config.optimizer.lr, use float32 compute, or raise "
+          f"max_skipped_fraction")
 
   progress = Progress(tc.steps, start) if is_main and tc.progress else None
 
@@ -451,6 +503,7 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
         if log_now or save_now:
           scalars = {f"train/{k}": v for k, v in reduce_metrics(window).items()}
           check_finite(scalars, step)
+          count_skipped(scalars, len(window), step)
           if log_now:
             scalars["perf/steps_per_sec"] = len(window) / window_time
             scalars["perf/tokens_per_sec"] = len(window) * tokens_per_step / window_time
@@ -476,20 +529,69 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
         if preempt.requested:
           if not save_now:  # SIGTERM arrived during eval: save this step before leaving.
             ckpt.save(step, state, train_iter)
+          ckpt.wait()
+          notice = f"stopped by SIGTERM at step {step}, checkpoint saved; re-run to resume"
           if progress is not None:
-            progress.write(f"SIGTERM: saved checkpoint at step {step}; re-run to resume")
+            progress.write(notice)
+          elif is_main:
+            print(f"tokenlab: {notice}", file=sys.stderr, flush=True)
+          last["info/stopped_by"] = "SIGTERM"
           break
-  finally:
+  except BaseException:
     if progress is not None:
       progress.close()
-    ckpt.close()
+    ckpt.close(quiet=True)
     writer.close()
-  if step == start and start and is_main:
-    # A finished run resumed: no step or eval ran; report what it logged, last value wins.
-    for row in read_metrics(workdir):
-      last.update({k: v for k, v in row.items() if k != "step"})
+    raise
+  if progress is not None:
+    progress.close()
+  ckpt.close()
+  writer.close()
   last.update({"step": step, "info/params": n_params, "info/peak_source": peak_source})
+  if on_nonfinite == "skip":
+    last["train/skipped_steps"] = skipped_total
+    last["info/steps_run"] = step - start
   return last
+
+
+def finished_summary(workdir: str, step: int, n_params: int, is_main: bool) -> dict[str, Any]:
+  """What a finished run resumed returns: no step or eval runs; the metrics it logged, the
+  last write of each winning."""
+  last: dict[str, Any] = {}
+  if is_main:
+    for row in read_metrics(workdir):
+      last.update({k: v for k, v in row.items() if k not in ("step", "nonfinite")})
+  last.update({"step": step, "info/params": n_params})
+  return last
+
+
+def _restore(config: ConfigDict, wd: Workdir, ckpt: Checkpointer, method, state_shapes,
+             state_sh, fresh: Callable[[], Any], mesh, rules, train_iter, first,
+             is_main: bool):
+  """(state, start step, pending batches): the newest checkpoint that restores (damaged ones
+  skipped, then moved to WORKDIR/checkpoints.damaged, never deleted), else init_from, else
+  the fresh state `fresh()`."""
+  tc = config.train
+  if tc.get("freeze"):
+    check_freeze(tc.freeze, state_shapes.params)
+  restored, start, skipped = ckpt.restore_latest(abstract_state(state_sh, state_shapes),
+                                                 train_iter)
+  start = start or 0
+  if start > tc.steps:
+    raise TokenlabError(f"workdir {wd.path} is at step {start}, past config.train.steps="
+                        f"{tc.steps}; raise train.steps to train on, or use `tokenlab eval "
+                        f"--workdir {wd.path}`")
+  if skipped and is_main:
+    moved = ckpt.set_aside([s for s, _ in skipped], wd.checkpoints + ".damaged")
+    print(f"tokenlab: warning: resumed from step {start}; damaged checkpoint"
+          f"{'s' if len(moved) > 1 else ''} moved to {', '.join(moved)} (not deleted)",
+          file=sys.stderr, flush=True)
+  if restored is not None:
+    return restored, start, []
+  state = fresh()
+  if tc.get("init_from"):
+    state = start_from(method, tc.init_from, state, state_sh, mesh, rules, verbose=is_main)
+  return state, 0, [first]
 
 
 def _xla_flops(compiled) -> float:

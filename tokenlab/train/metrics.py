@@ -1,13 +1,21 @@
 """Metrics: WORKDIR/metrics.jsonl, TensorBoard events under WORKDIR/tb/, peak FLOP/s for MFU.
 
 metrics.jsonl holds one JSON object per logged step: {"step": N, "train/loss": ...,
-"eval/loss": ..., "perf/tokens_per_sec": ..., "perf/mfu": ...}.
+"eval/loss": ..., "perf/tokens_per_sec": ..., "perf/mfu": ...}. It is strict JSON: a
+non-finite value is written as null and named in the row's "nonfinite" field
+({"train/loss": "nan"}). Each row is one write(2) of a whole line to a file opened for
+appending, so rows never interleave; a partial last line (a crash mid-write) is removed with a
+warning before a run appends (`repair_metrics`) and skipped with a warning by readers. A
+resumed run may log a step again (it restarted from an earlier checkpoint): for readers the
+last write of a (step, metric) wins (`latest_by_step`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -101,11 +109,25 @@ class MetricsWriter:
     if not self.enabled:
       return
     row = {"step": int(step)}
-    row.update({k: _py(v) for k, v in sorted(scalars.items())})
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    nonfinite = {}
+    for k, v in sorted(scalars.items()):
+      v = _py(v)
+      if isinstance(v, float) and not math.isfinite(v):
+        nonfinite[k] = "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        v = None
+      row[k] = v
+    if nonfinite:
+      row["nonfinite"] = nonfinite
+    line = (json.dumps(row, allow_nan=False) + "\n").encode()
+    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+      written = os.write(fd, line)   # one write of the whole line: rows never interleave
+      if written != len(line):
+        raise OSError(f"short write to {self.path} ({written} of {len(line)} bytes)")
+    finally:
+      os.close(fd)
     for k, v in row.items():
-      if k != "step" and isinstance(v, (int, float)):
+      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
         self._tb.add_scalar(k, v, step)
     self._tb.flush()
 
@@ -120,9 +142,76 @@ def _py(v: Any) -> Any:
   return v
 
 
+def repair_metrics(workdir: str) -> None:
+  """Moves a partial last line of WORKDIR/metrics.jsonl (a crash mid-write) to
+  metrics.jsonl.partial, saying so on stderr, so that a resumed run does not append onto it.
+  Whole lines are never touched."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+      return
+    f.seek(max(size - 1, 0))
+    if f.read(1) == b"\n":
+      return
+    cut = size                  # back to the last newline: where the partial line starts
+    while cut > 0:
+      start = max(cut - 65536, 0)
+      f.seek(start)
+      chunk = f.read(cut - start)
+      if b"\n" in chunk:
+        cut = start + chunk.rfind(b"\n") + 1
+        break
+      cut = start
+    f.seek(cut)
+    partial = f.read()
+    try:     # A complete row that only lacks its newline is kept.
+      json.loads(partial)
+      f.write(b"\n")
+      return
+    except ValueError:
+      pass
+    with open(path + ".partial", "ab") as kept:   # kept, not lost
+      kept.write(partial + b"\n")
+    f.truncate(cut)
+  print(f"tokenlab: warning: {path}: moved a partial last line ({len(partial)} bytes, from an "
+        f"interrupted write) to metrics.jsonl.partial", file=sys.stderr)
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The rows of WORKDIR/metrics.jsonl in file order ([] if there is none). A line that is
+  not a JSON object (a partial line from a crash mid-write) is skipped with a warning."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  rows, bad = [], []
+  with open(path, "rb") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except ValueError:
+        row = None
+      if isinstance(row, dict) and isinstance(row.get("step"), int):
+        rows.append(row)
+      else:
+        bad.append(number)
+  if bad:
+    print(f"tokenlab: warning: {path}: skipped {len(bad)} line(s) that are not complete rows "
+          f"(line {', '.join(map(str, bad[:5]))}{'...' if len(bad) > 5 else ''}; a crash "
+          f"mid-write leaves one)", file=sys.stderr)
+  return rows
+
+
+def latest_by_step(rows: list[dict[str, Any]]) -> dict[str, dict[int, Any]]:
+  """{metric: {step: value}} where the last write of a (step, metric) wins: a resumed run that
+  logs a step again replaces what the earlier attempt logged."""
+  out: dict[str, dict[int, Any]] = {}
+  for row in rows:
+    for key, value in row.items():
+      if key not in ("step", "nonfinite"):
+        out.setdefault(key, {})[int(row["step"])] = value
+  return out
