@@ -1,4 +1,4 @@
-"""2-D building blocks for image models, written once: patches, 2-D positions, a ViT, DiT blocks.
+"""2-D building blocks for image models, written once: patches, 2-D positions, ViT, DiT.
 
 - `patchify` / `unpatchify`: (B, H, W, C) <-> (B, H/p * W/p, p*p*C), exact inverses; patches
   in raster order, each patch vector ordered (row in patch, column in patch, channel).
@@ -7,8 +7,9 @@
 - 2-D RoPE: `tokenlab.nn.layers.rope` takes positions (B, L, 2), so `MultiHeadAttention` and
   the transformer blocks rotate q/k over (row, col) when given `grid_positions`; `rope_2d` is
   the same call for a grid.
-- `ViT`: patch embedding, positions (sincos | learned | rope2d | none), a stack of the
-  existing non-causal `TransformerBlock`s, class token or mean pooling, classifier head.
+- `PatchEmbed`: patchify + linear embedding + positions (sincos | learned | rope2d | none).
+- `ViT`: `PatchEmbed`, a stack of the existing non-causal `TransformerBlock`s, class token or
+  mean pooling, classifier head.
 - DiT pieces (Peebles & Xie 2023): `timestep_embedding` + `TimestepEmbedder`, `ClassEmbedder`
   (with a null class for classifier-free guidance dropout), `DiTBlock` (adaLN-Zero),
   `DiTFinalLayer`, and a small `DiT` backbone assembling them.
@@ -116,14 +117,13 @@ def rope_2d(x: jax.Array, height: int, width: int, theta: float = 10000.0) -> ja
   return rope(x, pos, theta)
 
 
-# ------------------------------------------------------------------------ shared checks
+# --------------------------------------------------------- patch embedding, shared config
 
 
 def neighborhood_spec(attention: str, grid: tuple[int, int], radius: float,
                       shape: str) -> tuple[int, int, float, str] | None:
   """The `neighborhood` argument of the attention layers for a config's `attention` field."""
-  if attention not in ATTENTIONS:
-    raise ValueError(f"attention={attention!r}; use one of {ATTENTIONS}")
+  _check_choice("attention", attention, ATTENTIONS)
   if attention == "dense":
     return None
   return (grid[0], grid[1], float(radius), shape)
@@ -134,45 +134,45 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     raise ValueError(f"{name}={value!r}; use one of {choices}")
 
 
-def _positions_for(position: str, batch: int, grid: tuple[int, int]) -> jax.Array | None:
-  """(B, N, 2) grid positions for rope2d, else None (no rotary positions)."""
-  if position != "rope2d":
-    return None
-  n = grid[0] * grid[1]
-  return jnp.broadcast_to(grid_positions(*grid), (batch, n, 2))
-
-
-def _additive_positions(module: nn.Module, position: str, grid: tuple[int, int],
-                        dim: int, param_dtype: Any) -> jax.Array | None:
-  """(N, dim) embedding added to the tokens for sincos / learned, else None."""
-  if position == "sincos":
-    return sincos_2d(grid[0], grid[1], dim)
-  if position == "learned":
-    return param_with_axes(module, "pos_embedding", default_init, (grid[0] * grid[1], dim),
-                           (None, "embed"), param_dtype)
-  return None
-
-
 def default_mlp_dim(d_model: int) -> int:
-  """4 * d_model scaled to SwiGLU's 2/3 and rounded up to a multiple of 64 (as transformer_lm)."""
+  """4 * d_model scaled to SwiGLU's 2/3, rounded up to a multiple of 64 (as transformer_lm)."""
   return 64 * math.ceil(8 * d_model / 3 / 64)
 
 
-# ---------------------------------------------------------------------------------- ViT
+class PatchEmbed(nn.Module):
+  """images (B, H, W, C) -> (tokens (B, N, features), rope positions (B, N, 2) or None).
 
-
-class ViT(nn.Module):
-  """Vision transformer (Dosovitskiy et al. 2021) from the shared transformer blocks.
-
-  images (B, H, W, C) -> (logits (B, num_classes) or None when num_classes = 0,
-  features (B, N, d_model): the patch tokens after the final norm, N = H/p * W/p).
-
-  position: "sincos" (fixed, added), "learned" (added), "rope2d" (rotary over (row, col) in
-  every attention layer) or "none". pool: "cls" (a learned class token, prepended; it sits at
-  rope position (0, 0), i.e. unrotated) or "mean" (mean of the patch features).
-  attention: "dense" or "neighborhood" (radius, neighborhood_shape; needs pool="mean", since a
-  class token is not on the grid).
+  Patches of patch_size x patch_size pixels, linearly embedded (a stride-p convolution), plus
+  the position embedding: "sincos" (fixed `sincos_2d`) or "learned" are added to the tokens;
+  "rope2d" returns the (row, col) grid positions for the attention layers; "none" neither.
   """
+  patch_size: int
+  features: int
+  position: str = "sincos"
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    _check_choice("position", self.position, POSITIONS)
+    b, h, w, _ = images.shape
+    _check_divisible(h, w, self.patch_size)
+    grid = (h // self.patch_size, w // self.patch_size)
+    x = DenseGeneral((self.features,), (None, "embed"), use_bias=True,
+                     param_dtype=self.param_dtype, name="proj")(
+                         patchify(images, self.patch_size))
+    if self.position == "sincos":
+      x = x + sincos_2d(grid[0], grid[1], self.features).astype(x.dtype)
+    elif self.position == "learned":
+      x = x + param_with_axes(self, "pos_embedding", default_init,
+                              (grid[0] * grid[1], self.features), (None, "embed"),
+                              self.param_dtype).astype(x.dtype)
+    if self.position != "rope2d":
+      return x, None
+    return x, jnp.broadcast_to(grid_positions(*grid), (b, grid[0] * grid[1], 2))
+
+
+class _GridTransformer(nn.Module):
+  """Fields and helpers shared by `ViT` and `DiT` (a transformer over a grid of patches)."""
   patch_size: int
   d_model: int
   num_layers: int
@@ -180,46 +180,64 @@ class ViT(nn.Module):
   num_classes: int = 0
   head_dim: int = 0             # 0 = d_model // num_heads
   mlp_dim: int = 0              # 0 = default_mlp_dim(d_model)
-  position: str = "sincos"
-  pool: str = "cls"
-  attention: str = "dense"
-  radius: float = 2.0
-  neighborhood_shape: str = "circle"
+  position: str = "sincos"      # sincos | learned | rope2d | none
+  attention: str = "dense"      # dense | neighborhood
+  radius: float = 2.0           # neighborhood radius, in patches
+  neighborhood_shape: str = "circle"  # circle (dy^2 + dx^2 < r^2) | square
   attention_impl: str | None = None
   rope_theta: float = 10000.0
+  param_dtype: Any = jnp.float32
+
+  def _embed(self, images: jax.Array):
+    """-> (tokens (B, N, d_model), rope positions or None, neighborhood spec or None)."""
+    x, positions = PatchEmbed(self.patch_size, self.d_model, self.position,
+                              param_dtype=self.param_dtype, name="patch_embed")(images)
+    grid = (images.shape[1] // self.patch_size, images.shape[2] // self.patch_size)
+    return x, positions, neighborhood_spec(self.attention, grid, self.radius,
+                                           self.neighborhood_shape)
+
+  def _block_kwargs(self, neighborhood) -> dict:
+    head_dim = self.head_dim or self.d_model // self.num_heads
+    return dict(num_heads=self.num_heads, head_dim=head_dim,
+                mlp_dim=self.mlp_dim or default_mlp_dim(self.d_model),
+                neighborhood=neighborhood, attention_impl=self.attention_impl,
+                use_rope=self.position == "rope2d", rope_theta=self.rope_theta,
+                param_dtype=self.param_dtype)
+
+
+# ---------------------------------------------------------------------------------- ViT
+
+
+class ViT(_GridTransformer):
+  """Vision transformer (Dosovitskiy et al. 2021) from the shared transformer blocks.
+
+  images (B, H, W, C) -> (logits (B, num_classes) or None when num_classes = 0,
+  features (B, N, d_model): the patch tokens after the final norm, N = H/p * W/p).
+
+  Fields of `_GridTransformer` (position, attention, ...) plus pool: "cls" (a learned class
+  token, prepended; under rope2d it sits at position (0, 0), i.e. unrotated) or "mean" (mean
+  of the patch features); scan / remat as in TransformerStack. attention="neighborhood" needs
+  pool="mean", since a class token is not on the grid.
+  """
+  pool: str = "cls"
   scan: bool = False
   remat: str = "none"
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array) -> tuple[jax.Array | None, jax.Array]:
-    _check_choice("position", self.position, POSITIONS)
     _check_choice("pool", self.pool, POOLS)
-    b, h, w, _ = images.shape
-    _check_divisible(h, w, self.patch_size)
-    grid = (h // self.patch_size, w // self.patch_size)
-    neighborhood = neighborhood_spec(self.attention, grid, self.radius, self.neighborhood_shape)
+    x, positions, neighborhood = self._embed(images)
     if neighborhood is not None and self.pool == "cls":
       raise ValueError("attention='neighborhood' needs pool='mean': a class token is not on "
                        "the image grid")
-    x = DenseGeneral((self.d_model,), (None, "embed"), use_bias=True,
-                     param_dtype=self.param_dtype, name="patch_embed")(
-                         patchify(images, self.patch_size))
-    pos = _additive_positions(self, self.position, grid, self.d_model, self.param_dtype)
-    if pos is not None:
-      x = x + pos.astype(x.dtype)
-    positions = _positions_for(self.position, b, grid)
+    b = x.shape[0]
     if self.pool == "cls":
       cls = param_with_axes(self, "cls_token", nn.initializers.zeros, (self.d_model,),
                             ("embed",), self.param_dtype)
       x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, self.d_model)), x], 1)
       if positions is not None:
         positions = jnp.concatenate([jnp.zeros((b, 1, 2), positions.dtype), positions], 1)
-    block = dict(num_heads=self.num_heads, head_dim=self.head_dim or self.d_model // self.num_heads,
-                 mlp_dim=self.mlp_dim or default_mlp_dim(self.d_model), causal=False,
-                 neighborhood=neighborhood, attention_impl=self.attention_impl,
-                 use_rope=self.position == "rope2d", rope_theta=self.rope_theta,
-                 param_dtype=self.param_dtype)
+    block = dict(self._block_kwargs(neighborhood), causal=False)
     x = TransformerStack(self.num_layers, block, scan=self.scan, remat=self.remat,
                          name="encoder")(x, positions)
     if self.pool == "cls":
@@ -369,59 +387,31 @@ class DiTFinalLayer(nn.Module):
                         name="proj")(h)
 
 
-class DiT(nn.Module):
+class DiT(_GridTransformer):
   """Class-conditional diffusion / flow transformer (Peebles & Xie 2023) on image patches.
 
   (images (B, H, W, C), t (B,) float, labels (B,) int) -> (B, H, W, out_channels or C).
   c = TimestepEmbedder(t) + ClassEmbedder(labels) conditions every `DiTBlock` and the
   `DiTFinalLayer`. `train=True` drops labels to the null class with `class_dropout`
   (rng "dropout"); `drop_labels` (B,) bool forces it (the unconditional half of classifier-free
-  guidance). position: "sincos" | "learned" | "rope2d" | "none"; attention: "dense" |
-  "neighborhood" (radius, neighborhood_shape) as in `ViT`.
+  guidance). num_classes = 0 leaves only the null class (unconditional). Other fields as in
+  `_GridTransformer` (position, attention, radius, ...).
   """
-  patch_size: int
-  d_model: int
-  num_layers: int
-  num_heads: int
-  num_classes: int
   out_channels: int = 0          # 0 = the input's channels
-  head_dim: int = 0              # 0 = d_model // num_heads
-  mlp_dim: int = 0               # 0 = default_mlp_dim(d_model)
   class_dropout: float = 0.1
-  position: str = "sincos"
-  attention: str = "dense"
-  radius: float = 2.0
-  neighborhood_shape: str = "circle"
-  attention_impl: str | None = None
-  rope_theta: float = 10000.0
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, t: jax.Array, labels: jax.Array, *,
                train: bool = False, drop_labels: jax.Array | None = None) -> jax.Array:
-    _check_choice("position", self.position, POSITIONS)
-    b, h, w, ch = images.shape
-    p = self.patch_size
-    _check_divisible(h, w, p)
-    grid = (h // p, w // p)
-    neighborhood = neighborhood_spec(self.attention, grid, self.radius, self.neighborhood_shape)
-    x = DenseGeneral((self.d_model,), (None, "embed"), use_bias=True,
-                     param_dtype=self.param_dtype, name="patch_embed")(patchify(images, p))
-    pos = _additive_positions(self, self.position, grid, self.d_model, self.param_dtype)
-    if pos is not None:
-      x = x + pos.astype(x.dtype)
-    positions = _positions_for(self.position, b, grid)
+    x, positions, neighborhood = self._embed(images)
     c = TimestepEmbedder(self.d_model, param_dtype=self.param_dtype, name="t_embed")(t)
     c = c + ClassEmbedder(self.num_classes, self.d_model, self.class_dropout,
                           param_dtype=self.param_dtype, name="y_embed")(
                               labels, train=train, drop=drop_labels)
     for i in range(self.num_layers):
-      x = DiTBlock(num_heads=self.num_heads,
-                   head_dim=self.head_dim or self.d_model // self.num_heads,
-                   mlp_dim=self.mlp_dim or default_mlp_dim(self.d_model),
-                   neighborhood=neighborhood, attention_impl=self.attention_impl,
-                   use_rope=self.position == "rope2d", rope_theta=self.rope_theta,
-                   param_dtype=self.param_dtype, name=f"block_{i}")(x, c, positions)
-    out_c = self.out_channels or ch
-    x = DiTFinalLayer(p * p * out_c, param_dtype=self.param_dtype, name="final")(x, c)
+      x = DiTBlock(**self._block_kwargs(neighborhood), name=f"block_{i}")(x, c, positions)
+    _, h, w, ch = images.shape
+    p = self.patch_size
+    x = DiTFinalLayer(p * p * (self.out_channels or ch), param_dtype=self.param_dtype,
+                      name="final")(x, c)
     return unpatchify(x, p, h, w)
