@@ -151,8 +151,10 @@ def _grid_mask(h, w, radius, shape):
 def test_neighborhood_attention_equals_dense_with_2d_mask(radius, shape):
   h, w = 4, 5
   q, k, v = (_normal(s, (2, h * w, 2, 8)) for s in (5, 6, 7))
-  got = dot_product_attention(q, k, v, neighborhood=(h, w, radius, shape))
-  want = dot_product_attention(q, k, v, mask=jnp.asarray(_grid_mask(h, w, radius, shape)))
+  got = jax.jit(lambda *a: dot_product_attention(*a, neighborhood=(h, w, radius, shape)))(
+      q, k, v)
+  want = jax.jit(lambda q, k, v, m: dot_product_attention(q, k, v, mask=m))(
+      q, k, v, jnp.asarray(_grid_mask(h, w, radius, shape)))
   np.testing.assert_allclose(got, want, atol=1e-5)
   with pytest.raises(ValueError, match="neighborhood attention takes no"):
     dot_product_attention(q, k, v, causal=True, neighborhood=(h, w, radius, shape))
