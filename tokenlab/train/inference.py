@@ -76,9 +76,9 @@ def load_trained(workdir: str, example_batch: dict[str, np.ndarray],
       try:
         state = ckpt.restore(step, target)
       except CheckpointDamaged as e:
+        others = ", ".join(str(s) for s in steps if s != step) or "none"
         raise TokenlabError(f"--step {step}: checkpoint {directory}/{step} is damaged ({e}); "
-                            f"the others are {', '.join(str(s) for s in steps if s != step)}"
-                            ) from e
+                            f"the other checkpoints: {others}") from e
   finally:
     ckpt.close(quiet=True)
   return TrainedRun(config, method, state.params, int(step), mesh, rules)

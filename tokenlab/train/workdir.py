@@ -67,7 +67,8 @@ class Workdir:
 
     A workdir that holds a different experiment is refused (naming the keys that differ)
     unless --config.resume=force; a workdir that is a file, under a file, or whose nearest
-    existing parent is not writable is refused; so is one another training holds.
+    existing parent is not writable is refused. (Whether another training holds it is
+    `open`'s to find out: taking the lock is the only race-free test.)
     """
     workdir = self.path
     if "://" in workdir:
