@@ -96,7 +96,7 @@ def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
         break
       batch = {k: jax.device_put(v, batch_sharding(run.mesh, run.rules, v.ndim))
                for k, v in batch.items()}
-      results.append(eval_step(run.params, batch, jax.random.key(0)))
+      results.append(eval_step(run.params, batch, jax.random.key(0), run.model_state))
   metrics = reduce_metrics(results)
   print(f"step {run.step}, split {args.split}, {len(results)} batches: " +
         ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))

@@ -9,6 +9,22 @@ between them:
   :class:`Average` (or plain scalars) to log.
 * optionally ``sample(params, prompt, rng, **kw)`` for generative methods, and
   ``flops_per_token(seq_len)`` for an analytic MFU.
+
+Non-parameter state (e.g. an EMA codebook, batch statistics, a step counter) is opt-in: a
+method that names its flax collections in ``state_collections`` (e.g. ``('vq_stats',)``)
+
+* returns from ``init`` the flax variables dict ``{'params': ..., 'vq_stats': ...}`` (the
+  collections named, nothing else);
+* implements ``loss(params, batch, rng, state) -> (loss, metrics, new_state)`` and
+  ``eval_metrics(params, batch, rng, state)``, where ``state`` is ``{collection: tree}`` (the
+  variables without 'params'); ``new_state`` has the same structure, shapes and dtypes;
+* receives ``state=`` as a keyword in ``sample``.
+
+The trainer keeps the state in ``TrainState.model_state`` (sharded by the same logical-axis
+rules as parameters when its leaves are boxed, else replicated), checkpoints and restores it,
+never differentiates it, and with gradient accumulation threads it through the micro-batches
+in order (so k micro-batches update it k times per optimizer step). ``init_variables``,
+``call_loss`` and ``call_eval_metrics`` below are the one place that tells the two kinds apart.
 """
 
 from __future__ import annotations
@@ -60,6 +76,10 @@ class Method(abc.ABC):
   #: dataclass type holding the method's model hyper-parameters (config.model minus `name`).
   Config: type = None  # type: ignore[assignment]
 
+  #: flax collections of non-parameter state the trainer carries (see the module docstring);
+  #: empty for a stateless method.
+  state_collections: tuple[str, ...] = ()
+
   def __init__(self, config: Any):
     self.config = config
 
@@ -76,9 +96,11 @@ class Method(abc.ABC):
   def loss(self, params: PyTree, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
     """Returns (scalar loss, metrics)."""
 
-  def eval_metrics(self, params: PyTree, batch: Batch, rng: jax.Array) -> dict[str, Any]:
-    """Metrics on held-out data; by default those of the loss."""
-    return self.loss(params, batch, rng)[1]
+  def eval_metrics(self, params: PyTree, batch: Batch, rng: jax.Array,
+                   *state: PyTree) -> dict[str, Any]:
+    """Metrics on held-out data; by default those of the loss (`state`: a stateful method's
+    state, passed on to its loss; the updated state is dropped)."""
+    return self.loss(params, batch, rng, *state)[1]
 
   def adopt_params(self, fresh: PyTree, loaded: PyTree) -> PyTree:
     """The starting parameters of a run with `config.train.init_from`: `fresh` is this model's
@@ -92,6 +114,36 @@ class Method(abc.ABC):
   def flops_per_token(self, seq_len: int) -> float | None:
     """Training FLOPs (forward + backward) per token, or None to use XLA's cost analysis."""
     return None
+
+
+def init_variables(method: Method, rng: jax.Array, batch: Batch) -> tuple[PyTree, PyTree]:
+  """(params, state) of `method` for `batch`: state is None for a stateless method, else the
+  dict {collection: tree} of its `state_collections` (a ConfigError names a missing one)."""
+  out = method.init(rng, batch)
+  if not method.state_collections:
+    return out, None
+  missing = [c for c in ("params", *method.state_collections) if c not in out]
+  if missing:
+    raise ConfigError(f"{type(method).__name__} declares state_collections="
+                      f"{method.state_collections} but its init returned no {missing}")
+  return out["params"], {c: out[c] for c in method.state_collections}
+
+
+def call_loss(method: Method, params: PyTree, batch: Batch, rng: jax.Array,
+              state: PyTree = None) -> tuple[jax.Array, dict[str, Any], PyTree]:
+  """(loss, metrics, new state) for either kind of method (state None when stateless)."""
+  if not method.state_collections:
+    loss, metrics = method.loss(params, batch, rng)
+    return loss, metrics, None
+  return method.loss(params, batch, rng, state)
+
+
+def call_eval_metrics(method: Method, params: PyTree, batch: Batch, rng: jax.Array,
+                      state: PyTree = None) -> dict[str, Any]:
+  """`method.eval_metrics` for either kind of method."""
+  if not method.state_collections:
+    return method.eval_metrics(params, batch, rng)
+  return method.eval_metrics(params, batch, rng, state)
 
 
 def random_params(method: Method, batch: Batch, seed: int = 0, scale: float = 0.3) -> PyTree:

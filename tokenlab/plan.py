@@ -170,7 +170,7 @@ def make_plan(config, num_devices: int, chips: list[str] | None = None,
   from tokenlab.train.loop import jit_train_step, validate_batch
   from tokenlab.train.mesh import make_mesh
   from tokenlab.train.optimizer import make_optimizer, make_schedule
-  from tokenlab.train.state import abstract_state, state_layout
+  from tokenlab.train.state import abstract_state, method_init_fn, state_layout
 
   devices = jax.devices()[:num_devices]
   if len(devices) < num_devices:
@@ -187,8 +187,7 @@ def make_plan(config, num_devices: int, chips: list[str] | None = None,
                    for k, s in global_batch.items()}
   tx = make_optimizer(config.optimizer, tc.steps, tc.clip_grad_norm, tc.get("freeze", ""))
   schedule = make_schedule(config.optimizer, tc.steps)
-  init_params = lambda r: method.init(
-      r, {k: jnp.zeros(s.shape, s.dtype) for k, s in micro_example.items()})
+  init_params = method_init_fn(method, micro_example)
   state_abs, state_sh = state_layout(init_params, tx, mesh, rules, jnp.dtype(tc.param_dtype))
   state_in = abstract_state(state_sh, state_abs)
   batch_sh = {k: partitioning.batch_sharding(mesh, rules, len(s.shape))

@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tokenlab.errors import ConfigError
 from tokenlab.method import Average, as_average
-from tokenlab.train.state import TrainState, init_sharded_state
+from tokenlab.train.state import TrainState, init_sharded_state, method_init_fn
 from tokenlab.train.step import make_loss_fn
 
 AXIS = "data"
@@ -46,9 +46,12 @@ def init_replicated_state(method, tx: optax.GradientTransformation, example: dic
   `example` is a batch (or ShapeDtypeStructs) giving the input shapes. The rules map only
   `batch`; every parameter axis is unmapped, i.e. replicated.
   """
-  init_params = lambda r: method.init(
-      r, {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()})
-  state, _ = init_sharded_state(init_params, tx, rng, mesh, (("batch", AXIS),), param_dtype)
+  if method.state_collections:
+    raise ConfigError(f"{type(method).__name__} carries non-parameter state "
+                      f"{method.state_collections}; the shard_map data-parallel step supports "
+                      "stateless methods only: use the main trainer")
+  state, _ = init_sharded_state(method_init_fn(method, example), tx, rng, mesh,
+                                (("batch", AXIS),), param_dtype)
   return state
 
 

@@ -20,7 +20,7 @@ from tokenlab.train import partitioning
 from tokenlab.train.checkpoint import CheckpointDamaged, Checkpointer
 from tokenlab.train.mesh import make_mesh
 from tokenlab.train.optimizer import make_optimizer
-from tokenlab.train.state import abstract_state, state_layout
+from tokenlab.train.state import abstract_state, method_init_fn, state_layout
 
 
 @dataclasses.dataclass
@@ -31,6 +31,7 @@ class TrainedRun:
   step: int
   mesh: Mesh
   rules: Any
+  model_state: Any = None   # a stateful method's {collection: tree}; None when stateless
 
 
 def load_config_from_workdir(workdir: str) -> ConfigDict:
@@ -67,7 +68,7 @@ def load_trained(workdir: str, example_batch: dict[str, np.ndarray],
                           f"{step}; it has {', '.join(map(str, steps))}")
     example = {k: jnp.zeros(np.shape(v), np.asarray(v).dtype)
                for k, v in example_batch.items()}
-    state_shapes, shardings = state_layout(lambda r: method.init(r, example), tx, mesh, rules,
+    state_shapes, shardings = state_layout(method_init_fn(method, example), tx, mesh, rules,
                                            jnp.dtype(config.train.param_dtype))
     target = abstract_state(shardings, state_shapes)
     if step is None:   # the newest checkpoint that restores (damaged ones are skipped)
@@ -81,4 +82,4 @@ def load_trained(workdir: str, example_batch: dict[str, np.ndarray],
                             f"the other checkpoints: {others}") from e
   finally:
     ckpt.close(quiet=True)
-  return TrainedRun(config, method, state.params, int(step), mesh, rules)
+  return TrainedRun(config, method, state.params, int(step), mesh, rules, state.model_state)

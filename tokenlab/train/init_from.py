@@ -1,10 +1,12 @@
 """Starting a run from another run's parameters (`config.train.init_from`) and freezing
 parameters (`config.train.freeze`): fine-tuning stages, grown models, frozen references.
 
-`init_from` reads only the parameters of the other run's latest checkpoint (not its optimizer
-state, step or data position: a new run starts from step 0 with a fresh optimizer). How the
-loaded parameters map onto the new model is the method's `adopt_params`; the default copies
-every parameter of the same path and shape (`overlay_params`) and keeps the rest fresh.
+`init_from` reads only the parameters (and a stateful method's model state, e.g. an EMA
+codebook) of the other run's latest checkpoint (not its optimizer state, step or data
+position: a new run starts from step 0 with a fresh optimizer). How the loaded parameters
+map onto the new model is the method's `adopt_params`; the default copies every parameter of
+the same path and shape (`overlay_params`) and keeps the rest fresh; the model state is
+always overlaid by path and shape.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ def checkpoint_dir(workdir: str) -> str:
                       "first or point init_from at a workdir that has one")
 
 
-def load_params(workdir: str, step: int | None = None) -> dict:
+def load_params(workdir: str, step: int | None = None, item: str = "params") -> dict:
   """The parameters (numpy, nested dicts) of WORKDIR's latest checkpoint (or of `step`),
-  without building the model that wrote them."""
+  without building the model that wrote them. item='model_state': a stateful method's
+  non-parameter state instead ({} when the run had none)."""
   import orbax.checkpoint as ocp
   from tokenlab.train.checkpoint import Checkpointer
   directory = checkpoint_dir(workdir)
@@ -52,7 +55,7 @@ def load_params(workdir: str, step: int | None = None) -> dict:
   if not os.path.isdir(path):
     raise TokenlabError(f"init_from='{workdir}' has no checkpoint of step {step}")
   restored = ocp.StandardCheckpointer().restore(path)
-  return jax.tree.map(np.asarray, restored["params"])
+  return jax.tree.map(np.asarray, restored.get(item) or {})
 
 
 def overlay_params(fresh: PyTree, loaded: dict) -> tuple[PyTree, list[str]]:

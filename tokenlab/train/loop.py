@@ -36,13 +36,13 @@ from tokenlab.errors import ConfigError, TokenlabError
 from tokenlab.train import partitioning
 from tokenlab.train.checkpoint import Checkpointer
 from tokenlab.train.init_from import (check_freeze, checkpoint_dir, describe_overlay,
-                                     load_params, param_path)
+                                     load_params, overlay_params, param_path)
 from tokenlab.train.mesh import make_mesh
 from tokenlab.train.metrics import peak_flops, read_metrics, reduce_metrics
 from tokenlab.train.optimizer import make_optimizer, make_schedule
 from tokenlab.train.progress import Progress
 from tokenlab.train.state import (abstract_state, count_params, init_sharded_state,
-                                  state_layout)
+                                  method_init_fn, state_layout)
 from tokenlab.train.step import make_eval_step, make_train_step
 from tokenlab.train.workdir import RESUMABLE_CHANGES, Workdir  # noqa: F401 (re-exported)
 
@@ -285,7 +285,8 @@ def jit_train_step(config: ConfigDict, method, tx, schedule, mesh, rules, state_
 def start_from(method, source: str, state, state_sh, mesh, rules, *,
                verbose: bool = True):
   """`state` with the parameters `method.adopt_params` makes of the latest parameters of the
-  run in `source` (config.train.init_from); the optimizer state stays fresh."""
+  run in `source` (config.train.init_from); the optimizer state stays fresh. A stateful
+  method's model state (e.g. an EMA codebook) is copied by path and shape, like parameters."""
   loaded = load_params(source)
   if verbose:
     print(f"init_from {source}: {describe_overlay(state.params, loaded)}", flush=True)
@@ -305,7 +306,12 @@ def start_from(method, source: str, state, state_sh, mesh, rules, *,
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     params = jax.jit(adopt, out_shardings=state_sh.params, donate_argnums=0)(state.params,
                                                                              loaded)
-  return state.replace(params=params)
+    model_state = state.model_state
+    if model_state is not None:
+      model_state = jax.jit(lambda f, l: overlay_params(f, l)[0],
+                            out_shardings=state_sh.model_state)(
+                                model_state, load_params(source, item="model_state"))
+  return state.replace(params=params, model_state=model_state)
 
 
 def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None = None,
@@ -354,8 +360,7 @@ def _train_in(config: ConfigDict, wd: Workdir, mesh, rules, method, local_batch:
   tx = make_optimizer(config.optimizer, tc.steps, tc.clip_grad_norm, tc.get("freeze", ""))
   rng = jax.random.key(config.seed)
   init_rng, step_rng, eval_rng = jax.random.split(rng, 3)
-  init_params = lambda r: method.init(
-      r, {k: jnp.zeros(s.shape, s.dtype) for k, s in example.items()})
+  init_params = method_init_fn(method, example)
   # The layout needs no compile; the state is initialised only when no checkpoint restores.
   state_shapes, state_sh = state_layout(init_params, tx, mesh, rules, jnp.dtype(tc.param_dtype))
   n_params = count_params(state_shapes.params)
@@ -379,7 +384,8 @@ def _train_in(config: ConfigDict, wd: Workdir, mesh, rules, method, local_batch:
                             batch_shardings)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     jit_eval = jax.jit(make_eval_step(method, compute_dtype),
-                       in_shardings=(state_sh.params, batch_shardings, None))
+                       in_shardings=(state_sh.params, batch_shardings, None,
+                                     state_sh.model_state))
 
   def to_global(local: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(batch_shardings[k], np.asarray(v))
@@ -418,7 +424,7 @@ def _train_in(config: ConfigDict, wd: Workdir, mesh, rules, method, local_batch:
         elif batch is None:
           break
         template = batch
-        results.append(jit_eval(state.params, to_global(batch), eval_rng))
+        results.append(jit_eval(state.params, to_global(batch), eval_rng, state.model_state))
     if not results:
       return {}
     return {f"eval/{k}": v for k, v in reduce_metrics(results).items()}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -14,11 +14,56 @@ from jax.sharding import Mesh
 from tokenlab.train import partitioning
 
 
-@flax.struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainState:
+  """step, params, opt_state, and a stateful method's non-parameter state `model_state`
+  ({collection: tree}; None for a stateless method, see tokenlab/method.py).
+
+  A pytree whose children are step, params, opt_state, plus model_state only when it is not
+  None: a stateless run's state (and so its checkpoints) has exactly the three items it had
+  before model_state existed, so older workdirs resume unchanged.
+  """
   step: jax.Array
   params: Any
   opt_state: Any
+  model_state: Any = None
+
+  def replace(self, **changes: Any) -> "TrainState":
+    return dataclasses.replace(self, **changes)
+
+
+_FIELDS = ("step", "params", "opt_state")
+
+
+def _flatten(state: TrainState):
+  names = _FIELDS + (("model_state",) if state.model_state is not None else ())
+  return ([(jax.tree_util.GetAttrKey(n), getattr(state, n)) for n in names],
+          state.model_state is not None)
+
+
+def _unflatten(has_model_state: bool, children) -> TrainState:
+  return TrainState(*children) if has_model_state else TrainState(*children, model_state=None)
+
+
+jax.tree_util.register_pytree_with_keys(TrainState, _flatten, _unflatten)
+
+
+class ParamsAndState(NamedTuple):
+  """What an init function gives a stateful method: boxed params and {collection: tree}."""
+  params: Any
+  state: Any
+
+
+def method_init_fn(method: Any, example: dict[str, Any]) -> Callable[[jax.Array], Any]:
+  """rng -> the method's boxed params (stateless) or ParamsAndState (stateful), for a batch of
+  the shapes of `example` (arrays or ShapeDtypeStructs): the `init_params` argument below."""
+  from tokenlab.method import init_variables
+
+  def init(rng):
+    batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}
+    params, state = init_variables(method, rng, batch)
+    return params if state is None else ParamsAndState(params, state)
+  return init
 
 
 def _cast_floats(tree: Any, dtype) -> Any:
@@ -29,9 +74,13 @@ def _cast_floats(tree: Any, dtype) -> Any:
 def _make_init_fn(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
                   param_dtype) -> Callable[[jax.Array], TrainState]:
   def init_fn(rng):
-    # tree.map reaches through the logical-partitioning boxes and keeps them.
-    params = _cast_floats(init_params(rng), param_dtype)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    out = init_params(rng)
+    params, model_state = out if isinstance(out, ParamsAndState) else (out, None)
+    # tree.map reaches through the logical-partitioning boxes and keeps them. The model
+    # state keeps its own dtypes (an EMA in bfloat16 would lose its small updates).
+    params = _cast_floats(params, param_dtype)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      model_state=model_state)
   return init_fn
 
 
@@ -52,8 +101,8 @@ def init_sharded_state(init_params: Callable[[jax.Array], Any], tx: optax.Gradie
   """Initialises parameters and optimizer state directly into their shardings: one jit with
   out_shardings materialises every array where it belongs, never whole on one device.
 
-  `init_params(rng)` returns logically boxed parameters (e.g. a method's init on an example).
-  Returns (state, state_shardings), both unboxed.
+  `init_params(rng)` returns logically boxed parameters (e.g. a method's init on an example),
+  or a ParamsAndState (`method_init_fn` makes either). Returns (state, state_shardings), both unboxed.
   """
   _, shardings = state_layout(init_params, tx, mesh, rules, param_dtype)
   init_fn = _make_init_fn(init_params, tx, param_dtype)

@@ -1,6 +1,8 @@
 """One training step: mixed precision, gradient accumulation, clipping, non-finite policy.
 
-These live here, not in methods: a method only supplies `loss(params, batch, rng)`.
+These live here, not in methods: a method only supplies `loss(params, batch, rng)` (a stateful
+method `loss(params, batch, rng, state) -> (loss, metrics, new_state)`, see tokenlab/method.py:
+its state is threaded through the micro-batches in order and never differentiated).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tokenlab.method import Average, as_average
+from tokenlab.method import Average, as_average, call_eval_metrics, call_loss
 from tokenlab.train.state import TrainState
 
 
@@ -32,9 +34,24 @@ def make_loss_fn(method, compute_dtype) -> Callable:
   Parameters stay in their (master) dtype in the state; the cast here is what makes bfloat16
   compute with float32 master weights.
   """
+  stateful = make_stateful_loss_fn(method, compute_dtype)
+
   def loss_fn(params, batch, rng):
-    loss, metrics = method.loss(cast_floats(params, compute_dtype), batch, rng)
-    return loss.astype(jnp.float32), _averages(metrics)
+    loss, (metrics, _) = stateful(params, batch, rng, None)
+    return loss, metrics
+  return loss_fn
+
+
+def make_stateful_loss_fn(method, compute_dtype) -> Callable:
+  """loss(params, batch, rng, model_state) -> (loss, (metrics, new model_state)): the shape
+  `jax.value_and_grad(..., has_aux=True)` wants. The model state is not cast (it keeps its
+  dtypes, and the new state is cast back to them so the step's output matches its input)."""
+  def loss_fn(params, batch, rng, model_state):
+    loss, metrics, new_state = call_loss(method, cast_floats(params, compute_dtype), batch, rng,
+                                         model_state)
+    if model_state is not None:
+      new_state = jax.tree.map(lambda n, o: jnp.asarray(n, o.dtype), new_state, model_state)
+    return loss.astype(jnp.float32), (_averages(metrics), new_state)
   return loss_fn
 
 
@@ -50,34 +67,39 @@ def make_train_step(method, tx: optax.GradientTransformation, *, compute_dtype,
   on_nonfinite: 'halt' applies the update and lets the loop stop on a non-finite loss;
   'skip' leaves the state unchanged on a non-finite loss or gradient and counts the skip.
   """
-  grad_fn = jax.value_and_grad(make_loss_fn(method, compute_dtype), has_aux=True)
+  grad_fn = jax.value_and_grad(make_stateful_loss_fn(method, compute_dtype), has_aux=True)
 
   def step(state: TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
     if grad_accum_steps == 1:
-      (loss, metrics), grads = grad_fn(state.params, batch, rng)
+      (loss, (metrics, model_state)), grads = grad_fn(state.params, batch, rng,
+                                                       state.model_state)
     else:
       def split(x):
         x = x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:])
         return jnp.swapaxes(x, 0, 1)
       micro = jax.tree.map(split, batch)
 
+      # The model state is carried: micro-batch i sees the state micro-batch i-1 left (the
+      # only order-free alternative, merging k updated states, has no general definition).
       def body(carry, inputs):
-        grads_acc, loss_acc, metrics_acc = carry
+        grads_acc, loss_acc, metrics_acc, model_state = carry
         i, mb = inputs
         if micro_batch_constraint is not None:
           mb = micro_batch_constraint(mb)
-        (loss, metrics), grads = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+        (loss, (metrics, model_state)), grads = grad_fn(
+            state.params, mb, jax.random.fold_in(rng, i), model_state)
         grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
         metrics_acc = jax.tree.map(jnp.add, metrics_acc, metrics)
-        return (grads_acc, loss_acc + loss, metrics_acc), None
+        return (grads_acc, loss_acc + loss, metrics_acc, model_state), None
 
       mb0 = jax.tree.map(lambda x: x[0], micro)
-      _, metrics_shape = jax.eval_shape(grad_fn, state.params, mb0, rng)[0]
+      _, (metrics_shape, _) = jax.eval_shape(grad_fn, state.params, mb0, rng,
+                                             state.model_state)[0]
       zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)
       init = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32),
-              zeros(metrics_shape))
-      (grads, loss, metrics), _ = jax.lax.scan(
+              zeros(metrics_shape), state.model_state)
+      (grads, loss, metrics, model_state), _ = jax.lax.scan(
           body, init, (jnp.arange(grad_accum_steps), micro))
       grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
       loss = loss / grad_accum_steps
@@ -85,7 +107,8 @@ def make_train_step(method, tx: optax.GradientTransformation, *, compute_dtype,
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                           model_state=model_state)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if on_nonfinite == "skip":
       new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
@@ -101,7 +124,8 @@ def make_train_step(method, tx: optax.GradientTransformation, *, compute_dtype,
 
 
 def make_eval_step(method, compute_dtype) -> Callable:
-  """eval(params, batch, rng) -> metrics (dict of Average)."""
-  def eval_step(params, batch, rng):
-    return _averages(method.eval_metrics(cast_floats(params, compute_dtype), batch, rng))
+  """eval(params, batch, rng, model_state=None) -> metrics (dict of Average)."""
+  def eval_step(params, batch, rng, model_state=None):
+    return _averages(call_eval_metrics(method, cast_floats(params, compute_dtype), batch, rng,
+                                       model_state))
   return eval_step
