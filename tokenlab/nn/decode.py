@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokenlab.nn.generate import sample_logits
+from tokenlab.nn.generate import sample_guided
 
 PyTree = Any
 # (tokens (batch, n), cache) -> (logits (batch, n, vocab), cache advanced by n positions)
@@ -63,7 +63,8 @@ def cache_length(cache: PyTree) -> int:
 
 def sample_cached(step_fn: StepFn, cache: PyTree, prompt: jax.Array, prompt_len: jax.Array,
                   rng: jax.Array, *, temperature: float = 1.0, top_k: int = 0,
-                  start: int | None = None) -> jax.Array:
+                  start: int | None = None,
+                  cfg_scale: float | jax.Array | None = None) -> jax.Array:
   """Fills a fixed-length token buffer left to right with a key/value cache.
 
   Args:
@@ -74,6 +75,8 @@ def sample_cached(step_fn: StepFn, cache: PyTree, prompt: jax.Array, prompt_len:
     start: as in `sample_autoregressive`: the first position sampled (static). Default:
       min(prompt_len) when prompt_len is concrete, else 1. The first `start` tokens are
       prefilled in one call.
+    cfg_scale: None, or classifier-free guidance over [conditional; null] rows, as in
+      `sample_autoregressive` (both halves advance one cache, as one batch).
   Returns:
     (batch, length) tokens: the prompt followed by samples up to the buffer's end.
   Raises:
@@ -92,7 +95,8 @@ def sample_cached(step_fn: StepFn, cache: PyTree, prompt: jax.Array, prompt_len:
   def emit(t, tokens, logits, rng):
     """Writes position t from the logits (batch, vocab) at t - 1, keeping prompt tokens."""
     rng, sub = jax.random.split(rng)
-    new = sample_logits(logits, sub, temperature=temperature, top_k=top_k)
+    new = sample_guided(logits, sub, temperature=temperature, top_k=top_k,
+                        cfg_scale=cfg_scale)
     keep = t < prompt_len
     tokens = tokens.at[:, t].set(jnp.where(keep, tokens[:, t], new.astype(tokens.dtype)))
     return tokens, rng
@@ -113,9 +117,10 @@ def sample_cached(step_fn: StepFn, cache: PyTree, prompt: jax.Array, prompt_len:
 def sample_module_cached(module: nn.Module, params: PyTree, prompt: jax.Array,
                          prompt_len: jax.Array, rng: jax.Array, *, temperature: float = 1.0,
                          top_k: int = 0, start: int | None = None,
-                         cache_len: int | None = None) -> jax.Array:
+                         cache_len: int | None = None,
+                         cfg_scale: float | jax.Array | None = None) -> jax.Array:
   """`sample_cached` for a decode-mode module (tokens -> logits) with a fresh cache of
   `cache_len` positions (default: the buffer's length)."""
   cache = init_cache(module, prompt.shape[0], cache_len or prompt.shape[1])
   return sample_cached(module_step_fn(module, params), cache, prompt, prompt_len, rng,
-                       temperature=temperature, top_k=top_k, start=start)
+                       temperature=temperature, top_k=top_k, start=start, cfg_scale=cfg_scale)

@@ -23,9 +23,42 @@ def sample_logits(logits: jax.Array, rng: jax.Array, *, temperature: float = 1.0
   return jax.random.categorical(rng, logits, axis=-1)
 
 
+def guided_logits(logits: jax.Array, cfg_scale: float | jax.Array) -> jax.Array:
+  """Classifier-free guidance (Ho & Salimans 2022) of a batch run as [conditional; null].
+
+  logits: (2B, ...), the first B rows conditioned, the last B rows the same inputs with the
+  null class. Returns (B, ...) null + cfg_scale * (cond - null) in float32: scale 1 is the
+  conditional model, 0 the unconditional one, > 1 pushes samples toward the class. An entry
+  that is -inf in both halves (a token masked out of the vocabulary) stays -inf.
+  """
+  if logits.shape[0] % 2:
+    raise ValueError(f"classifier-free guidance needs a [conditional; null] batch of even "
+                     f"size, got {logits.shape[0]} rows")
+  cond, null = jnp.split(logits.astype(jnp.float32), 2, axis=0)
+  # -inf - -inf is NaN: a token excluded on both sides keeps null's -inf.
+  excluded = jnp.logical_and(jnp.isneginf(cond), jnp.isneginf(null))
+  return null + cfg_scale * jnp.where(excluded, 0.0, cond - null)
+
+
+def sample_guided(logits: jax.Array, rng: jax.Array, *, temperature: float = 1.0,
+                  top_k: int = 0, cfg_scale: float | jax.Array | None = None) -> jax.Array:
+  """`sample_logits`, with classifier-free guidance when cfg_scale is not None.
+
+  logits (rows, vocab) -> (rows,) ids. With guidance the rows are [conditional; null] (see
+  `guided_logits`): one token is drawn per pair from the guided logits and written to both
+  rows, so the two halves of the batch keep decoding the same image.
+  """
+  if cfg_scale is None:
+    return sample_logits(logits, rng, temperature=temperature, top_k=top_k)
+  new = sample_logits(guided_logits(logits, cfg_scale), rng, temperature=temperature,
+                      top_k=top_k)
+  return jnp.concatenate([new, new], axis=0)
+
+
 def sample_autoregressive(logits_fn: Callable[[jax.Array], jax.Array], prompt: jax.Array,
                           prompt_len: jax.Array, rng: jax.Array, *, temperature: float = 1.0,
-                          top_k: int = 0, start: int | None = None) -> jax.Array:
+                          top_k: int = 0, start: int | None = None,
+                          cfg_scale: float | jax.Array | None = None) -> jax.Array:
   """Fills a fixed-length token buffer left to right.
 
   Args:
@@ -36,6 +69,9 @@ def sample_autoregressive(logits_fn: Callable[[jax.Array], jax.Array], prompt: j
       prompt_len are kept anyway). Default: min(prompt_len) when prompt_len is concrete
       (numpy or a concrete array), else 1. Pass it when prompt_len is traced but its
       minimum is known, to skip the prompt's steps.
+    cfg_scale: None, or classifier-free guidance: the buffer's rows are [conditional; null]
+      (e.g. a class prefix token, then the same rows with the null class), see
+      `sample_guided`.
   Returns:
     (batch, length) tokens: the prompt followed by samples up to the buffer's end.
 
@@ -48,7 +84,7 @@ def sample_autoregressive(logits_fn: Callable[[jax.Array], jax.Array], prompt: j
     tokens, rng = carry
     rng, sub = jax.random.split(rng)
     logits = logits_fn(tokens)[:, t - 1]
-    new = sample_logits(logits, sub, temperature=temperature, top_k=top_k)
+    new = sample_guided(logits, sub, temperature=temperature, top_k=top_k, cfg_scale=cfg_scale)
     keep = t < prompt_len
     tokens = tokens.at[:, t].set(jnp.where(keep, tokens[:, t], new.astype(tokens.dtype)))
     return tokens, rng

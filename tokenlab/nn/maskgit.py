@@ -1,0 +1,125 @@
+"""MaskGIT iterative decoding (Chang et al. 2022, arXiv 2202.04200), written once.
+
+A grid of N tokens starts fully masked. Each of T steps: the bidirectional model predicts
+every position; a token is sampled at each masked position; its confidence is the log
+probability of the sampled token plus Gumbel noise whose scale anneals linearly to zero
+(`choice_temperature * (1 - (t + 1) / T)`, so early steps explore and the last commit
+greedily); then the positions still to be masked after step t (the mask schedule) are the
+least confident of the freshly sampled ones and go back to the mask token. Tokens decided at
+an earlier step are never re-masked.
+
+Schedule: after step t (of T) floor(n * gamma((t + 1) / T)) of a row's n initially masked
+tokens stay masked, with gamma(r) = cos(pi r / 2) (the paper's cosine) or 1 - r (linear),
+lowered where needed so that every step reveals at least one token while any is left; the
+last step reveals the rest (`masked_schedule`, `unmask_counts`).
+
+Classifier-free guidance (ECHOPulse, MUSE): the model runs on [conditional; null] rows as
+one batch (see `tokenlab.nn.generate.guided_logits`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tokenlab.nn.generate import guided_logits, sample_logits
+
+SCHEDULES = ("cosine", "linear")
+
+
+def mask_ratio(r: jax.Array, schedule: str = "cosine") -> jax.Array:
+  """gamma(r): the fraction of tokens still masked at progress r in [0, 1] (1 -> 0)."""
+  if schedule == "cosine":
+    return jnp.cos(0.5 * math.pi * r)
+  if schedule == "linear":
+    return 1.0 - r
+  raise ValueError(f"mask schedule '{schedule}' unknown; use one of {SCHEDULES}")
+
+
+def masked_schedule(num_steps: int, num_masked: jax.Array,
+                    schedule: str = "cosine") -> jax.Array:
+  """(num_steps, *num_masked.shape) int32: tokens still masked after each step, for rows
+  that start with `num_masked` masked tokens. floor(n * gamma((t + 1) / T)), lowered where
+  needed so that every step reveals at least one token while any is masked; 0 after the
+  last step."""
+  num_masked = jnp.asarray(num_masked, jnp.int32)
+  prev, out = num_masked, []
+  for t in range(num_steps):
+    target = jnp.floor(num_masked * mask_ratio((t + 1) / num_steps, schedule))
+    # cos(pi/2) rounds to a tiny negative: clip at 0; the last step reveals everything.
+    prev = jnp.clip(jnp.minimum(target.astype(jnp.int32), prev - 1), 0, None)
+    out.append(prev if t < num_steps - 1 else jnp.zeros_like(prev))
+  return jnp.stack(out)
+
+
+def unmask_counts(num_tokens: int, num_steps: int, schedule: str = "cosine") -> np.ndarray:
+  """(num_steps,) int: tokens revealed at each step from a fully masked grid; sums to
+  num_tokens (numpy, for planning and tests)."""
+  after = np.asarray(masked_schedule(num_steps, num_tokens, schedule))
+  return -np.diff(np.concatenate([[num_tokens], after]))
+
+
+def maskgit_decode(logits_fn: Callable[[jax.Array], jax.Array], batch_shape: tuple[int, int],
+                   num_steps: int, *, mask_id: int, rng: jax.Array,
+                   tokens: jax.Array | None = None, schedule: str = "cosine",
+                   temperature: float = 1.0, top_k: int = 0, choice_temperature: float = 4.5,
+                   cfg_scale: float | jax.Array | None = None,
+                   return_history: bool = False):
+  """Fills a masked token grid in `num_steps` parallel steps.
+
+  Args:
+    logits_fn: tokens (rows, N) -> logits (rows, N, vocab), bidirectional. With `cfg_scale`
+      it is called on 2B rows, the batch twice, and must return [conditional; null] logits
+      (e.g. it closes over labels concatenated with null labels).
+    batch_shape: (B, N) of the grid (N = H * W tokens in raster order).
+    num_steps: T decoding steps.
+    mask_id: the mask token (never sampled when it is inside the vocabulary).
+    tokens: optional (B, N) start with some positions known (inpainting, editing): only the
+      `mask_id` positions are decoded, on each row's own schedule. Default: all masked.
+    temperature, top_k: sampling of each position's token (`sample_logits`; 0 = argmax).
+    choice_temperature: the scale of the Gumbel noise on confidences at step 0 (annealed
+      linearly to 0); 0 = always re-mask the least confident.
+    cfg_scale: None, or classifier-free guidance null + s (cond - null).
+    return_history: also return the mask after each step.
+  Returns:
+    (B, N) int32 tokens with no mask left; with return_history also (T, B, N) bool, True
+    where a position is still masked after that step.
+  """
+  batch, length = batch_shape
+  if tokens is None:
+    tokens = jnp.full((batch, length), mask_id, jnp.int32)
+  tokens = jnp.asarray(tokens, jnp.int32)
+  plan = masked_schedule(num_steps, jnp.sum(tokens == mask_id, axis=-1), schedule)  # (T, B)
+
+  def step(carry, xs):
+    tokens, rng = carry
+    t, keep_masked = xs
+    rng, r_sample, r_gumbel = jax.random.split(rng, 3)
+    masked = tokens == mask_id
+    if cfg_scale is None:
+      logits = logits_fn(tokens).astype(jnp.float32)
+    else:
+      logits = guided_logits(logits_fn(jnp.concatenate([tokens, tokens], 0)), cfg_scale)
+    if mask_id < logits.shape[-1]:
+      logits = logits.at[..., mask_id].set(-jnp.inf)
+    vocab = logits.shape[-1]
+    sampled = sample_logits(logits.reshape(batch * length, vocab), r_sample,
+                            temperature=temperature, top_k=top_k).reshape(batch, length)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    conf = jnp.take_along_axis(logp, sampled[..., None], axis=-1)[..., 0]
+    anneal = choice_temperature * (1.0 - (t + 1) / num_steps)
+    conf = conf + anneal * jax.random.gumbel(r_gumbel, conf.shape)
+    # Decided tokens are never re-masked: +inf ranks them last.
+    conf = jnp.where(masked, conf, jnp.inf)
+    rank = jnp.argsort(jnp.argsort(conf, axis=-1), axis=-1)  # 0 = least confident
+    remask = rank < keep_masked[:, None]
+    tokens = jnp.where(masked, sampled.astype(jnp.int32), tokens)
+    tokens = jnp.where(remask, mask_id, tokens)
+    return (tokens, rng), remask
+
+  (tokens, _), history = jax.lax.scan(step, (tokens, rng), (jnp.arange(num_steps), plan))
+  return (tokens, history) if return_history else tokens
