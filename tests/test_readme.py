@@ -2,16 +2,24 @@
 
 Commands come from README.md's ```bash blocks (continuation lines joined, `&&` chains split),
 from transcript blocks (lines starting with `$ `, whose shown output must appear), and from
-inline `tokenlab ...` quotes. They run in order, in one temporary directory, with the installed
-`tokenlab` and $TOKENLAB_CONFIG_OVERRIDES shrinking every training run to a couple of steps:
+inline `tokenlab ...` quotes. They run in order, in one temporary directory, with
+$TOKENLAB_CONFIG_OVERRIDES shrinking every training run to a couple of steps:
 README keeps showing the real commands. How each kind of command is shrunk is the table
 `_shrink` below; a command it does not know fails the test, so a new command cannot land in
 README untested. A synopsis (`tokenlab repro NAME`, `tokenlab plan`) is checked against the
 subcommand's --help: the subcommand exists and knows every flag shown.
+
+Each test runs its commands in one child process (one CPU device, as on a laptop) that calls
+`tokenlab.cli.main` (the function the installed `tokenlab` script calls) for each `tokenlab`
+command, so they share one JAX start-up and one compilation cache instead of paying for a
+process each; the installed script itself is run by tests/test_install.py and
+tests/test_cli.py. Launcher scripts run as subprocesses of that child.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shlex
@@ -26,6 +34,7 @@ SHRINK = ("train.steps=2 train.eval_batches=1 train.eval_every=0 train.log_every
           "checkpoint.every_steps=2 checkpoint.async_save=false")
 SETUP = object()   # README's own set-up steps, already done by whoever runs this suite
 SYNOPSIS = object()
+REPRO = object()   # `tokenlab repro NAME ...`: see _check_repro
 
 
 def readme_commands(text: str) -> list[tuple[list[str], list[str]]]:
@@ -91,11 +100,8 @@ def _shrink(argv: list[str], tmp: str):
   if _synopsis(argv):
     return SYNOPSIS
   sub = argv[1]
-  if sub == "repro":   # one quick seed: --quick added, --seeds N made 1
-    argv = [("1" if i and argv[i - 1] == "--seeds" else a) for i, a in enumerate(argv)]
-    extra = ([] if "--quick" in argv else ["--quick"]) + (
-        [] if "--workdir" in argv else ["--workdir", os.path.join("runs", "repro", argv[2])])
-    return argv + extra
+  if sub == "repro":
+    return REPRO
   if sub == "eval":
     return argv + ["--batches", "2"]
   if sub == "sample":
@@ -110,13 +116,48 @@ def _shrink(argv: list[str], tmp: str):
   raise AssertionError(f"README command the README test does not know how to shrink: {argv}")
 
 
-def _check_synopsis(argv: list[str], env: dict) -> None:
+def _check_synopsis(argv: list[str]) -> None:
   sub = argv[1]
-  helptext = subprocess.run([os.path.join(BIN, "tokenlab"), sub, "--help"], env=env,
-                            capture_output=True, text=True, timeout=120)
-  assert helptext.returncode == 0, (argv, helptext.stderr[-1000:])
+  code, helptext = _tokenlab([sub, "--help"])
+  assert code == 0, (argv, helptext[-1000:])
   for flag in (a.strip("[]") for a in argv[2:] if a.strip("[]").startswith("--")):
-    assert flag in helptext.stdout, f"README shows {flag} for `tokenlab {sub}`; --help has not"
+    assert flag in helptext, f"README shows {flag} for `tokenlab {sub}`; --help has not"
+
+
+def _check_repro(argv: list[str]) -> None:
+  """`tokenlab repro NAME [flags]`: NAME is a reproduction, the flags parse, and its quick run
+  is a test of tests/test_NAME.py.
+
+  The quick run itself is not repeated here: `tokenlab repro` is `tokenlab.repro.run`, which
+  each method's test_repro_quick calls, and tests/test_install.py runs `tokenlab repro
+  byte_probs --quick` through the installed script.
+  """
+  from tokenlab import repro  # pylint: disable=g-import-not-at-top
+  name = argv[2]
+  assert name in repro.names(), f"README shows `tokenlab repro {name}`: no such reproduction"
+  code, helptext = _tokenlab(["repro", "--help"])
+  assert code == 0, helptext
+  for flag in (a for a in argv[3:] if a.startswith("--")):
+    assert flag.split("=")[0] in helptext, f"README shows {flag} for `tokenlab repro`"
+  with open(os.path.join(REPO, "tests", f"test_{name}.py")) as f:
+    assert re.search(rf"def test_repro_quick\(.*?repro\.run\(\"{name}\".*?quick=True", f.read(),
+                     re.S), f"tests/test_{name}.py has no test_repro_quick running {name}"
+
+
+def _tokenlab(args: list[str]) -> tuple[int, str]:
+  """Runs `tokenlab ARGS` in this process; returns (exit status, stdout + stderr).
+
+  An exception escaping `main` fails the test with its traceback, which is what a traceback
+  printed by the installed script would mean.
+  """
+  from tokenlab.cli import main  # pylint: disable=g-import-not-at-top
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+    try:
+      code = main(args)
+    except SystemExit as e:   # argparse's usage errors and --help
+      code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+  return code, out.getvalue()
 
 
 def _env() -> dict:
@@ -126,40 +167,75 @@ def _env() -> dict:
 
 
 def run_all(commands: list[tuple[list[str], list[str]]], tmp_path) -> int:
-  """Runs `commands` in order in tmp_path (see the module docstring); returns how many ran."""
-  env = _env()
+  """Runs `commands` in order in tmp_path (see the module docstring); returns how many ran.
+
+  Changes this process's working directory and environment: call it in a child process
+  (`_in_child`).
+  """
+  from tokenlab.repro import compile_cache  # pylint: disable=g-import-not-at-top
+  os.chdir(tmp_path)
+  os.environ["TOKENLAB_CONFIG_OVERRIDES"] = SHRINK
   if not (tmp_path / "launch").exists():
     os.symlink(os.path.join(REPO, "launch"), tmp_path / "launch")
+  # Commands that train the same configuration (README trains the default experiment twice)
+  # load its compiled programs instead of compiling them again.
+  with compile_cache(str(tmp_path / "jax_cache")):
+    return _run_all(commands, tmp_path)
+
+
+def _run_all(commands: list[tuple[list[str], list[str]]], tmp_path) -> int:
+  env = _env()
   done = set()
   for argv, shown in commands:
     run = _shrink(argv, str(tmp_path))
-    key = tuple(argv) if run is SYNOPSIS or run is SETUP else tuple(run)
+    key = tuple(argv) if run in (SYNOPSIS, SETUP, REPRO) else tuple(run)
     if run is SETUP or key in done:   # the same command (once shrunk) runs once
       continue
     done.add(key)
     if run is SYNOPSIS:
-      _check_synopsis(argv, env)
+      _check_synopsis(argv)
+      continue
+    if run is REPRO:
+      _check_repro(argv)
       continue
     if run[0] == "tokenlab":
-      run = [os.path.join(BIN, "tokenlab")] + run[1:]
-    proc = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
-    output = proc.stdout + proc.stderr
+      code, output = _tokenlab(run[1:])
+    else:
+      proc = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+      code, output = proc.returncode, proc.stdout + proc.stderr
     assert "Traceback" not in output, f"{shlex.join(argv)}:\n{output[-3000:]}"
     if shown:   # a transcript: its output as shown, its exit status as the output implies
       for line in shown:
         assert line in output, f"{shlex.join(argv)}: README shows {line!r}; got\n{output}"
-      assert proc.returncode == (2 if any("error:" in l for l in shown) else 0)
+      assert code == (2 if any("error:" in l for l in shown) else 0)
     else:
-      assert proc.returncode == 0, f"{shlex.join(argv)} exited {proc.returncode}:\n" \
-                                   f"{output[-3000:]}"
+      assert code == 0, f"{shlex.join(argv)} exited {code}:\n{output[-3000:]}"
   return len(done)
 
 
+def _in_child(which: str, tmp_path, at_least: int) -> None:
+  """Runs the `which` commands ('readme' or 'help') in a child process (see module docstring)."""
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), which, str(tmp_path)],
+                        env=_env(), capture_output=True, text=True, timeout=1200)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+  ran = int(proc.stdout.strip().splitlines()[-1])
+  assert ran >= at_least, f"only {ran} {which} commands ran"
+
+
+def _child_main(which: str, tmp: str) -> None:
+  import pathlib  # pylint: disable=g-import-not-at-top
+  if which == "readme":
+    with open(os.path.join(REPO, "README.md")) as f:
+      commands = readme_commands(f.read())
+  else:
+    commands = help_examples()
+    assert len(commands) >= 15, commands
+  print(run_all(commands, pathlib.Path(tmp)))
+
+
 def test_every_readme_command_runs(tmp_path):
-  with open(os.path.join(REPO, "README.md")) as f:
-    commands = readme_commands(f.read())
-  assert run_all(commands, tmp_path) > 10
+  _in_child("readme", tmp_path, at_least=11)
 
 
 def help_examples() -> list[tuple[list[str], list[str]]]:
@@ -168,9 +244,9 @@ def help_examples() -> list[tuple[list[str], list[str]]]:
   texts = [build_parser().format_help()]
   for sub in ("train", "eval", "sample", "plot", "data", "plan", "scale", "repro", "grow",
               "bench"):
-    out = subprocess.run([os.path.join(BIN, "tokenlab"), sub, "--help"], env=_env(),
-                         capture_output=True, text=True, timeout=120)
-    texts.append(out.stdout)
+    code, text = _tokenlab([sub, "--help"])
+    assert code == 0, text
+    texts.append(text)
   commands = []
   for text in texts:
     text = re.sub(r"\\\n\s*", " ", text)
@@ -181,9 +257,7 @@ def help_examples() -> list[tuple[list[str], list[str]]]:
 
 
 def test_every_help_example_runs(tmp_path):
-  commands = help_examples()
-  assert len(commands) >= 15
-  assert run_all(commands, tmp_path) >= 12
+  _in_child("help", tmp_path, at_least=12)
 
 
 def test_readme_parser_and_shrink_table():
@@ -209,11 +283,18 @@ tokenlab: error: unknown
   assert cmds[-1][1] == ["tokenlab: error: unknown"]
   assert _shrink(cmds[0][0], "/t") is SYNOPSIS and _shrink(cmds[2][0], "/t") is SETUP
   assert _shrink(cmds[1][0], "/t") == ["tokenlab", "train", "--workdir", "/t/x"]
-  assert _shrink(["tokenlab", "repro", "hnet"], "/t")[-3:] == [
-      "--quick", "--workdir", "runs/repro/hnet"]
+  assert _shrink(["tokenlab", "repro", "hnet"], "/t") is REPRO
+  _check_repro(["tokenlab", "repro", "hnet", "--seeds", "3"])
+  with pytest.raises(AssertionError, match="no such reproduction"):
+    _check_repro(["tokenlab", "repro", "frobnicate"])
   with pytest.raises(AssertionError, match="does not know"):
     _shrink(["rm", "-rf", "runs"], "/t")
   with pytest.raises(AssertionError, match="does not know"):
     _shrink(["tokenlab", "frobnicate", "x"], "/t")
   with pytest.raises(AssertionError, match="--dry-run"):
     _shrink(["python", "launch/tpu_pod.py", "--name", "x"], "/t")
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  _child_main(sys.argv[1], sys.argv[2])
