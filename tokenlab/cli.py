@@ -116,6 +116,8 @@ def _cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
   if args.top_k < 0:
     raise TokenlabError(f"--top-k {args.top_k} must be >= 0 (0 = all tokens)")
   config = load_config_from_workdir(args.workdir)
+  if _is_image_data(config):
+    return _sample_images(args, config)
   vocab = config.model.get("vocab_size")
   if isinstance(vocab, int) and args.top_k > vocab:
     raise TokenlabError(f"--top-k {args.top_k} is larger than the model's vocabulary "
@@ -140,6 +142,35 @@ def _cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
   for row in np.asarray(out):
     text = tok.decode(row).decode("utf-8", errors="replace")
     print("-" * 72 + "\n" + text)
+  return 0
+
+
+def _is_image_data(config) -> bool:
+  from tokenlab.data import DATASETS
+  spec = DATASETS.get(config.data.get("name"))
+  return spec is not None and spec.kind == "image"
+
+
+def _sample_images(args: argparse.Namespace, config) -> int:
+  """Image methods: `method.sample(params, batch, rng[, state=])` on --num validation images
+  returns images (N, H, W, C) or a grid (rows, N, H, W, C) in [0, 1] (a tokenizer: the
+  images above their reconstructions; a generator: samples, conditioned on the batch's
+  labels); written as one PNG to --out (default WORKDIR/samples.png)."""
+  import jax
+  from tokenlab.evals.image import save_image_grid
+  from tokenlab.train.inference import load_trained
+  batch = _first_batch(config, "validation", args.num)
+  run = load_trained(args.workdir, batch, args.step)
+  if not hasattr(run.method, "sample"):
+    raise TokenlabError(f"method '{config.model.name}' has no sampler")
+  stateful = bool(run.method.state_collections)
+  with jax.set_mesh(run.mesh):
+    out = jax.jit(lambda p, b, r, s: run.method.sample(
+        p, b, r, **({"state": s} if stateful else {})))(
+            run.params, batch, jax.random.key(args.seed), run.model_state)
+  path = save_image_grid(jax.device_get(out), args.out or os.path.join(args.workdir,
+                                                                       "samples.png"))
+  print(f"wrote {path} (step {run.step}, {args.num} validation images)")
   return 0
 
 
@@ -240,6 +271,8 @@ def build_parser() -> Parser:
                  "(0 = all)")
   p.add_argument("--seed", type=int, default=0, help="sampling seed")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--out", default="", help="image methods: PNG path of the grid (default "
+                 "WORKDIR/samples.png)")
   p.set_defaults(func=_cmd_sample, parser=p, strict=True)
 
   p = _sub(sub, "plot", "write PNG curves of a workdir's metrics into WORKDIR/plots: a run "

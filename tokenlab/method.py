@@ -129,6 +129,11 @@ def init_variables(method: Method, rng: jax.Array, batch: Batch) -> tuple[PyTree
   return out["params"], {c: out[c] for c in method.state_collections}
 
 
+def as_variables(params: PyTree, state: PyTree = None) -> dict[str, PyTree]:
+  """The flax variables dict {'params': params, **state} (state None: params only)."""
+  return {"params": params, **(state or {})}
+
+
 def call_loss(method: Method, params: PyTree, batch: Batch, rng: jax.Array,
               state: PyTree = None) -> tuple[jax.Array, dict[str, Any], PyTree]:
   """(loss, metrics, new state) for either kind of method (state None when stateless)."""

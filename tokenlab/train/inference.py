@@ -83,3 +83,44 @@ def load_trained(workdir: str, example_batch: dict[str, np.ndarray],
   finally:
     ckpt.close(quiet=True)
   return TrainedRun(config, method, state.params, int(step), mesh, rules, state.model_state)
+
+
+@dataclasses.dataclass
+class FrozenTokenizer:
+  """A trained image (or other) tokenizer bound to its weights, for other experiments.
+
+  `encode(images) -> codes` and `decode(codes) -> images` call the method's
+  `encode(variables, x)` / `decode(variables, codes)` with the run's variables (numpy arrays,
+  so a jitted caller embeds them as constants, and gradients never reach them). `config` is
+  the tokenizer run's config; `method` exposes e.g. `bits_per_token`, `codebook_size`, `grid`.
+  """
+  config: ConfigDict
+  method: Method
+  variables: Any
+  step: int
+
+  def encode(self, images: Any) -> jax.Array:
+    """images (B, H, W, C) in [0, 1] -> int32 codes (B, h, w[, G])."""
+    return self.method.encode(self.variables, images)
+
+  def decode(self, codes: Any) -> jax.Array:
+    """codes (B, h, w[, G]) -> images (B, H, W, C) in [0, 1]."""
+    return self.method.decode(jax.tree.map(jax.lax.stop_gradient, self.variables), codes)
+
+
+def load_frozen_tokenizer(workdir: str, step: int | None = None) -> FrozenTokenizer:
+  """The tokenizer trained in `workdir` (its latest or given checkpoint), frozen: what an
+  experiment's `tokenizer_workdir` key names. Raises TokenlabError when the run's method has
+  no encode/decode."""
+  from tokenlab import data as data_lib
+  from tokenlab.method import as_variables
+  config = load_config_from_workdir(workdir)
+  method = registry.build_method(config.model)
+  if not (hasattr(method, "encode") and hasattr(method, "decode")):
+    raise TokenlabError(f"{workdir} holds a '{config.model.name}' run, which has no "
+                        f"encode/decode; point tokenizer_workdir at a tokenizer run (e.g. "
+                        f"experiments/image_tokenizer.py)")
+  spec = data_lib.batch_spec(config.data, 1)
+  run = load_trained(workdir, {k: np.zeros(s.shape, s.dtype) for k, s in spec.items()}, step)
+  variables = jax.device_get(as_variables(run.params, run.model_state))
+  return FrozenTokenizer(config, run.method, variables, run.step)
