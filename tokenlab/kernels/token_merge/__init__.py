@@ -1,8 +1,10 @@
 """Fused token merging: merge by boundaries, ToMe bipartite matching, local-window merging.
 
 Public API (every function takes `implementation=` "reference" | "pallas_gpu" | "pallas_tpu",
-default: the best for `jax.default_backend()`, and `interpret=`, default True on CPU so the
-Pallas kernels run in tests):
+default: the best for `jax.default_backend()`, and `interpret=`: a named Pallas implementation
+is compiled for the platform the program is lowered for (also ahead of time for a TPU topology
+from a CPU host); the Pallas interpreter runs only with `interpret=True` or
+TOKENLAB_PALLAS_INTERPRET=1, as the tests set it; see tokenlab/kernels/_interpret.py):
 
 - `merge_by_boundaries(x, boundaries, *, weights=None, max_groups=None)`
   -> (merged (B, M, D), group_ids (B, N) int32, counts (B, M) int32)
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokenlab.errors import TokenlabError
+from tokenlab.kernels._interpret import resolve_interpret
 from tokenlab.kernels.token_merge import reference as ref
 from tokenlab.kernels.token_merge.reference import MergePlan
 
@@ -36,7 +39,11 @@ IMPLEMENTATIONS = ("reference", "pallas_gpu", "pallas_tpu")
 
 
 def _resolve(implementation: str | None, interpret: bool | None) -> tuple[str, bool]:
-  """Picks the implementation for the backend; interpret mode whenever we are on CPU."""
+  """Picks the implementation (None: the best for the backend) and whether Pallas interprets.
+
+  Interpret mode is never inferred from the backend: compiling for a TPU topology from a CPU
+  host must lower the Mosaic kernel.
+  """
   backend = jax.default_backend()
   if implementation is None:
     implementation = {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu",
@@ -44,9 +51,7 @@ def _resolve(implementation: str | None, interpret: bool | None) -> tuple[str, b
   if implementation not in IMPLEMENTATIONS:
     raise TokenlabError(f"unknown token_merge implementation '{implementation}'; use one of "
                         f"{', '.join(IMPLEMENTATIONS)}")
-  if interpret is None:
-    interpret = backend == "cpu"
-  return implementation, bool(interpret)
+  return implementation, resolve_interpret(interpret)
 
 
 def _check_3d(name: str, x) -> None:

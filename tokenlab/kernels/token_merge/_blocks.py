@@ -66,29 +66,34 @@ def window_block(x, metric, w, r_w: int):
   sim = jnp.sum(m[:, :-1] * m[:, 1:], axis=-1)  # (nw, W - 1)
   pair = lax.broadcasted_iota(jnp.int32, sim.shape, 1)
 
+  # The selection state is int32 0/1, not bool: Mosaic does not lay out boolean vectors that
+  # are carried through a loop, concatenated or reshaped (i1 -> i8 relayouts fail to compile).
   def round_(_, carry):
     free, chosen, stuck = carry
-    key = jnp.where(free, sim, -jnp.inf)
+    is_free = free > 0
+    key = jnp.where(is_free, sim, -jnp.inf)
     mx = jnp.max(key, axis=1, keepdims=True)
-    q = jnp.min(jnp.where(free & (key == mx), pair, BIG), axis=1, keepdims=True)
-    ok = q < BIG
-    chosen = chosen | ((pair == q) & ok)
+    q = jnp.min(jnp.where(is_free & (key == mx), pair, BIG), axis=1, keepdims=True)
+    ok = q < BIG  # (nw, 1)
+    chosen = jnp.where((pair == q) & ok, 1, chosen)
     # A chosen pair blocks itself and both neighbours.
-    free = free & ~((pair >= q - 1) & (pair <= q + 1) & ok)
-    return free, chosen, stuck | ~ok[:, 0]
+    free = jnp.where((pair >= q - 1) & (pair <= q + 1) & ok, 0, free)
+    return free, chosen, jnp.where(ok, stuck, 1)
 
-  init = (jnp.ones(sim.shape, bool), jnp.zeros(sim.shape, bool), jnp.zeros((nw,), bool))
+  init = (jnp.ones(sim.shape, jnp.int32), jnp.zeros(sim.shape, jnp.int32),
+          jnp.zeros((nw, 1), jnp.int32))
   _, chosen, stuck = lax.fori_loop(0, r_w, round_, init)
   fallback = (pair % 2 == 0) & (pair < 2 * r_w)
-  chosen = jnp.where(stuck[:, None], fallback, chosen)
-  zero_col = jnp.zeros((nw, 1), bool)
+  chosen = jnp.where(stuck > 0, fallback.astype(jnp.int32), chosen)
+  zero_col = jnp.zeros((nw, 1), jnp.int32)
   absorbed = jnp.concatenate([zero_col, chosen], axis=1)  # token t joins t - 1
-  lead = jnp.concatenate([chosen, zero_col], axis=1)      # token t takes t + 1
-  keep = ~absorbed
+  lead = jnp.concatenate([chosen, zero_col], axis=1) > 0  # token t takes t + 1
+  keep_i = 1 - absorbed
+  keep = keep_i > 0
   # Inclusive prefix count of kept tokens by a small triangular matmul (no cumsum in kernels).
   tri = (lax.broadcasted_iota(jnp.int32, (win, win), 0)
          <= lax.broadcasted_iota(jnp.int32, (win, win), 1)).astype(jnp.float32)
-  slot = jnp.dot(keep.astype(jnp.float32), tri, precision=HIGHEST).astype(jnp.int32) - 1
+  slot = jnp.dot(keep_i.astype(jnp.float32), tri, precision=HIGHEST).astype(jnp.int32) - 1
   wf = w.astype(jnp.float32)
   xf = x.astype(jnp.float32)
   w_next = jnp.concatenate([wf[:, 1:], jnp.zeros((nw, 1), jnp.float32)], axis=1)
@@ -96,7 +101,11 @@ def window_block(x, metric, w, r_w: int):
   w_next = jnp.where(lead, w_next, 0.0)
   den = wf + w_next
   num = wf[..., None] * xf + w_next[..., None] * x_next
-  y = jnp.where((den > 0)[..., None], num / jnp.where(den > 0, den, 1.0)[..., None], 0.0)
+  # Masks that broadcast over D are float32 multipliers, never bool: Mosaic cannot reshape a
+  # boolean vector (nw, W) -> (nw, W, 1) (`infer-vector-layout: unsupported shape cast`).
+  # Multiplying a finite value by 1.0 or 0.0 is exact, so the result is unchanged.
+  has_den = den > 0
+  y = (num / jnp.where(has_den, den, 1.0)[..., None]) * has_den.astype(jnp.float32)[..., None]
   # Compaction: output slot o holds the kept token at position o + k for some k in [0, r_w].
   n_out = win - r_w
   o = lax.broadcasted_iota(jnp.int32, (nw, n_out), 1)
@@ -104,6 +113,6 @@ def window_block(x, metric, w, r_w: int):
   size = jnp.zeros((nw, n_out), jnp.float32)
   for k in range(r_w + 1):
     sel = keep[:, k:k + n_out] & (slot[:, k:k + n_out] == o)
-    out = out + jnp.where(sel[..., None], y[:, k:k + n_out], 0.0)
+    out = out + y[:, k:k + n_out] * sel.astype(jnp.float32)[..., None]
     size = size + jnp.where(sel, den[:, k:k + n_out], 0.0)
   return out.astype(x.dtype), slot, size

@@ -15,6 +15,7 @@ import types
 import jax
 import jax.numpy as jnp
 
+from tokenlab.kernels._interpret import resolve_interpret
 from tokenlab.kernels.windowed_attention import _common
 from tokenlab.kernels.windowed_attention import reference
 from tokenlab.kernels.windowed_attention._common import WindowedAttentionError
@@ -34,7 +35,8 @@ def _default_implementation() -> str:
 def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                        window: int | tuple[int, int],
                        segment_ids: jax.Array | None = None, scale: float | None = None,
-                       implementation: str | None = None) -> jax.Array:
+                       implementation: str | None = None,
+                       interpret: bool | None = None) -> jax.Array:
   """Sliding-window attention, O(seq * window) in time and memory.
 
   Query i attends to key j iff ``i - left <= j <= i + right`` and, with `segment_ids`, both
@@ -48,8 +50,12 @@ def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     segment_ids: optional (batch, seq) ints for packed sequences.
     scale: logit scale; default 1/sqrt(head_dim).
     implementation: None (the best for the default backend: Pallas on GPU and TPU, the
-      reference elsewhere), "reference", "pallas_gpu" or "pallas_tpu". A Pallas
-      implementation on a backend it does not compile for runs in interpret mode (tests).
+      reference elsewhere), "reference", "pallas_gpu" or "pallas_tpu". A named Pallas
+      implementation is compiled (Mosaic/Triton) for the platform the program is lowered
+      for, also ahead of time from a CPU host (`jax.jit(f).lower(...).compile()` for a TPU
+      topology).
+    interpret: run a Pallas implementation in the Pallas interpreter (CPU tests). Default:
+      only if TOKENLAB_PALLAS_INTERPRET=1 (see tokenlab/kernels/_interpret.py).
 
   Returns:
     (batch, seq, heads, head_dim) in q's dtype. Softmax and accumulation run in float32.
@@ -57,19 +63,18 @@ def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   """
   if implementation is None:
     implementation = _default_implementation()
+  interpret = resolve_interpret(interpret)
   if implementation == "reference":
     return reference.windowed_attention(q, k, v, window=window, segment_ids=segment_ids,
                                         scale=scale)
   if implementation == "pallas_gpu":
     from tokenlab.kernels.windowed_attention import pallas_gpu
     return pallas_gpu.windowed_attention(q, k, v, window=window, segment_ids=segment_ids,
-                                         scale=scale,
-                                         interpret=jax.default_backend() != "gpu")
+                                         scale=scale, interpret=interpret)
   if implementation == "pallas_tpu":
     from tokenlab.kernels.windowed_attention import pallas_tpu
     return pallas_tpu.windowed_attention(q, k, v, window=window, segment_ids=segment_ids,
-                                         scale=scale,
-                                         interpret=jax.default_backend() != "tpu")
+                                         scale=scale, interpret=interpret)
   raise WindowedAttentionError(
       f"implementation={implementation!r}; pass None or one of "
       f"{', '.join(repr(i) for i in _common.IMPLEMENTATIONS)}")
