@@ -68,3 +68,50 @@ def test_rule_naming_missing_mesh_axis():
   mesh = make_mesh(ConfigDict({"data": 4}))
   with pytest.raises(ConfigError, match="lacks"):
     partitioning.check_rules(RULES, mesh)
+
+
+# --- Meshes on TPU topologies (issue 13): compile-only devices from libtpu, no TPU needed.
+
+
+def _topology(name, num_slices=1):
+  pytest.importorskip("libtpu", reason="TPU topologies need libtpu (the test extra, Linux)")
+  from tokenlab.topology import get_topology
+  return get_topology(name, num_slices)
+
+
+def test_multi_slice_mesh_puts_only_the_dcn_axis_across_slices():
+  import numpy as np
+  from jax.sharding import AxisType
+  devices = _topology("v5e:2x2", num_slices=2).devices
+  assert len(devices) == 8 and {d.slice_index for d in devices} == {0, 1}
+  mesh = make_mesh(ConfigDict({"data": -1, "fsdp": 2, "tensor": 1}), devices,
+                   ConfigDict({"data": 2}))
+  assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+  assert mesh.axis_types == (AxisType.Auto,) * 3
+  slices = np.vectorize(lambda d: d.slice_index)(mesh.devices)
+  # data = 2 slices (outer) x 2 chips: the first half of the axis on slice 0, the rest on 1.
+  assert (slices[:2] == 0).all() and (slices[2:] == 1).all()
+  # Every fsdp (and tensor) group lies inside one slice.
+  for i in range(4):
+    assert len(set(slices[i].ravel())) == 1
+
+
+def test_tpu_mesh_follows_the_topology_or_says_why():
+  devices = _topology("v5e:4x4").devices
+  mesh = make_mesh(ConfigDict({"data": 2, "fsdp": -1}), devices)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 8}
+  # Each fsdp group is a physical rectangle of the 4x4 torus (mesh_utils' assignment).
+  for row in mesh.devices:
+    xs, ys = {d.coords[0] for d in row}, {d.coords[1] for d in row}
+    assert len(xs) * len(ys) == 8, [d.coords for d in row]
+  multi = _topology("v5e:2x2", num_slices=2).devices
+  with pytest.raises(ConfigError, match="mesh_dcn.data=2"):
+    make_mesh(ConfigDict({"data": -1}), multi)
+  with pytest.raises(ConfigError, match="must be >= 1 and divide"):
+    make_mesh(ConfigDict({"data": -1, "fsdp": 2}), multi, ConfigDict({"fsdp": 4}))
+
+
+def test_dcn_axes_on_cpu_devices_are_slice_major():
+  mesh = make_mesh(ConfigDict({"data": 2, "fsdp": 2}), jax.devices()[:4], ConfigDict({"data": 2}))
+  ids = [[d.id for d in row] for row in mesh.devices]
+  assert ids == [[0, 1], [2, 3]]

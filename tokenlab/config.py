@@ -62,6 +62,9 @@ def base_config() -> ConfigDict:
   ))
   c.checkpoint = ConfigDict(dict(every_steps=500, keep=3, async_save=True))
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Slices each mesh axis spans over the data-center network (multi-slice pods; tokenlab/train/
+  # mesh.py): e.g. mesh_dcn.data=2 on 2 slices; launch/gke.py --num-slices sets it.
+  c.mesh_dcn = ConfigDict(dict(data=1, fsdp=1, tensor=1))
   c.sharding_rules = DEFAULT_SHARDING_RULES
   c.optimizer = ConfigDict(dict(
       name="adamw", lr=3e-4, schedule="cosine", warmup_steps=100, min_lr_ratio=0.1,

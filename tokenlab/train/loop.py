@@ -323,7 +323,7 @@ def train(config: ConfigDict, workdir: str, *, train_iter_fn: IteratorFn | None 
     validate_data(config)
   on_nonfinite = tc.on_nonfinite
   max_skipped = tc.get("max_skipped_fraction", DEFAULT_MAX_SKIPPED_FRACTION)
-  mesh = make_mesh(config.mesh)
+  mesh = make_mesh(config.mesh, dcn_cfg=config.get("mesh_dcn"))
   rules = partitioning.rules_from_config(config.sharding_rules)
   partitioning.check_rules(rules, mesh)
   local_batch, micro = validate_batch(config, mesh, rules)
