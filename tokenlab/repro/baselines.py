@@ -122,7 +122,8 @@ def untrained_metrics(config, batches: list[dict], seed: int) -> dict[str, float
   from tokenlab.train.metrics import reduce_metrics
   from tokenlab.train.step import make_eval_step
   method = build_method(config.model)
-  params = nn.unbox(method.init(jax.random.key(seed), batches[0]))
+  # Jitted: an eager init compiles each of the model's ops on its own (seconds per model).
+  params = nn.unbox(jax.jit(method.init)(jax.random.key(seed), batches[0]))
   step = jax.jit(make_eval_step(method, jnp.float32))
   out = [step(params, b, jax.random.key(seed)) for b in batches]
   return {f"eval/{k}": v for k, v in reduce_metrics(out).items()}

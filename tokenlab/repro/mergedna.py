@@ -209,7 +209,8 @@ def _run_seed(ctx: Context) -> Trial:
   for arm, extra in UNTRAINED.items():
     cfg = load_config(f"{EXPERIMENT}:size={size}{extra}", [])
     method = build_method(cfg.model)
-    params = nn.unbox(method.init(jax.random.key(ctx.seed), {"inputs": np.asarray(tr[0][:2])}))
+    params = nn.unbox(jax.jit(method.init)(jax.random.key(ctx.seed),
+                                           {"inputs": np.asarray(tr[0][:2])}))
     results[arm] = _measure(method, params, (tr, va))
   counts = count_probe((tr, va))
   best_k = max(counts, key=lambda k: counts[k])
