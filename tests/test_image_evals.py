@@ -50,6 +50,7 @@ def test_sample_scores_separate_real_images_from_noise(digits_classifier):
   assert ev.fd_classifier(clf, val["image"], val["image"]) < 1e-3
   scores = ev.evaluate_samples(clf, real, labels=train["label"][:180])
   assert scores["class_accuracy"] > 0.9 and scores["fd"] == pytest.approx(fd_real)
+  assert scores["fd_real"] < 3 * fd_real + 1.0 and fd_noise > 5 * scores["fd_real"]
   wrong = (train["label"][:180] + 1) % 10
   assert ev.evaluate_samples(clf, real, labels=wrong)["class_accuracy"] < 0.2
   with pytest.raises(TokenlabError, match="images of shape"):

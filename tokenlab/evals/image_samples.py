@@ -325,8 +325,8 @@ def shapes_attribute_accuracy(images: Any, labels: Mapping[str, Any]) -> dict[st
 
 
 def evaluate_samples(clf: SampleClassifier, samples: Any, *, labels: Any = None,
-                     reference: Any = None, shapes_labels: Mapping[str, Any] | None = None
-                     ) -> dict[str, float]:
+                     reference: Any = None, shapes_labels: Mapping[str, Any] | None = None,
+                     real_floor: bool = True) -> dict[str, float]:
   """The sample scores in one dict.
 
   Args:
@@ -336,6 +336,9 @@ def evaluate_samples(clf: SampleClassifier, samples: Any, *, labels: Any = None,
       (FD-classifier, the toy FID). Default: the classifier's validation split.
     shapes_labels: for `shapes`, the wanted attributes -> 'shapes/shape', 'shapes/colour',
       'shapes/count', 'shapes/all' (and 'shapes/positions' when given).
+    real_floor: also 'fd_real': the FD of as many real train images as there are samples
+      against the same reference, the score of a perfect generator at this sample count
+      (FD's small-sample bias and the train/validation gap); read 'fd' against it.
   """
   out: dict[str, float] = {"num_samples": float(len(samples))}
   if labels is not None:
@@ -343,6 +346,10 @@ def evaluate_samples(clf: SampleClassifier, samples: Any, *, labels: Any = None,
   if reference is None:
     reference = load_split(clf.dataset, "validation", clf.options)["image"]
   out["fd"] = fd_classifier(clf, samples, reference)
+  if real_floor:
+    train = load_split(clf.dataset, "train", clf.options)["image"]
+    pick = np.random.default_rng(0).permutation(len(train))[:len(samples)]
+    out["fd_real"] = fd_classifier(clf, train[pick], reference)
   if shapes_labels is not None:
     out.update({f"shapes/{k}": v
                 for k, v in shapes_attribute_accuracy(samples, shapes_labels).items()})

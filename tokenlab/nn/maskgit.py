@@ -31,10 +31,10 @@ from tokenlab.nn.generate import guided_logits, sample_logits
 SCHEDULES = ("cosine", "linear")
 
 
-def mask_ratio(r: jax.Array, schedule: str = "cosine") -> jax.Array:
+def mask_ratio(r: float, schedule: str = "cosine") -> float:
   """gamma(r): the fraction of tokens still masked at progress r in [0, 1] (1 -> 0)."""
   if schedule == "cosine":
-    return jnp.cos(0.5 * math.pi * r)
+    return math.cos(0.5 * math.pi * r)
   if schedule == "linear":
     return 1.0 - r
   raise ValueError(f"mask schedule '{schedule}' unknown; use one of {SCHEDULES}")
@@ -46,14 +46,18 @@ def masked_schedule(num_steps: int, num_masked: jax.Array,
   that start with `num_masked` masked tokens. floor(n * gamma((t + 1) / T)), lowered where
   needed so that every step reveals at least one token while any is masked; 0 after the
   last step."""
-  num_masked = jnp.asarray(num_masked, jnp.int32)
+  # numpy for concrete counts (planning, tests: no per-op dispatch), jnp under tracing.
+  xp = jnp if isinstance(num_masked, jax.Array) else np
+  num_masked = xp.asarray(num_masked, xp.int32)
   prev, out = num_masked, []
   for t in range(num_steps):
-    target = jnp.floor(num_masked * mask_ratio((t + 1) / num_steps, schedule))
+    # float32 in both paths, so planned and traced schedules agree at exact boundaries.
+    ratio = np.float32(mask_ratio((t + 1) / num_steps, schedule))
+    target = xp.floor(num_masked.astype(xp.float32) * ratio).astype(xp.int32)
     # cos(pi/2) rounds to a tiny negative: clip at 0; the last step reveals everything.
-    prev = jnp.clip(jnp.minimum(target.astype(jnp.int32), prev - 1), 0, None)
-    out.append(prev if t < num_steps - 1 else jnp.zeros_like(prev))
-  return jnp.stack(out)
+    prev = xp.clip(xp.minimum(target, prev - 1), 0, None)
+    out.append(prev if t < num_steps - 1 else xp.zeros_like(prev))
+  return xp.stack(out)
 
 
 def unmask_counts(num_tokens: int, num_steps: int, schedule: str = "cosine") -> np.ndarray:
