@@ -32,12 +32,11 @@ takes) and ``bits_per_token`` (bits of all codes at one position). ``__call__`` 
   2503.16430): B bins with standard-normal-quantile edges, reconstruction at the truncated-
   normal mean of each bin (or the bin's median).
 
-EMA state. tokenlab's trainer (``train/state.py``) carries only ``params`` and ``opt_state``, so
-it cannot yet carry a mutable collection. The EMA codebook therefore lives in the flax
-collection ``vq_stats`` (``codebook``, ``cluster_size``, ``embed_sum``, ``unused`` per VQ), which
-a loop that holds it updates with ``apply(..., train=True, mutable=['vq_stats'])``; the same
+EMA state. The EMA codebook lives in the flax collection ``vq_stats`` (``codebook``,
+``cluster_size``, ``embed_sum``, ``unused`` per VQ), which a loop that holds it updates with ``apply(..., train=True, mutable=['vq_stats'])``; the same
 update is the pure :func:`ema_update` (and :func:`restart_dead_codes`) on a :class:`VQState`,
-for a method that runs it itself. A method under today's trainer uses ``ema=False``.
+for a method that runs it itself. A method declares ``state_collections = ('vq_stats',)`` and
+the trainer carries it (tokenlab/method.py).
 """
 
 from __future__ import annotations
