@@ -33,8 +33,8 @@ takes) and ``bits_per_token`` (bits of all codes at one position). ``__call__`` 
   normal mean of each bin (or the bin's median).
 
 EMA state. The EMA codebook lives in the flax collection ``vq_stats`` (``codebook``,
-``cluster_size``, ``embed_sum``, ``unused`` per VQ), which a loop that holds it updates with ``apply(..., train=True, mutable=['vq_stats'])``; the same
-update is the pure :func:`ema_update` (and :func:`restart_dead_codes`) on a :class:`VQState`,
+``cluster_size``, ``embed_sum``, ``unused`` per VQ), which a loop that holds it updates with
+``apply(..., train=True, mutable=['vq_stats'])``; the same update is the pure :func:`ema_update` (and :func:`restart_dead_codes`) on a :class:`VQState`,
 for a method that runs it itself. A method declares ``state_collections = ('vq_stats',)`` and
 the trainer carries it (tokenlab/method.py).
 """
