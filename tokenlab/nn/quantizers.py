@@ -34,8 +34,9 @@ takes) and ``bits_per_token`` (bits of all codes at one position). ``__call__`` 
 
 EMA state. The EMA codebook lives in the flax collection ``vq_stats`` (``codebook``,
 ``cluster_size``, ``embed_sum``, ``unused`` per VQ), which a loop that holds it updates with
-``apply(..., train=True, mutable=['vq_stats'])``; the same update is the pure :func:`ema_update` (and :func:`restart_dead_codes`) on a :class:`VQState`,
-for a method that runs it itself. A method declares ``state_collections = ('vq_stats',)`` and
+``apply(..., train=True, mutable=['vq_stats'])``; the same update is the pure
+:func:`ema_update` (and :func:`restart_dead_codes`) on a :class:`VQState`, for a method that
+runs it itself. A method declares ``state_collections = ('vq_stats',)`` and
 the trainer carries it (tokenlab/method.py).
 """
 
