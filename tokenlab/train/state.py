@@ -90,8 +90,11 @@ def state_layout(init_params: Callable[[jax.Array], Any], tx: optax.GradientTran
 
   The abstract (boxed) state gives logical axes; the rules turn them into shardings.
   """
+  # An abstract key, made outside the mesh: a concrete one would be placed on the mesh's
+  # devices, which a compile-only TPU topology (`tokenlab plan --topology`) cannot hold.
+  key = jax.eval_shape(lambda: jax.random.key(0))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(_make_init_fn(init_params, tx, param_dtype), jax.random.key(0))
+    boxed = jax.eval_shape(_make_init_fn(init_params, tx, param_dtype), key)
     shardings = partitioning.tree_shardings(boxed, mesh, rules)
   return partitioning.strip_boxes(boxed), shardings
 
@@ -102,7 +105,8 @@ def init_sharded_state(init_params: Callable[[jax.Array], Any], tx: optax.Gradie
   out_shardings materialises every array where it belongs, never whole on one device.
 
   `init_params(rng)` returns logically boxed parameters (e.g. a method's init on an example),
-  or a ParamsAndState (`method_init_fn` makes either). Returns (state, state_shardings), both unboxed.
+  or a ParamsAndState (`method_init_fn` makes either). Returns (state, state_shardings), both
+  unboxed.
   """
   _, shardings = state_layout(init_params, tx, mesh, rules, param_dtype)
   init_fn = _make_init_fn(init_params, tx, param_dtype)
