@@ -158,8 +158,18 @@ def test_gke_jobset_renders_a_valid_manifest(capsys):
   container = pod["containers"][0]
   assert container["image"] == "img:1"
   assert container["resources"]["limits"]["google.com/tpu"] == 4
-  assert container["args"][0].endswith(shlex.join(TRAIN))
+  # Two slices: the data axis spans them over DCN, and libtpu's megascale env links them.
+  assert container["args"][0].endswith(shlex.join(TRAIN + ["--config.mesh_dcn.data=2"]))
+  env = {e["name"]: e for e in container["env"]}
+  assert env["MEGASCALE_SLICE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+      "metadata.annotations['jobset.sigs.k8s.io/job-index']")
+  assert {"MEGASCALE_COORDINATOR_ADDRESS", "MEGASCALE_NUM_SLICES", "MEGASCALE_PORT"} <= set(env)
   assert pod["terminationGracePeriodSeconds"] == 120
+  # One slice: no DCN axis, no megascale env (the committed example).
+  args, command = gke.parse_args(["--", *TRAIN])
+  assert command == TRAIN and "MEGASCALE" not in gke.render_jobset(args, command)
+  assert gke.multislice_command([*TRAIN, "--config.mesh_dcn.fsdp=2"], 2)[-1] == (
+      "--config.mesh_dcn.fsdp=2")
 
 
 def test_gke_committed_example_matches_the_renderer(tmp_path):

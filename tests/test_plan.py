@@ -115,3 +115,79 @@ def test_in_code_data_and_a_frozen_reference_plan():
   pd = report["per_device"]
   # Adam keeps two moments of the policy only: about as large as the policy = half the params.
   assert 0.8 * pd["params"] <= pd["opt_state"] <= 1.2 * pd["params"], pd
+
+
+# --- `--topology`: the TPU compiler (libtpu) on a compile-only topology (issue 13).
+
+
+def test_topology_plan_compiles_for_tpu_with_roofline_bounds():
+  pytest.importorskip("libtpu", reason="--topology needs libtpu (the test extra, Linux)")
+  from tokenlab.topology import CHIPS
+  config = load_config(TINY, ["config.mesh.data=1", "config.mesh.fsdp=-1"])
+  r = plan.make_plan(config, None, top=3, topology="v5e:2x2")
+  assert "TPU compiler" in r["backend"] and r["devices"] == 4
+  assert r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  pd = r["per_device"]
+  # XLA:TPU's argument bytes are the state and batch shards, padded to the chip's tiles.
+  assert pd["xla_arguments"] >= pd["params"] + pd["opt_state"] + pd["batch"]
+  assert pd["peak"] == (pd["xla_arguments"] + pd["xla_outputs"] - pd["xla_aliased"]
+                        + pd["xla_temp"])
+  assert list(r["fits"]) == ["v5e"] and r["fits"]["v5e"]["hbm_bytes"] == 16 * GiB
+  rf, chip = r["roofline"], CHIPS["v5e"]
+  method_flops = plan.batch_spec(config, config.train.batch_size)["inputs"].shape
+  from tokenlab import registry
+  tokens = method_flops[0] * method_flops[1]
+  flops = registry.build_method(config.model).flops_per_token(method_flops[1]) * tokens / 4
+  assert rf["flops_per_device"] == pytest.approx(flops)
+  assert rf["compute_s"] == pytest.approx(flops / chip.bf16_flops)
+  assert rf["hbm_s"] == pytest.approx(2 * (pd["params"] + pd["opt_state"])
+                                      / chip.hbm_bytes_per_s)
+  # FSDP: parameters are gathered and gradients reduce-scattered over the ICI.
+  assert {"all-gather", "reduce-scatter"} <= set(rf["collectives_by_kind"])
+  assert rf["collective_bytes_per_device"] > pd["params"]
+  bound = max(rf["compute_s"], rf["hbm_s"], rf["ici_s"])
+  assert rf["step_time_lower_bound_s"] == bound
+  assert 0 < rf["mfu_upper_bound"] <= 1
+  text = plan.format_plan(r)
+  assert "lower bound on step time" in text and "MFU <=" in text
+
+
+def test_collective_bytes_counts_loops_and_ring_shares():
+  hlo = "\n".join([
+      "%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {",
+      "  %ag = bf16[64,256]{1,0} all-gather(%x), replica_groups=mesh['a'=4,'b'=2] {'a'}, "
+      "dimensions={0}",
+      "}",
+      "%cond (p: (s32[], f32[8])) -> pred[] {",
+      "  %c = s32[]{:T(128)} constant(3)",
+      "}",
+      "ENTRY %main (x: f32[8]) -> f32[8] {",
+      "  %w = (s32[], f32[8]) while(%t), condition=%cond, body=%body",
+      "  %ar = (f32[100]{0}, f32[28]{0}) all-reduce(%a, %b), replica_groups=[1,8]<=[8], "
+      "to_apply=%add",
+      "}",
+  ])
+  out = plan.collective_bytes(hlo, 8)
+  # all-gather: 3 trips x 64*256*2 bytes x 3/4; all-reduce: 2 x 7/8 x (100 + 28) * 4 bytes.
+  assert out["by_kind"]["all-gather"] == pytest.approx(3 * 64 * 256 * 2 * 3 / 4)
+  assert out["by_kind"]["all-reduce"] == pytest.approx(2 * 7 / 8 * 128 * 4)
+  assert out["loops_without_trip_count"] == 0
+
+
+def test_topology_arguments_are_checked():
+  with pytest.raises(ConfigError, match="exactly one of --devices"):
+    plan._parse_args(["--devices", "4", "--topology", "v5e:2x2"])
+  with pytest.raises(ConfigError, match="exactly one of --devices"):
+    plan._parse_args([])
+  with pytest.raises(ConfigError, match="unknown TPU generation 'v9'"):
+    plan._parse_args(["--topology", "v9:2x2"])
+  with pytest.raises(ConfigError, match="--num-slices needs --topology"):
+    plan._parse_args(["--devices", "4", "--num-slices", "2"])
+
+
+def test_two_slice_topology_plan_spans_slices_with_the_data_axis():
+  pytest.importorskip("libtpu", reason="--topology needs libtpu (the test extra, Linux)")
+  r = plan.make_plan(load_config(TINY), None, top=1, topology="v5e:2x2", num_slices=2)
+  assert r["devices"] == 8 and r["num_slices"] == 2
+  assert r["mesh_dcn"] == {"data": 2} and r["mesh"]["data"] == 8
+  assert "x 2 slices" in r["backend"]
