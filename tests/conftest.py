@@ -1,6 +1,7 @@
 """Test setup: 4 fake CPU devices, so sharding and meshes are exercised on a laptop."""
 
 import os
+import tempfile
 
 # Must be set before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
@@ -9,3 +10,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # kernels run in the Pallas interpreter (tokenlab/kernels/_interpret.py). The TPU compile
 # tests (tests/test_tpu_compile.py) unset it to prove the Mosaic kernel is what compiles.
 os.environ.setdefault("TOKENLAB_PALLAS_INTERPRET", "1")
+# One persistent compilation cache for the whole session, shared by the xdist workers and the
+# CLI subprocesses the tests start: many tests train the same tiny configurations, and on
+# this 2-core CI machine compiles are most of their time. Keyed by the programs, so a hit is
+# the same executable a fresh compile would give.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getppid() if os.environ.get(
+    "PYTEST_XDIST_WORKER") else os.getpid())
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"tokenlab-test-jax-cache-{_RUN}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
