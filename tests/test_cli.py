@@ -136,3 +136,24 @@ def test_progress_is_plain_lines_when_not_a_terminal():
   assert "\r" not in text
   assert text.splitlines()[0].startswith("train: step 2/4, loss 1.5000, 100 tokens/s")
   assert text.splitlines()[1] == "eval at step 2: eval/loss=1.4"
+
+
+def test_no_tpu_attached_means_cpu_without_libtpu_start_up():
+  """The test extra installs libtpu; on a machine with no TPU (or GPU) device node, the
+  command line picks CPU itself instead of letting jax start the TPU runtime, unless
+  JAX_PLATFORMS was set by the user."""
+  import glob
+  import subprocess
+  import sys
+  code = ("import os, sys\nfrom tokenlab import cli\nassert 'jax' not in sys.modules\n"
+          "cli._skip_absent_tpu()\nprint(os.environ.get('JAX_PLATFORMS'))")
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=60)
+  assert out.returncode == 0, out.stderr
+  attached = glob.glob("/dev/accel*") + glob.glob("/dev/vfio/[0-9]*") + glob.glob(
+      "/dev/nvidia[0-9]*")
+  assert out.stdout.strip() == ("None" if attached else "cpu")
+  out = subprocess.run([sys.executable, "-c", code], env=dict(env, JAX_PLATFORMS="cuda"),
+                       capture_output=True, text=True, timeout=60)
+  assert out.stdout.strip() == "cuda"

@@ -33,6 +33,22 @@ DEFAULT_EXPERIMENT = "experiments/hnet.py:size=small"
 resolve_experiment = config_lib.resolve_experiment
 
 
+def _skip_absent_tpu() -> None:
+  """Keeps jax from starting libtpu on a machine with no TPU attached.
+
+  The `tpu` and `test` extras install libtpu; without this, every command on a CPU or GPU
+  machine would first try the TPU runtime and print its start-up errors. Only when the user
+  has not chosen (`JAX_PLATFORMS` unset), no TPU device node exists and no CUDA GPU is
+  present is CPU chosen; a TPU VM (/dev/accel*, /dev/vfio) and GPU machines are left alone.
+  """
+  import glob
+  if "JAX_PLATFORMS" in os.environ or "jax" in sys.modules:
+    return
+  if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or glob.glob("/dev/nvidia[0-9]*"):
+    return
+  os.environ["JAX_PLATFORMS"] = "cpu"
+
+
 def _quiet_logs() -> None:
   import logging
   try:
@@ -304,6 +320,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  _skip_absent_tpu()
   try:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
