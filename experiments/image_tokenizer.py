@@ -7,9 +7,9 @@ reconstruction; its codes are the image tokens of the image methods.
 
 variants: size=tiny (tests) | small (a few CPU minutes) | base (accelerators: bfloat16, FSDP);
 data=photos | shapes | mnist | digits; quantizer=vq_ema | vq | rvq | fsq | lfq | binary;
-arch=conv | vit. Another experiment loads a trained tokenizer frozen with
-`tokenlab.train.inference.load_frozen_tokenizer(workdir)` (by convention its method's config
-key `tokenizer_workdir`).
+arch=conv | vit; bits=10 (lfq / binary bits per position). Another experiment loads a
+trained tokenizer frozen with `tokenlab.train.inference.load_frozen_tokenizer(workdir)` (by
+convention its method's config key `tokenizer_workdir`).
 """
 
 from tokenlab.config import (base_config, choose, parse_arg, set_accelerator_defaults,
@@ -27,7 +27,7 @@ CHANNELS = {"photos": 3, "shapes": 3, "mnist": 1, "digits": 1}
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, size="small", data="photos", quantizer="vq_ema", arch="conv")
+  arg = parse_arg(arg, size="small", data="photos", quantizer="vq_ema", arch="conv", bits=10)
   (width, mult, res, latent, codebook, d_model, layers, heads, batch, steps,
    lr) = choose("size", arg.size, SIZES)
   channels = choose("data", arg.data, CHANNELS)
@@ -48,6 +48,7 @@ def get_config(arg=None):
   c.model.num_heads = heads
   c.model.latent_dim = latent
   c.model.codebook_size = codebook
+  c.model.num_bits = arg.bits     # lfq / binary bits per position
   # A code unused for this many EMA updates is restarted from an encoder output (VQ, RVQ).
   c.model.dead_after = 20 if arg.size != "tiny" else 0
   c.data = default_data_config(arg.data)
