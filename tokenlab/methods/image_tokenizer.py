@@ -14,7 +14,11 @@ images (B, H, W, C) in [0, 1] -> encoder -> latents z (B, h, w, D) on a grid dow
   dead-code restart, the codebook in the `vq_stats` collection: this method is then stateful,
   see tokenlab/method.py), `vq` (codebook learned by the codebook loss), `rvq` (residual VQ
   with EMA levels, stateful), `fsq`, `lfq`, `binary` (Bernoulli bits in training, the decoder
-  sees them as +-1).
+  sees them as +-1), or `kl`: no quantizer, a continuous latent with a diagonal Gaussian
+  posterior (the KL-regularised autoencoder of latent diffusion / MAR; a sample in training,
+  the mean at eval; `quantizer_weight` x the KL per latent element is its loss). `encode`
+  then returns the posterior mean (B, h, w, latent_dim) float32, and `decode` takes such
+  latents: the continuous tokenizer that TokenBridge quantizes after training.
 - Loss: MSE (+ `l1_weight` x L1) of the reconstruction + `quantizer_weight` x the quantizer's
   own loss (commitment / codebook / entropy). Simplified against VQGAN: no perceptual or
   adversarial loss (toy scale, no pretrained network may be downloaded), so reconstructions
@@ -50,7 +54,7 @@ from tokenlab.nn.transformer import TransformerStack
 from tokenlab.nn.vision import ViT, default_mlp_dim, sincos_2d, unpatchify
 from tokenlab.registry import register_method
 
-QUANTIZERS = ("vq_ema", "vq", "rvq", "fsq", "lfq", "binary")
+QUANTIZERS = ("vq_ema", "vq", "rvq", "fsq", "lfq", "binary", "kl")
 ARCHS = ("conv", "vit")
 
 
@@ -58,7 +62,7 @@ ARCHS = ("conv", "vit")
 class ImageTokenizerConfig:
   channels: int = 3               # image channels (1 for mnist/digits, 3 for shapes/photos)
   arch: str = "conv"              # conv | vit
-  quantizer: str = "vq_ema"       # vq_ema | vq | rvq | fsq | lfq | binary
+  quantizer: str = "vq_ema"       # vq_ema | vq | rvq | fsq | lfq | binary | kl (continuous)
   # conv
   width: int = 32                 # channels of the first stage
   channel_mult: tuple = (1, 2)    # one stride-2 stage per entry: grid = image / 2^len
@@ -69,7 +73,7 @@ class ImageTokenizerConfig:
   num_layers: int = 2
   num_heads: int = 4
   # quantizer
-  latent_dim: int = 16            # vq / vq_ema / rvq vector size
+  latent_dim: int = 16            # vq / vq_ema / rvq vector size; kl latent channels
   codebook_size: int = 256        # vq / vq_ema / rvq entries per codebook
   rvq_levels: int = 2
   fsq_levels: tuple = (8, 5, 5, 5)
@@ -237,10 +241,43 @@ class ImageTokenizerModule(nn.Module):
     return self.decode_values(q.values), q
 
 
+class GaussianPosterior(nn.Module):
+  """The continuous bottleneck of a KL autoencoder, behind the quantizers' interface.
+
+  z (..., 2 dim) = (mean, log variance) -> `Quantized` with values = mean + std * eps in
+  training (eps on the "quantizer" rng) and the mean at eval, codes = the mean (float: the
+  continuous latent is the token), loss = KL(N(mean, var) || N(0, 1)) averaged over latent
+  elements, no code metrics. bits_per_token counts float32 numbers (32 per channel).
+  """
+  dim: int
+
+  @property
+  def codebook_size(self) -> int:
+    return 0
+
+  @property
+  def bits_per_token(self) -> float:
+    return 32.0 * self.dim
+
+  def decode(self, codes: jax.Array) -> jax.Array:
+    return codes
+
+  def __call__(self, z: jax.Array, *, train: bool = False,
+               rng: jax.Array | None = None) -> Quantized:
+    mean, logvar = jnp.split(z.astype(jnp.float32), 2, axis=-1)
+    logvar = jnp.clip(logvar, -30.0, 20.0)
+    values = mean
+    if train:
+      rng = rng if rng is not None else self.make_rng("quantizer")
+      values = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
+    kl = 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+    return Quantized(values, mean, kl, {})
+
+
 def latent_size(cfg: ImageTokenizerConfig) -> int:
   """The encoder's output size per position for the configured quantizer."""
-  return {"fsq": len(cfg.fsq_levels), "lfq": cfg.num_bits, "binary": cfg.num_bits}.get(
-      cfg.quantizer, cfg.latent_dim)
+  return {"fsq": len(cfg.fsq_levels), "lfq": cfg.num_bits, "binary": cfg.num_bits,
+          "kl": 2 * cfg.latent_dim}.get(cfg.quantizer, cfg.latent_dim)
 
 
 def make_quantizer(cfg: ImageTokenizerConfig) -> nn.Module:
@@ -255,6 +292,8 @@ def make_quantizer(cfg: ImageTokenizerConfig) -> nn.Module:
     return ResidualVQ(**vq, ema=True, levels=cfg.rvq_levels)
   if cfg.quantizer == "fsq":
     return FSQ(tuple(cfg.fsq_levels))
+  if cfg.quantizer == "kl":
+    return GaussianPosterior(cfg.latent_dim)
   if cfg.quantizer == "lfq":
     return LFQ(cfg.num_bits, commitment_cost=cfg.commitment_cost,
                entropy_weight=cfg.lfq_entropy_weight)
@@ -328,10 +367,9 @@ class ImageTokenizer(Method):
     loss = jnp.sum(per_image * mask) / count + self.config.quantizer_weight * q.loss
     metrics["loss"] = Average.of(loss * jnp.sum(mask), jnp.sum(mask))
     metrics["quantizer_loss"] = q.loss
-    metrics["usage"] = q.metrics["usage"]
-    metrics["perplexity"] = q.metrics["perplexity"]
-    if "restarted" in q.metrics:
-      metrics["restarted"] = q.metrics["restarted"]
+    for key in ("usage", "perplexity", "restarted"):   # a continuous latent has no codes
+      if key in q.metrics:
+        metrics[key] = q.metrics[key]
     return loss, metrics
 
   # -------------------------------------------------------------- tokenizer interface
