@@ -23,7 +23,7 @@ from tokenlab.config import (base_config, choose, parse_arg, set_accelerator_def
 SIZES = {
     #        d_model layers heads batch steps  lr
     "tiny": (16, 1, 2, 8, 3, 3e-3),
-    "small": (64, 2, 4, 64, 1000, 3e-3),
+    "small": (64, 2, 4, 64, 600, 3e-3),
     "base": (512, 12, 8, 256, 50000, 4e-4),
 }
 
