@@ -246,9 +246,9 @@ def run_seed(ctx: Context) -> Trial:
   # Baselines.
   logp, bits = best_count_prior(train, val)
   rng = np.random.default_rng(ctx.seed)
-  probs = np.exp(logp[labels])                                          # (S, N, V)
-  cum = probs.cumsum(-1)
-  draws = (rng.random(probs.shape[:2])[..., None] > cum).sum(-1).clip(0, 2 ** BITS - 1)
+  cum = np.exp(logp).cumsum(-1)                                         # (C, N, V)
+  draws = np.stack([(rng.random(cum.shape[1])[:, None] > cum[y]).sum(-1) for y in labels])
+  draws = draws.clip(0, 2 ** BITS - 1)                                  # inverse-CDF draws
   scores, grids[COUNTS] = _score(shared, draws.astype(np.int32), labels)
   data[COUNTS] = {NLL: bits, **scores}
   data[UNIFORM] = {NLL: float(BITS * GRID * GRID)}
