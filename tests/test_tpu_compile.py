@@ -119,3 +119,27 @@ def test_interpret_runs_only_when_asked(monkeypatch):
   monkeypatch.setenv(INTERPRET_ENV, "1")
   assert MOSAIC not in lowered(attn(None))
   assert MOSAIC in lowered(attn(False))
+
+
+def test_train_step_runs_splash_attention_on_tpu():
+  # The real sharded train step (what `tokenlab plan --topology` compiles: abstract state and
+  # batch over a mesh of the topology's 4 devices) of a tiny transformer_lm whose sequence
+  # fits splash's 128 block: with attention_impl left to "auto" the TPU target picks splash
+  # (this process's backend is CPU), run per shard, forward (saving residuals) and backward.
+  import os
+
+  from tokenlab import plan
+  from tokenlab.config import load_config
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = load_config(os.path.join(repo, "experiments/transformer_lm.py:size=tiny"),
+                       ["config.data.seq_len=128", "config.mesh.data=2", "config.mesh.fsdp=2"])
+  report = plan.make_plan(config, None, top=1, topology="v5e:2x2")
+  assert "TPU compiler" in report["backend"] and report["mesh"]["data"] == 2
+  kernels = report["mosaic_kernels"]
+  # One forward, one dq and one dkv kernel per layer (2 layers, unrolled); packed rows carry
+  # segment ids, so the segmented variants.
+  layers = config.model.num_layers
+  assert kernels == {"splash_mha_dkv_segmented_no_residuals": layers,
+                     "splash_mha_dq_segmented_no_residuals": layers,
+                     "splash_mha_fwd_segmented_residuals": layers}, kernels
+  assert "splash_mha_fwd_segmented_residuals x2" in plan.format_plan(report)

@@ -320,6 +320,16 @@ def collective_bytes(hlo_text: str, num_devices: int) -> dict[str, Any]:
           "loops_without_trip_count": unknown_trips}
 
 
+def mosaic_kernels(hlo_text: str) -> dict[str, int]:
+  """Mosaic (Pallas TPU) calls in a compiled HLO by kernel name, e.g. splash attention's
+  {"splash_mha_fwd_residuals": 2, "splash_mha_dq_no_residuals": 2, ...}."""
+  counts: dict[str, int] = {}
+  for m in re.finditer(r"%([\w.-]+) = [^\n]*custom_call_target=\"tpu_custom_call\"", hlo_text):
+    name = re.sub(r"\.\d+$", "", m.group(1))
+    counts[name] = counts.get(name, 0) + 1
+  return dict(sorted(counts.items()))
+
+
 def roofline_bounds(chip, per_chip: int, num_devices: int, *, flops_step: float | None,
                     xla_flops_per_device: float | None, state_bytes_per_device: int,
                     collectives: dict[str, Any]) -> dict[str, Any]:
@@ -444,6 +454,7 @@ def make_plan(config, num_devices: int | None, chips: list[str] | None = None,
   fits = {c: {"hbm_bytes": b, "fits": peak <= b, "headroom_bytes": b - peak}
           for c, b in hbm.items()}
   roofline = None
+  hlo_text = compiled.as_text()
   if topology:
     flops_token = None
     if "inputs" in global_batch and hasattr(method, "flops_per_token"):
@@ -454,7 +465,7 @@ def make_plan(config, num_devices: int | None, chips: list[str] | None = None,
         flops_step=flops_token * tokens if flops_token else None,
         xla_flops_per_device=_cost(compiled, "flops"),
         state_bytes_per_device=per_dev(param_rows) + per_dev(opt_rows),
-        collectives=collective_bytes(compiled.as_text(), num_devices))
+        collectives=collective_bytes(hlo_text, num_devices))
   backend = (f"the TPU compiler (libtpu) for {topology}"
              + (f" x {num_slices} slices" if num_slices > 1 else "") if topology else
              f"{jax.default_backend()} (fake devices: XLA:CPU buffer assignment)")
@@ -473,6 +484,8 @@ def make_plan(config, num_devices: int | None, chips: list[str] | None = None,
       "backend": backend, "topology": topology or None, "num_slices": num_slices,
       "mesh_dcn": {k: int(v) for k, v in dcn.items() if int(v) != 1},
       "roofline": roofline,
+      # Which Pallas TPU kernels the step runs (splash attention on TPU by default).
+      "mosaic_kernels": mosaic_kernels(hlo_text),
   }
 
 
@@ -533,6 +546,9 @@ def format_plan(report: dict[str, Any]) -> str:
     if rf["loops_without_trip_count"]:
       lines.append(f"  ({rf['loops_without_trip_count']} loop(s) without a known trip count "
                    "counted once: ICI bytes may be low)")
+  if report.get("mosaic_kernels"):
+    lines.append("Mosaic kernels in the step: " + ", ".join(
+        f"{k} x{n}" for k, n in report["mosaic_kernels"].items()))
   lines.append("fits:")
   for chip, f in report["fits"].items():
     verdict = "fits" if f["fits"] else "DOES NOT FIT"

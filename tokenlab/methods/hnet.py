@@ -73,7 +73,7 @@ class HNetConfig:
   max_chunks: float = 0.5        # chunk slots per stage, as a fraction of its input length
   ratio_loss_weight: float = 0.03  # alpha
   smoothing: bool = True         # the dechunk EMA (False: the paper's "w/o smoothing")
-  attention_impl: str = ""       # windowed kernel implementation; "" = best for the backend
+  attention_impl: str = ""       # auto|xla|splash|cudnn|pallas_*; "" = auto (nn/attention.py)
   rope_theta: float = 10000.0
 
   @property

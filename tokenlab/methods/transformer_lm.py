@@ -38,7 +38,7 @@ class TransformerLMConfig:
   head_dim: int = 0            # 0 = d_model // num_heads
   mlp_dim: int = 0             # 0 = 4 * d_model rounded to SwiGLU's 2/3 (LLaMA), multiple of 64
   window: tuple | None = None  # (left, right) for windowed attention; None = dense causal
-  attention_impl: str = ""     # windowed kernel implementation; "" = best for the backend
+  attention_impl: str = ""     # auto|xla|splash|cudnn|pallas_*; "" = auto (nn/attention.py)
   rope_theta: float = 10000.0
   tie_embeddings: bool = False
   scan_layers: bool = False

@@ -1,10 +1,26 @@
 """Attention, written once: the function every method calls and a multi-head layer.
 
-`dot_product_attention` chooses between dense attention (``jax.nn.dot_product_attention``,
-with causal / segment masks and an optional additive bias), windowed attention
-(``tokenlab.kernels.windowed_attention``, O(N*W)) when a window is set, and 2-D neighborhood
-attention on an image grid (``tokenlab.kernels.neighborhood_attention_2d``) when a
-neighborhood is set.
+`dot_product_attention` chooses between dense attention (causal / segment masks and an
+optional additive bias), windowed attention (``tokenlab.kernels.windowed_attention``, O(N*W))
+when a window is set, and 2-D neighborhood attention on an image grid
+(``tokenlab.kernels.neighborhood_attention_2d``) when a neighborhood is set.
+
+Which kernel runs (`implementation`, the config key `model.attention_impl`) is chosen by the
+platform the program is compiled for (`tokenlab.kernels._platform.target_platform`: the
+current mesh's devices, so `tokenlab plan --topology` from a CPU host gets the TPU's choice):
+
+* "auto" (or None): dense attention runs splash attention on TPU and cuDNN flash attention
+  on GPU where the call fits them (`splash_unfit`, `cudnn_unfit`), else XLA; windowed
+  attention runs "pallas_tpu" on TPU, "cudnn" (cuDNN's local window) on GPU where it fits,
+  else "pallas_gpu", and the jnp reference elsewhere (`windowed_implementation`).
+* "xla": XLA (``jax.nn.dot_product_attention``); windowed: the jnp reference.
+* "splash": splash attention (an AttentionError if it cannot run the call); windowed:
+  "pallas_tpu".
+* "cudnn": cuDNN, dense and windowed (an error if it cannot run the call).
+* "reference", "pallas_tpu", "pallas_gpu": that windowed kernel; dense attention runs XLA.
+
+Splash (``jax.experimental.pallas.ops.tpu.splash_attention``) and the Pallas kernels are
+single-device programs; under a mesh they run per shard (`_per_shard`).
 
 `MultiHeadAttention(decode=True)` keeps a key/value cache in the Flax "cache" collection for
 one-token-per-step autoregressive decoding (driven by tokenlab/nn/decode.py).
@@ -18,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tokenlab.errors import TokenlabError
 from tokenlab.nn.layers import DenseGeneral, rope
 
 
@@ -41,7 +58,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     bias: additive logits bias broadcastable to (batch, heads, q_len, kv_len), e.g. log
       token sizes for ToMe's proportional attention. Dense path only.
     mask: bool, broadcastable to (batch, heads, q_len, kv_len); True = may attend.
-    implementation: for the windowed kernel (None = best for the backend).
+    implementation: which kernel runs, see the module docstring (None = "auto": the best
+      for the platform compiled for that takes the call).
     neighborhood: (height, width, radius, shape): tokens are a height x width grid in raster
       order and query (y, x) sees keys with dy^2 + dx^2 < radius^2 ("circle") or
       max(|dy|, |dx|) <= radius ("square"); see tokenlab.kernels.neighborhood_attention_2d.
@@ -64,16 +82,146 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       raise ValueError("windowed attention takes no bias or mask; use segment_ids")
     from tokenlab.kernels import windowed_attention
     left, right = window
-    fn = lambda q, k, v, seg: windowed_attention(q, k, v, window=(left, 0 if causal else right),
-                                                 segment_ids=seg,
-                                                 implementation=implementation)
+    window = (left, 0 if causal else right)
+    kernel = windowed_implementation(implementation, q, window, segment_ids)
+    fn = lambda q, k, v, seg: windowed_attention(q, k, v, window=window, segment_ids=seg,
+                                                 implementation=kernel)
+    return _per_shard(fn, q, k, v, segment_ids)
+  kernel = dense_implementation(implementation, q, k, causal=causal, bias=bias, mask=mask)
+  if kernel == "splash":
+    return _per_shard(lambda q, k, v, seg: _splash(q, k, v, seg, causal=causal),
+                      q, k, v, segment_ids)
+  if kernel == "cudnn":
+    fn = lambda q, k, v, seg: jax.nn.dot_product_attention(
+        q, k, v, mask=None if seg is None else _segment_mask(seg), is_causal=causal,
+        implementation="cudnn")
     return _per_shard(fn, q, k, v, segment_ids)
   if segment_ids is not None:
-    seg = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    seg = _segment_mask(segment_ids)
     mask = seg if mask is None else jnp.logical_and(mask, seg)
   if bias is not None:
     bias = bias.astype(q.dtype)
   return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=causal)
+
+
+IMPLEMENTATIONS = ("auto", "xla", "splash", "cudnn", "reference", "pallas_tpu", "pallas_gpu")
+SPLASH_BLOCKS = (512, 256, 128)  # splash's q/kv block: the largest of these dividing seq
+
+
+class AttentionError(TokenlabError, ValueError):
+  """An attention implementation that cannot run this call; the message names the fix."""
+
+
+def _segment_mask(segment_ids: jax.Array) -> jax.Array:
+  return segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+
+
+def _check_name(implementation: str | None) -> str:
+  impl = implementation or "auto"
+  if impl not in IMPLEMENTATIONS:
+    raise AttentionError(f"attention implementation {impl!r}; pass one of "
+                         f"{', '.join(repr(i) for i in IMPLEMENTATIONS)} (model.attention_impl)")
+  return impl
+
+
+def splash_unfit(q: jax.Array, k: jax.Array, *, causal: bool = True, bias=None,
+                 mask=None) -> str | None:
+  """Why splash attention cannot run this dense call, or None if it can."""
+  del causal  # causal or not, both are splash masks
+  if bias is not None or mask is not None:
+    return "an additive bias or explicit mask (splash takes causal and segment masks)"
+  if q.shape[1] != k.shape[1]:
+    return f"query length {q.shape[1]} != key length {k.shape[1]}"
+  if q.shape[1] % SPLASH_BLOCKS[-1]:
+    return f"sequence length {q.shape[1]} is not a multiple of {SPLASH_BLOCKS[-1]} (its block)"
+  if jnp.dtype(q.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+    return f"dtype {q.dtype} (splash takes float32 or bfloat16)"
+  return None
+
+
+def cudnn_unfit(q: jax.Array, k: jax.Array, *, causal: bool = True, bias=None,
+                mask=None) -> str | None:
+  """Why cuDNN flash attention cannot run this dense call (checked statically), or None.
+
+  bfloat16/float16 only, head dim a multiple of 8 and at most 128 (256 needs Hopper, which
+  cannot be known ahead of time); no additive bias or explicit mask (segment ids are fine).
+  """
+  if bias is not None or mask is not None:
+    return "an additive bias or explicit mask"
+  if causal and q.shape[1] != k.shape[1]:
+    return f"causal with query length {q.shape[1]} != key length {k.shape[1]}"
+  if jnp.dtype(q.dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return f"dtype {q.dtype} (cuDNN takes bfloat16 or float16)"
+  if q.shape[-1] % 8 or q.shape[-1] > 128:
+    return f"head_dim {q.shape[-1]} (cuDNN takes a multiple of 8 up to 128)"
+  return None
+
+
+def dense_implementation(implementation: str | None, q: jax.Array, k: jax.Array, *,
+                         causal: bool = True, bias=None, mask=None,
+                         platform: str | None = None) -> str:
+  """"splash", "cudnn" or "xla": what dense attention runs for this call.
+
+  "auto" picks splash on TPU and cuDNN on GPU where the call fits them, else XLA; `platform`
+  defaults to the platform being compiled for (`target_platform`). A named "splash" or
+  "cudnn" that cannot run the call raises AttentionError with the reason.
+  """
+  from tokenlab.kernels._platform import target_platform
+  impl = _check_name(implementation)
+  unfit = {"splash": splash_unfit, "cudnn": cudnn_unfit}
+  kw = dict(causal=causal, bias=bias, mask=mask)
+  if impl in unfit:
+    why = unfit[impl](q, k, **kw)
+    if why:
+      raise AttentionError(f"attention implementation {impl!r} cannot run this call: {why}; "
+                           "use 'auto' (falls back to XLA) or 'xla'")
+    return impl
+  if impl != "auto":
+    return "xla"
+  platform = platform or target_platform()
+  preferred = {"tpu": "splash", "gpu": "cudnn"}.get(platform)
+  if preferred and unfit[preferred](q, k, **kw) is None:
+    return preferred
+  return "xla"
+
+
+def windowed_implementation(implementation: str | None, q: jax.Array,
+                            window: tuple[int, int], segment_ids: jax.Array | None = None,
+                            platform: str | None = None) -> str:
+  """The `tokenlab.kernels.windowed_attention` implementation a windowed call runs."""
+  from tokenlab.kernels.windowed_attention import default_implementation
+  impl = _check_name(implementation)
+  if impl == "auto":
+    return default_implementation(q, window, segment_ids, platform)
+  return {"xla": "reference", "splash": "pallas_tpu"}.get(impl, impl)
+
+
+def _splash(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, *,
+            causal: bool) -> jax.Array:
+  """Splash attention on one device's (batch, seq, heads, head_dim) block."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+  from tokenlab.kernels._interpret import resolve_interpret
+  _, seq, heads, head_dim = q.shape
+  block = next(b for b in SPLASH_BLOCKS if seq % b == 0)
+  one = sm.CausalMask((seq, seq)) if causal else sm.FullMask((seq, seq))
+  sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                        block_q_dq=block, block_kv_dq=block)
+  kernel = sk.make_splash_mha(sm.MultiHeadMask((one,) * heads), block_sizes=sizes,
+                              head_shards=1, q_seq_shards=1,
+                              interpret=resolve_interpret(None))
+  # Splash takes (heads, seq, head_dim) per example and does not scale the logits.
+  heads_major = lambda x: jnp.swapaxes(x, 1, 2)
+  q = heads_major(q * jnp.asarray(head_dim ** -0.5, q.dtype))
+  k, v = heads_major(k), heads_major(v)
+  if segment_ids is None:
+    out = jax.vmap(kernel)(q, k, v)
+  else:
+    seg = sk.SegmentIds(q=segment_ids, kv=segment_ids)
+    out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=s))(q, k, v, seg)
+  return heads_major(out)
 
 
 def _divisible(spec, shape: tuple[int, ...], mesh) -> "jax.sharding.PartitionSpec":

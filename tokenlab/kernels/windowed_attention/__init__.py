@@ -1,8 +1,10 @@
 """Windowed (sliding-window) attention and 2-D neighborhood attention.
 
-One public function dispatches by backend to a Pallas kernel (GPU: Triton lowering, TPU:
-Mosaic) or to the blocked jax.numpy reference (CPU, and the source of truth). All three cost
-O(seq * window) time and memory; none builds a seq x seq array.
+One public function dispatches by the platform compiled for to a Pallas kernel (GPU: Triton
+lowering, TPU: Mosaic), to cuDNN's sliding-window flash attention (GPU default while
+tokenlab's Triton kernel is unmeasured on hardware) or to the blocked jax.numpy reference (CPU,
+and the source of truth). All cost O(seq * window) time and memory; none builds a seq x seq
+array.
 """
 
 from __future__ import annotations
@@ -23,11 +25,36 @@ from tokenlab.kernels.windowed_attention._common import WindowedAttentionError
 __all__ = ["windowed_attention", "neighborhood_attention_2d", "WindowedAttentionError"]
 
 
-def _default_implementation() -> str:
-  backend = jax.default_backend()
-  if backend == "gpu":
-    return "pallas_gpu"
-  if backend == "tpu":
+def cudnn_accepts(q: jax.Array, window: int | tuple[int, int],
+                  segment_ids: jax.Array | None) -> bool:
+  """Whether cuDNN's sliding-window flash attention takes this call (checked statically).
+
+  cuDNN's window is left-only (causal) and its kernels take bfloat16/float16 with a head dim
+  that is a multiple of 8 and at most 128 (256 needs Hopper, unknown ahead of time). Segment
+  ids would reach cuDNN as a dense (seq x seq) bias; tokenlab's own kernel keeps them O(N*W).
+  """
+  left, right = (window, window) if isinstance(window, int) else window
+  return (right == 0 and segment_ids is None
+          and jnp.dtype(q.dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+          and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128)
+
+
+def default_implementation(q: jax.Array, window: int | tuple[int, int],
+                           segment_ids: jax.Array | None = None,
+                           platform: str | None = None) -> str:
+  """The implementation `implementation=None` runs, for the platform being compiled for.
+
+  TPU: "pallas_tpu". GPU: "cudnn" (jax.nn.dot_product_attention's local window) where cuDNN
+  takes the call, else "pallas_gpu": tokenlab's Triton kernel has not been measured faster
+  than cuDNN on hardware yet, so it is not the default (name it to use it). Elsewhere:
+  "reference". `platform` defaults to `tokenlab.kernels._platform.target_platform()` (the
+  current mesh's devices, so ahead-of-time compiles for a TPU from a CPU host get the TPU's).
+  """
+  from tokenlab.kernels._platform import target_platform
+  platform = platform or target_platform()
+  if platform == "gpu":
+    return "cudnn" if cudnn_accepts(q, window, segment_ids) else "pallas_gpu"
+  if platform == "tpu":
     return "pallas_tpu"
   return "reference"
 
@@ -49,8 +76,10 @@ def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     window: (left, right), ints >= 0 (an int w means (w, w)); may exceed seq.
     segment_ids: optional (batch, seq) ints for packed sequences.
     scale: logit scale; default 1/sqrt(head_dim).
-    implementation: None (the best for the default backend: Pallas on GPU and TPU, the
-      reference elsewhere), "reference", "pallas_gpu" or "pallas_tpu". A named Pallas
+    implementation: None (the best for the platform compiled for, see
+      `default_implementation`: Pallas on TPU, cuDNN's local window on GPU where it takes the
+      call, the reference elsewhere), "reference", "pallas_gpu", "pallas_tpu" or "cudnn"
+      (`jax.nn.dot_product_attention(..., local_window_size=(left, 0))`). A named Pallas
       implementation is compiled (Mosaic/Triton) for the platform the program is lowered
       for, also ahead of time from a CPU host (`jax.jit(f).lower(...).compile()` for a TPU
       topology).
@@ -62,7 +91,7 @@ def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     Differentiable in q, k and v.
   """
   if implementation is None:
-    implementation = _default_implementation()
+    implementation = default_implementation(q, window, segment_ids)
   interpret = resolve_interpret(interpret)
   if implementation == "reference":
     return reference.windowed_attention(q, k, v, window=window, segment_ids=segment_ids,
@@ -75,6 +104,16 @@ def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     from tokenlab.kernels.windowed_attention import pallas_tpu
     return pallas_tpu.windowed_attention(q, k, v, window=window, segment_ids=segment_ids,
                                          scale=scale, interpret=interpret)
+  if implementation == "cudnn":
+    if not cudnn_accepts(q, window, segment_ids):
+      raise WindowedAttentionError(
+          "implementation='cudnn' takes left-only (causal) windows, no segment_ids, bfloat16 "
+          f"or float16 and head_dim a multiple of 8 up to 128; got window={window}, dtype "
+          f"{q.dtype}, head_dim {q.shape[-1]}, segment_ids {segment_ids is not None}; use "
+          "implementation='pallas_gpu'")
+    left = window if isinstance(window, int) else window[0]
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True,
+                                        local_window_size=(left, 0), implementation="cudnn")
   raise WindowedAttentionError(
       f"implementation={implementation!r}; pass None or one of "
       f"{', '.join(repr(i) for i in _common.IMPLEMENTATIONS)}")

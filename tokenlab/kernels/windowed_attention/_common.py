@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from tokenlab.errors import TokenlabError
 
-IMPLEMENTATIONS = ("reference", "pallas_gpu", "pallas_tpu")
+IMPLEMENTATIONS = ("reference", "pallas_gpu", "pallas_tpu", "cudnn")
 
 # Logit of a masked pair. Finite, so that max/exp never see inf - inf; far below any real
 # logit, so exp(masked - real max) underflows to exactly 0.
