@@ -13,7 +13,7 @@ selectors (exclusive placement: one slice per node pool). GKE injects the TPU wo
 variables, from which `jax.distributed.initialize()` finds the other hosts. The pods get
 `terminationGracePeriodSeconds` to save a checkpoint after SIGTERM (node maintenance,
 spot preemption); the JobSet's `failurePolicy.maxRestarts` restarts the whole set, and the
-trainer resumes from the workdir (shared storage, gs://...).
+trainer resumes from the workdir (shared storage: gs://..., written through etils.epath).
 
 `launch/gke_jobset.yaml` is this script's output for its default arguments (kept in sync by
 a test): `python launch/gke.py --write-example`.

@@ -12,7 +12,8 @@ instead). `srun` starts the tasks; `jax.distributed.initialize()` reads SLURM's 
 node. Preemption: `--signal=TERM@GRACE` makes SLURM send SIGTERM to every task GRACE seconds
 before the time limit, the trainer saves a checkpoint and exits 0; with `--requeue` the job
 goes back to the queue when preempted or when a node fails, and the same command resumes
-from the workdir (which must be on storage every node sees).
+from the workdir (which must be on storage every node sees: a shared filesystem, or a
+bucket URL such as gs://bucket/run, which the trainer writes through etils.epath).
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ Steps (each a gcloud command; `--dry-run` prints them and runs nothing):
   5. copy each worker's log back to --log-dir/worker_I.log,
   6. delete the slice (only with --delete).
 
-The workdir must be shared storage (gs://...): every process writes its part of the orbax
-checkpoint there. A preempted spot slice sends SIGTERM: the trainer saves and exits 0, and
+The workdir must be shared storage (gs://..., written through etils.epath, or a gcsfuse
+mount): every process writes its part of the orbax checkpoint there. A preempted spot slice sends SIGTERM: the trainer saves and exits 0, and
 running this again (with --skip-create once the slice is back) resumes from the checkpoint.
 """
 
@@ -157,8 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   cmds = build_commands(args, command)
   workdir = next((command[i + 1] for i, c in enumerate(command[:-1]) if c == "--workdir"), "")
   if workdir and not workdir.startswith("gs://"):
-    print(f"# warning: --workdir {workdir} is not shared storage; every worker needs the same "
-          f"checkpoint directory (use gs://...)", file=sys.stderr)
+    print(f"# warning: --workdir {workdir} is not a gs:// URL; every worker needs the same "
+          f"checkpoint directory (use gs://... or a gcsfuse mount on every worker)",
+          file=sys.stderr)
   if args.dry_run:
     for phase, c in cmds:
       print(f"{shlex.join(c)}  # {phase}")

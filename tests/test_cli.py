@@ -40,14 +40,6 @@ def test_bench_lists_and_rejects_unknown():
   assert out.returncode == 2 and "did you mean 'trainer'" in out.stderr
 
 
-def test_object_store_workdir_is_refused_with_the_fix():
-  from tokenlab.config import load_config
-  from tokenlab.errors import TokenlabError
-  from tokenlab.train.loop import check_workdir
-  with pytest.raises(TokenlabError, match="gcsfuse"):
-    check_workdir(load_config(EXP), "gs://bucket/runs/x")
-
-
 # Every subcommand: a misspelled flag exits 2 with one line naming the nearest valid flag.
 @pytest.mark.parametrize("argv,nearest_flag", [
     (["train", "--wrkdir", "x"], "--workdir"),

@@ -99,10 +99,14 @@ def plot_workdir(workdir: str, out_dir: str | None = None, log_loss: bool = Fals
   if not groups:
     raise TokenlabError(f"{workdir}/metrics.jsonl has no metric logged after step 0; train "
                         f"at least one step to get curves")
-  out_dir = out_dir or os.path.join(workdir, "plots")
-  os.makedirs(out_dir, exist_ok=True)
-  run = os.path.basename(os.path.abspath(workdir))
-  paths = [_summary(plt, series, groups, os.path.join(out_dir, "summary.png"), run, log_loss)]
+  from etils import epath
+
+  from tokenlab.train.workdir import join
+  out_dir = out_dir or join(workdir, "plots")
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)   # a local path or a gs://... URL
+  run = epath.Path(workdir).name if "://" in workdir else os.path.basename(
+      os.path.abspath(workdir))
+  paths = [_summary(plt, series, groups, join(out_dir, "summary.png"), run, log_loss)]
   used: set[str] = {"summary"}
   for group, metrics in sorted(groups.items()):
     stem = safe_name(group)
@@ -119,11 +123,18 @@ def plot_workdir(workdir: str, out_dir: str | None = None, log_loss: bool = Fals
       ax.axis("off")
     fig.suptitle(f"{group} — {run}", fontsize=10)
     fig.tight_layout()
-    path = os.path.join(out_dir, f"{stem}.png")
-    fig.savefig(path, dpi=100)
+    path = join(out_dir, f"{stem}.png")
+    _savefig(fig, path)
     plt.close(fig)
     paths.append(path)
   return paths
+
+
+def _savefig(fig, path: str) -> None:
+  """fig.savefig to a local path or any `etils.epath` URL."""
+  from etils import epath
+  with epath.Path(path).open("wb") as f:
+    fig.savefig(f, dpi=100, format="png")
 
 
 def _summary(plt, series: Series, groups, path: str, run: str, log_loss: bool) -> str:
@@ -146,6 +157,6 @@ def _summary(plt, series: Series, groups, path: str, run: str, log_loss: bool) -
     axes.flat[0].axis("off")
   fig.suptitle(f"run summary — {run}", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _savefig(fig, path)
   plt.close(fig)
   return path

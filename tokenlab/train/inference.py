@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -35,12 +34,14 @@ class TrainedRun:
 
 
 def load_config_from_workdir(workdir: str) -> ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  from etils import epath
+
+  from tokenlab.train.workdir import join
+  path = epath.Path(join(workdir, "config.json"))   # a local path or a gs://... URL
+  if not path.exists():
     raise TokenlabError(f"{workdir} has no config.json; train into it first with "
                         f"`tokenlab train --config ... --workdir {workdir}`")
-  with open(path) as f:
-    return config_lib.from_json(f.read())
+  return config_lib.from_json(path.read_text())
 
 
 def load_trained(workdir: str, example_batch: dict[str, np.ndarray],
@@ -55,8 +56,11 @@ def load_trained(workdir: str, example_batch: dict[str, np.ndarray],
   method = registry.build_method(config.model)
   tx = make_optimizer(config.optimizer, config.train.steps, config.train.clip_grad_norm,
                       config.train.get("freeze", ""))
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
+  from etils import epath
+
+  from tokenlab.train.workdir import Workdir
+  directory = Workdir(workdir).checkpoints
+  if not epath.Path(directory).is_dir():
     raise TokenlabError(f"{workdir} has no checkpoints/ directory; train first")
   ckpt = Checkpointer(directory, async_save=False)
   try:

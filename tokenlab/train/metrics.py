@@ -8,6 +8,11 @@ appending, so rows never interleave; a partial last line (a crash mid-write) is 
 warning before a run appends (`repair_metrics`) and skipped with a warning by readers. A
 resumed run may log a step again (it restarted from an earlier checkpoint): for readers the
 last write of a (step, metric) wins (`latest_by_step`).
+
+In a remote workdir (gs://..., any `etils.epath` URL) objects cannot be appended to: the
+writer keeps the file's bytes and writes the whole object again with each row (metrics files
+are small), and TensorBoard events are written to a local directory and copied to WORKDIR/tb
+after each flush.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from tokenlab.method import Average
 
@@ -98,12 +104,20 @@ class MetricsWriter:
   """Appends to metrics.jsonl and writes TensorBoard scalars (process 0 only)."""
 
   def __init__(self, workdir: str, enabled: bool = True):
+    from tokenlab.train.workdir import is_remote, join
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = join(workdir, "metrics.jsonl")
+    self._remote = is_remote(workdir)
     self._tb = None
     if enabled:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      tb_dir = join(workdir, "tb")
+      if self._remote:
+        import tempfile
+        self._tb_remote, tb_dir = epath.Path(tb_dir), tempfile.mkdtemp(prefix="tokenlab-tb-")
+        self._contents = (epath.Path(self.path).read_bytes()
+                          if epath.Path(self.path).exists() else b"")
+      self._tb = SummaryWriter(tb_dir)
 
   def write(self, step: int, scalars: dict[str, Any]) -> None:
     if not self.enabled:
@@ -119,6 +133,11 @@ class MetricsWriter:
     if nonfinite:
       row["nonfinite"] = nonfinite
     line = (json.dumps(row, allow_nan=False) + "\n").encode()
+    if self._remote:
+      self._contents += line
+      epath.Path(self.path).write_bytes(self._contents)
+      self._write_tb(row, step)
+      return
     fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
       written = os.write(fd, line)   # one write of the whole line: rows never interleave
@@ -126,14 +145,24 @@ class MetricsWriter:
         raise OSError(f"short write to {self.path} ({written} of {len(line)} bytes)")
     finally:
       os.close(fd)
+    self._write_tb(row, step)
+
+  def _write_tb(self, row: dict[str, Any], step: int) -> None:
     for k, v in row.items():
       if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
         self._tb.add_scalar(k, v, step)
     self._tb.flush()
+    if self._remote:   # copy the local event files to WORKDIR/tb
+      self._tb_remote.mkdir(parents=True, exist_ok=True)
+      for f in epath.Path(self._tb.logdir).iterdir():
+        self._tb_remote.joinpath(f.name).write_bytes(f.read_bytes())
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+      if self._remote:
+        import shutil
+        shutil.rmtree(self._tb.logdir, ignore_errors=True)
 
 
 def _py(v: Any) -> Any:
@@ -146,7 +175,10 @@ def repair_metrics(workdir: str) -> None:
   """Moves a partial last line of WORKDIR/metrics.jsonl (a crash mid-write) to
   metrics.jsonl.partial, saying so on stderr, so that a resumed run does not append onto it.
   Whole lines are never touched."""
-  path = os.path.join(workdir, "metrics.jsonl")
+  from tokenlab.train.workdir import is_remote, join
+  path = join(workdir, "metrics.jsonl")
+  if is_remote(workdir):
+    return _repair_remote(epath.Path(path))
   if not os.path.exists(path):
     return
   with open(path, "rb+") as f:
@@ -180,14 +212,35 @@ def repair_metrics(workdir: str) -> None:
         f"interrupted write) to metrics.jsonl.partial", file=sys.stderr)
 
 
+def _repair_remote(path: epath.Path) -> None:
+  """`repair_metrics` for an object: read whole, rewritten whole."""
+  data = path.read_bytes() if path.exists() else b""
+  if not data or data.endswith(b"\n"):
+    return
+  cut = data.rfind(b"\n") + 1
+  partial = data[cut:]
+  try:
+    json.loads(partial)
+    path.write_bytes(data + b"\n")
+    return
+  except ValueError:
+    pass
+  kept = epath.Path(str(path) + ".partial")
+  kept.write_bytes((kept.read_bytes() if kept.exists() else b"") + partial + b"\n")
+  path.write_bytes(data[:cut])
+  print(f"tokenlab: warning: {path}: moved a partial last line ({len(partial)} bytes, from an "
+        f"interrupted write) to metrics.jsonl.partial", file=sys.stderr)
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """The rows of WORKDIR/metrics.jsonl in file order ([] if there is none). A line that is
   not a JSON object (a partial line from a crash mid-write) is skipped with a warning."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  from tokenlab.train.workdir import join
+  path = join(workdir, "metrics.jsonl")
+  if not epath.Path(path).exists():
     return []
   rows, bad = [], []
-  with open(path, "rb") as f:
+  with epath.Path(path).open("rb") as f:
     for number, line in enumerate(f, 1):
       if not line.strip():
         continue

@@ -14,6 +14,14 @@ The lock is WORKDIR/train.lock, holding the pid and host of the run that holds i
 exclusive `flock` on it for as long as the run lives: a second training in the same workdir
 is refused naming the first's pid and host, and a lock left by a process that died (SIGKILL,
 preemption, a crashed host) is free again, because the kernel drops a dead process's locks.
+
+A workdir may also be any URL `etils.epath` opens (gs://bucket/run, s3://..., the same paths
+orbax writes checkpoints to): every file here goes through `epath`. An object store has no
+flock and no way to tell whether the pid in a lock file is alive, so there the lock is a
+record, not an exclusion: train.lock names the holder; a run that finds one left by another
+run warns (naming its pid, host and start time) and takes it over, since a preempted pod run
+that restarts must be able to resume. Two live runs in one remote workdir are not prevented:
+launch one job per workdir.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import tempfile
 import time
 from typing import Any
 
+from etils import epath
 from ml_collections import ConfigDict
 
 from tokenlab import config as config_lib
@@ -46,6 +55,16 @@ def config_changes(previous: ConfigDict, config: ConfigDict) -> list[str]:
           if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
 
 
+def is_remote(path: str) -> bool:
+  """Whether `path` is a URL (gs://, s3://, ...) rather than a local path."""
+  return "://" in str(path)
+
+
+def join(path: str, *names: str) -> str:
+  """os.path.join for local paths and URLs alike (a URL stays a URL)."""
+  return str(epath.Path(path).joinpath(*names)) if is_remote(path) else os.path.join(path, *names)
+
+
 def _is_main() -> bool:
   import jax
   return jax.process_index() == 0
@@ -56,7 +75,8 @@ class Workdir:
 
   def __init__(self, path: str):
     self.path = path
-    self.checkpoints = os.path.join(os.path.abspath(path), "checkpoints")
+    self.remote = is_remote(path)
+    self.checkpoints = join(path if self.remote else os.path.abspath(path), "checkpoints")
     self._lock_fd: int | None = None
     self._created: list[str] = []   # directories open() made, removed again if left empty
 
@@ -71,10 +91,11 @@ class Workdir:
     `open`'s to find out: taking the lock is the only race-free test.)
     """
     workdir = self.path
-    if "://" in workdir:
-      raise TokenlabError(f"--workdir {workdir}: object-store URLs are not supported for the "
-                          f"workdir yet (metrics and config are written with local file I/O); "
-                          f"mount the bucket (e.g. gcsfuse) and pass the mounted path")
+    if self.remote:
+      if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
+        raise TokenlabError(f"--workdir {workdir} is a file, not a directory; choose another "
+                            f"workdir")
+      return self._check_config(config)
     parent = os.path.abspath(workdir)
     while parent and not os.path.exists(parent):
       parent = os.path.dirname(parent)
@@ -85,11 +106,14 @@ class Workdir:
     if parent and not os.access(parent, os.W_OK):
       raise TokenlabError(f"--workdir {workdir}: {parent} is not writable; choose a workdir "
                           f"you can write to")
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
+    self._check_config(config)
+
+  def _check_config(self, config: ConfigDict) -> None:
+    workdir = self.path
+    path = epath.Path(join(workdir, "config.json"))
+    if path.exists():
       try:
-        with open(path) as f:
-          previous = config_lib.from_json(f.read())
+        previous = config_lib.from_json(path.read_text())
       except ValueError as e:
         raise TokenlabError(f"{path} is not valid JSON ({e}); restore it from "
                             f"config.replaced_*.json or use a new --workdir") from e
@@ -110,6 +134,8 @@ class Workdir:
     """
     if not _is_main() or self._lock_fd is not None:   # (`with wd.open():` opens once)
       return self
+    if self.remote:
+      return self._open_remote()
     try:
       self._makedirs(self.path)
       self._lock()
@@ -128,6 +154,23 @@ class Workdir:
     except BaseException:
       self.close(failed=True)
       raise
+    return self
+
+  def _open_remote(self) -> "Workdir":
+    lock = epath.Path(self.lock_path)
+    try:
+      epath.Path(self.checkpoints).mkdir(parents=True, exist_ok=True)
+      if lock.exists():
+        held = _parse_lock(lock.read_text())
+        print(f"tokenlab: warning: {lock} names pid {held.get('pid', '?')} on host "
+              f"{held.get('host', '?')} (since {held.get('since', '?')}); a remote workdir cannot "
+              f"tell whether that run is alive, so this run takes the workdir over (run one "
+              f"training per workdir)", file=sys.stderr)
+      lock.write_text(json.dumps(_lock_record()) + "\n")
+    except OSError as e:
+      raise TokenlabError(f"--workdir {self.path}: cannot write there ({_why(e)}); choose a "
+                          f"workdir you can write to") from e
+    self._lock_fd = -1   # held (no file descriptor: the lock is the file's content)
     return self
 
   def _makedirs(self, path: str) -> None:
@@ -149,6 +192,13 @@ class Workdir:
   def close(self, failed: bool = False) -> None:
     """Releases the lock (removes the lock file); `failed`: the run did not start, so the
     directories open() made are removed again if nothing was written into them."""
+    if self._lock_fd is not None and self.remote:
+      try:
+        if _parse_lock(epath.Path(self.lock_path).read_text()).get("pid") == os.getpid():
+          epath.Path(self.lock_path).unlink()
+      except (OSError, ValueError):
+        pass
+      self._lock_fd = None
     if self._lock_fd is not None:
       try:
         os.unlink(self.lock_path)
@@ -166,7 +216,7 @@ class Workdir:
 
   @property
   def lock_path(self) -> str:
-    return os.path.join(self.path, LOCK_NAME)
+    return join(self.path, LOCK_NAME)
 
   def _lock(self) -> None:
     import fcntl
@@ -193,10 +243,8 @@ class Workdir:
       print(f"tokenlab: note: {self.lock_path} was left by pid {stale.get('pid', '?')} on host "
             f"{stale.get('host', '?')}, which is gone (killed or crashed); taking it over",
             file=sys.stderr)
-    mine = {"pid": os.getpid(), "host": socket.gethostname(),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv}
     os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
+    os.pwrite(fd, (json.dumps(_lock_record()) + "\n").encode(), 0)
     self._lock_fd = fd
 
   def write_config(self, config: ConfigDict) -> None:
@@ -205,18 +253,18 @@ class Workdir:
     was. A config replaced under resume=force is kept as config.replaced_<time>.json."""
     if not _is_main():
       return
-    os.makedirs(self.path, exist_ok=True)
-    path = os.path.join(self.path, "config.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        previous = config_lib.from_json(f.read())
+    epath.Path(self.path).mkdir(parents=True, exist_ok=True)
+    path = epath.Path(join(self.path, "config.json"))
+    if path.exists():
+      previous = config_lib.from_json(path.read_text())
       if config_changes(previous, config):  # Keep the config the checkpoints were made with.
-        backup = os.path.join(self.path, f"config.replaced_{int(time.time())}.json")
-        os.replace(path, backup)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(config_lib.to_json(config))
-    os.replace(tmp, path)
+        path.rename(join(self.path, f"config.replaced_{int(time.time())}.json"))
+    if self.remote:   # an object is written whole: no partial file to replace atomically
+      path.write_text(config_lib.to_json(config))
+      return
+    tmp = epath.Path(str(path) + ".tmp")
+    tmp.write_text(config_lib.to_json(config))
+    tmp.replace(path)
 
   def metrics_writer(self, enabled: bool = True):
     """The run's MetricsWriter (metrics.jsonl + tb/); a partial last line of metrics.jsonl
@@ -225,6 +273,18 @@ class Workdir:
     if enabled:
       repair_metrics(self.path)
     return MetricsWriter(self.path, enabled=enabled)
+
+
+def _lock_record() -> dict[str, Any]:
+  return {"pid": os.getpid(), "host": socket.gethostname(),
+          "since": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv}
+
+
+def _parse_lock(text: str) -> dict[str, Any]:
+  try:
+    return json.loads(text) if text.strip() else {}
+  except ValueError:
+    return {"pid": "?", "host": "?"}
 
 
 def _read_lock(fd: int) -> dict[str, Any]:
