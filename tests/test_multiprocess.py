@@ -95,7 +95,8 @@ def test_two_by_two_matches_one_by_four_and_feeds_disjoint_data(tmp_path):
   driver = tmp_path / "driver.py"
   driver.write_text(DRIVER)
   env = dict(os.environ, TOKENLAB_DATA_DIR=str(tmp_path / "data"), JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONUNBUFFERED="1")
+             XLA_FLAGS=("--xla_force_host_platform_device_count=4 "
+                        "--xla_backend_optimization_level=0"), PYTHONUNBUFFERED="1")
   for k in ("TOKENLAB_COORDINATOR", "TOKENLAB_NUM_PROCESSES", "TOKENLAB_PROCESS_ID"):
     env.pop(k, None)
   one, two = tmp_path / "one", tmp_path / "two"

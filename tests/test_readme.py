@@ -109,7 +109,17 @@ def _shrink(argv: list[str], tmp: str):
   if argv[1:3] == ["bench", "decode"]:
     return argv + ["--d-model", "32", "--num-layers", "1", "--length", "24", "--prompt", "8",
                    "--peer-steps", "2", "--repeats", "1"]
-  if sub in ("train", "plot", "plan", "data", "grow", "scale"):
+  if sub == "scale":   # two points of the sweep, two steps each
+    out = []
+    for i, a in enumerate(argv):
+      if i and argv[i - 1] == "--steps":
+        a = "2"
+      elif i and argv[i - 1] == "--sweep":
+        key, values = a.split("=", 1)
+        a = f"{key}={','.join(values.split(',')[:2])}"
+      out.append(a)
+    return out
+  if sub in ("train", "plot", "plan", "data", "grow"):
     return argv
   if argv[1:3] == ["bench", "trainer"]:
     return argv + ["--steps", "2", "--log-every", "1"]
@@ -163,7 +173,8 @@ def _tokenlab(args: list[str]) -> tuple[int, str]:
 def _env() -> dict:
   return dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
               TOKENLAB_CONFIG_OVERRIDES=SHRINK, JAX_PLATFORMS="cpu",
-              XLA_FLAGS="--xla_force_host_platform_device_count=1")
+              XLA_FLAGS="--xla_force_host_platform_device_count=1 "
+              "--xla_backend_optimization_level=0")   # as tests/conftest.py: faster compiles
 
 
 def run_all(commands: list[tuple[list[str], list[str]]], tmp_path) -> int:
@@ -287,6 +298,8 @@ tokenlab: error: unknown
   _check_repro(["tokenlab", "repro", "hnet", "--seeds", "3"])
   with pytest.raises(AssertionError, match="no such reproduction"):
     _check_repro(["tokenlab", "repro", "frobnicate"])
+  assert _shrink(["tokenlab", "scale", "--sweep", "mesh.data=1,2,4", "--steps", "20"], "/t") == [
+      "tokenlab", "scale", "--sweep", "mesh.data=1,2", "--steps", "2"]
   with pytest.raises(AssertionError, match="does not know"):
     _shrink(["rm", "-rf", "runs"], "/t")
   with pytest.raises(AssertionError, match="does not know"):
