@@ -21,7 +21,8 @@ codebook vectors):
   mtm_ft_10pct_coloradapt, mtm_ft_10pct_tokenadapt   the same + an augmentation (p = 0.5)
   tokenadapt_adapter   TokenAdapt's f / g trained to map codes through a pixel translation
 
-Budget: the compared arms of each claim have the same steps and batch (budget = steps);
+Budget: the compared arms of each claim have the same steps, batch and learning rate (budget
+= steps);
 MTM's pretraining is the extra compute the claim is about. Trivial baselines (arms): the
 majority class, the untrained token ViT (same architecture at init), and a count-based
 classifier on the same stored tokens: per-position code naive Bayes (add-alpha, alpha by
@@ -236,7 +237,8 @@ def finish(ctx: Context, trials: list[Trial]) -> tuple[list[str], str]:
   notes = (f"Steps (batch 64): tokenizer {ctx.steps(TOK_STEPS)}, full-label arms "
            f"{ctx.steps(STEPS)}, MTM {ctx.steps(MTM_STEPS)}, TokenAdapt adapter "
            f"{ctx.steps(ADAPTER_STEPS)}, every 10%-label arm {ctx.steps(FT_STEPS)} (scratch "
-           "and fine-tuned alike). A new tokenizer, label subset and initialisation per seed. "
+           f"and fine-tuned alike); peak learning rate {LR} for every ViT arm, {ADAPTER_LR} "
+           "for the adapter (AdamW, cosine, 5% warm-up). A new tokenizer, label subset and initialisation per seed. "
            "Bits per image: pixels 64 x log2(17) (the digits' 17 grey levels), tokens "
            "16 x log2(32). ColorAdapt on grey digits can only change brightness and contrast "
            "of the code vectors; TokenAdapt's A is a translation by up to 1 pixel.")
