@@ -20,8 +20,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("install")
+  # Without PYTHONPATH: a checkout on it (with the egg-info the wheel build leaves there)
+  # would make pip think tokenlab is already installed in the new venv.
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                  "-w", str(tmp / "dist"), REPO], check=True, capture_output=True, timeout=300)
+                  "-w", str(tmp / "dist"), REPO], check=True, capture_output=True, timeout=300,
+                 env=env)
   wheel = next((tmp / "dist").glob("tokenlab-*.whl"))
   venv = tmp / "venv"
   subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
@@ -34,7 +38,8 @@ def installed(tmp_path_factory):
   with open(os.path.join(purelib, "_tokenlab_test_deps.pth"), "w") as f:
     f.write("\n".join(deps) + "\n")
   subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q",
-                  "--no-deps", str(wheel)], check=True, capture_output=True, timeout=300)
+                  "--no-deps", str(wheel)], check=True, capture_output=True, timeout=300,
+                 env=env)
   empty = tmp / "elsewhere"
   empty.mkdir()
   return venv, empty
