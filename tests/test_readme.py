@@ -119,6 +119,10 @@ def _shrink(argv: list[str], tmp: str):
         a = f"{key}={','.join(values.split(',')[:2])}"
       out.append(a)
     return out
+  if sub == "plan" and "--topology" in argv:   # a 4-chip slice, the tiny model by default
+    argv = [("v5e:2x2" if i and argv[i - 1] == "--topology" else a) for i, a in enumerate(argv)]
+    return argv + ([] if "--config" in argv else
+                   ["--config", "experiments/transformer_lm.py:size=tiny"])
   if sub in ("train", "plot", "plan", "data", "grow"):
     return argv
   if argv[1:3] == ["bench", "trainer"]:
@@ -300,6 +304,9 @@ tokenlab: error: unknown
     _check_repro(["tokenlab", "repro", "frobnicate"])
   assert _shrink(["tokenlab", "scale", "--sweep", "mesh.data=1,2,4", "--steps", "20"], "/t") == [
       "tokenlab", "scale", "--sweep", "mesh.data=1,2", "--steps", "2"]
+  assert _shrink(["tokenlab", "plan", "--topology", "v5e:16x16"], "/t") == [
+      "tokenlab", "plan", "--topology", "v5e:2x2", "--config",
+      "experiments/transformer_lm.py:size=tiny"]
   with pytest.raises(AssertionError, match="does not know"):
     _shrink(["rm", "-rf", "runs"], "/t")
   with pytest.raises(AssertionError, match="does not know"):
