@@ -74,8 +74,8 @@ def test_tokenadapt_identity_round_trip_keeps_95_percent():
   """f then g with the identity augmentation, trained briefly, returns >= 95% of the codes."""
   adapter = seit.TokenAdapter(num_codes=32, scale=2, width=16)
   rng = np.random.default_rng(0)
-  zero = jnp.zeros((64, 2), jnp.int32)
-  params = jax.jit(adapter.init)(jax.random.key(0), jnp.zeros((64, 4, 4), jnp.int32), zero)
+  zero = jnp.zeros((16, 2), jnp.int32)
+  params = jax.jit(adapter.init)(jax.random.key(0), jnp.zeros((16, 4, 4), jnp.int32), zero)
   tx = optax.adam(1e-2)
 
   def step(carry, codes):
@@ -85,9 +85,11 @@ def test_tokenadapt_identity_round_trip_keeps_95_percent():
     u, s = tx.update(g, s, p)
     return (optax.apply_updates(p, u), s), loss
 
-  data = jnp.asarray(rng.integers(0, 32, (150, 64, 4, 4)).astype(np.int32))
+  # Batches of 16 (not 64): the tests run XLA:CPU at -O0, where this conv adapter's steps are
+  # slow; 150 steps of 16 grids still learn the identity map.
+  data = jnp.asarray(rng.integers(0, 32, (150, 16, 4, 4)).astype(np.int32))
   (params, _), losses = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), data))(params)
-  test = jnp.asarray(rng.integers(0, 32, (64, 4, 4)).astype(np.int32))
+  test = jnp.asarray(rng.integers(0, 32, (16, 4, 4)).astype(np.int32))
   kept = float(jnp.mean(seit.token_adapt(adapter, params, test, zero) == test))
   assert kept >= 0.95 and float(losses[-1]) < float(losses[0])
 
