@@ -127,3 +127,73 @@ def test_kernels_lower_for_their_backend(platform, dtype, monkeypatch):
   marker = "xla.gpu.triton" if platform == "cuda" else "tpu_custom_call"
   # Forward, dq and dk/dv kernels.
   assert text.count(marker) >= 3, text[:2000]
+
+
+# ------------------------------------------- 2-D neighborhood (CLEAR's circle) in the kernels
+
+
+def _grid_mask(height, width, radius, shape):
+  y, x = np.divmod(np.arange(height * width), width)
+  dy, dx = y[None, :] - y[:, None], x[None, :] - x[:, None]
+  if shape == "circle":
+    return dy * dy + dx * dx < radius * radius
+  return np.maximum(np.abs(dy), np.abs(dx)) <= radius
+
+
+# (height, width, radius, shape): a band of 16 = 2 * 7 + 2 over blocks of 8, so full tiles
+# (where the 1-D window needs no mask but the 2-D test still does) occur as well as partial
+# ones. The square shape shares every line of the kernels' path (the reference tests it).
+GRID_CASES = [(6, 7, 3, "circle")]
+
+
+@pytest.mark.parametrize("grid", GRID_CASES, ids=lambda g: f"{g[0]}x{g[1]}{g[3]}{g[2]}")
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_kernel_neighborhood_matches_float64_and_reference(name, grid):
+  from tokenlab.kernels import neighborhood_attention_2d
+  mod, _ = KERNELS[name]
+  height, width, radius, shape = grid
+  n = height * width
+  q, k, v, dout = _inputs(11, 1, n, 2, 1, 8, jnp.float32)
+  blocks = (pallas_gpu.BlockSizes(8, 8, 8, 8) if name == "pallas_gpu"
+            else pallas_tpu.BlockSizes(8, 8, 8, 8))
+
+  def run(impl, q, k, v, dout):
+    kw = dict(block_sizes=blocks, poison=True, interpret=True) if impl != "reference" else {}
+    fn = functools.partial(neighborhood_attention_2d, height=height, width=width,
+                           radius=radius, shape=shape, implementation=impl, **kw)
+    out, vjp = jax.vjp(fn, q, k, v)
+    return out, vjp(dout)
+
+  out, grads = jax.jit(functools.partial(run, name))(q, k, v, dout)
+  for x in (out, *grads):
+    assert bool(jnp.all(jnp.isfinite(x)))   # NaN: a poisoned row never written
+  f64 = [np.asarray(x, np.float64) for x in (q, k, v, dout)]
+  want, want_grads = attention_and_grads(
+      *f64, dense_mask(n, n, n, extra=_grid_mask(height, width, radius, shape)))
+  errs = [rel_err(out, want)] + [rel_err(g, w) for g, w in zip(grads, want_grads)]
+  assert max(errs) < F32_TOL, f"rel errors out,dq,dk,dv vs float64 = {errs}"
+  ref_out, ref_grads = jax.jit(functools.partial(run, "reference"))(q, k, v, dout)
+  errs = [rel_err(out, ref_out)] + [rel_err(g, r) for g, r in zip(grads, ref_grads)]
+  assert max(errs) < F32_TOL, f"rel errors out,dq,dk,dv vs the jnp reference = {errs}"
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_kernels_lower_with_the_neighborhood_mask(platform, monkeypatch):
+  # The 2-D test (float row/column arithmetic) must lower to Triton IR and Mosaic MLIR too.
+  from tokenlab.kernels.windowed_attention._common import NeighborhoodMask
+  mod = pallas_gpu if platform == "cuda" else pallas_tpu
+  if platform == "tpu":
+    from jax._src.pallas.mosaic import tpu_info
+    monkeypatch.setitem(tpu_info.registry, jax.devices()[0].device_kind,
+                        lambda: tpu_info._get_tpu_info_impl(tpu_info.ChipVersion.TPU_V5E, 1))
+  x = jax.ShapeDtypeStruct((1, 1024, 2, 64), jnp.float32)
+  mask = NeighborhoodMask(32, 4.0, "circle")
+
+  def loss(q, k, v):
+    return jnp.sum(mod.windowed_attention(q, k, v, window=(3 * 32 + 3, 3 * 32 + 3),
+                                          extra_mask=mask))
+
+  text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(x, x, x).lower(
+      lowering_platforms=(platform,)).as_text()
+  marker = "xla.gpu.triton" if platform == "cuda" else "tpu_custom_call"
+  assert text.count(marker) >= 3, text[:2000]

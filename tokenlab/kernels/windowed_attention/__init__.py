@@ -127,32 +127,29 @@ def neighborhood_reach(radius: float, shape: str) -> int:
   return int(math.ceil(radius)) - 1
 
 
-def neighborhood_mask_fn(width: int, radius: float, shape: str):
-  """(q_pos, k_pos) -> bool: the 2-D neighborhood test on raster positions."""
-  r2 = float(radius) ** 2
-
-  def mask(q_pos, k_pos):
-    dy = k_pos // width - q_pos // width
-    dx = k_pos % width - q_pos % width
-    if shape == "circle":
-      return (dy * dy + dx * dx).astype(jnp.float32) < r2
-    return jnp.maximum(jnp.abs(dy), jnp.abs(dx)) <= radius
-
-  return mask
+def neighborhood_mask_fn(width: int, radius: float, shape: str) -> _common.NeighborhoodMask:
+  """(q_pos, k_pos) -> bool: the 2-D neighborhood test on raster positions (one hashable
+  `_common.NeighborhoodMask`, the same for the reference and the Pallas kernels)."""
+  return _common.NeighborhoodMask(int(width), float(radius), shape)
 
 
 def neighborhood_attention_2d(q: jax.Array, k: jax.Array, v: jax.Array, *, height: int,
                               width: int, radius: float, shape: str = "circle",
-                              scale: float | None = None) -> jax.Array:
+                              scale: float | None = None, implementation: str | None = None,
+                              interpret: bool | None = None, **kernel_kwargs) -> jax.Array:
   """Local attention on a height x width grid of tokens in raster order.
 
   The query at (y, x) attends to keys with ``dy^2 + dx^2 < radius^2`` (``"circle"``, CLEAR's
   convolution-like local attention) or ``max(|dy|, |dx|) <= radius`` (``"square"``,
   neighborhood attention), without wrapping around the edges.
 
-  Runs on the blocked reference: in raster order the neighborhood lies inside the 1-D band
-  ``|i - j| <= reach * (width + 1)``, and the 2-D test is an extra mask on that band, so cost
-  is O(height * width * reach * width) rather than O((height * width)^2).
+  In raster order the neighborhood lies inside the 1-D band ``|i - j| <= reach * (width +
+  1)``, and the 2-D test is an extra mask on that band, so cost is O(height * width * reach *
+  width) rather than O((height * width)^2). `implementation`: None or "reference" (the
+  blocked jnp reference, the default on every platform), "pallas_tpu" or "pallas_gpu" (the
+  windowed Pallas kernels with the 2-D test applied in every tile they visit; tested in
+  interpret mode and lowered for both backends in tests, not yet measured on hardware, so not
+  the default); `interpret` and `kernel_kwargs` (block_sizes, poison, ...) go to the kernel.
 
   Args:
     q: (batch, height*width, heads, head_dim).
@@ -179,9 +176,19 @@ def neighborhood_attention_2d(q: jax.Array, k: jax.Array, v: jax.Array, *, heigh
         "(square)")
   reach = neighborhood_reach(radius, shape)
   band = reach * width + reach
-  return reference.windowed_attention(
-      q, k, v, window=(band, band), scale=scale,
-      extra_mask=neighborhood_mask_fn(width, radius, shape))
+  mask = neighborhood_mask_fn(width, radius, shape)
+  if implementation in (None, "reference"):
+    return reference.windowed_attention(q, k, v, window=(band, band), scale=scale,
+                                        extra_mask=mask, **kernel_kwargs)
+  if implementation in ("pallas_gpu", "pallas_tpu"):
+    import importlib
+    kernel = importlib.import_module(f"tokenlab.kernels.windowed_attention.{implementation}")
+    return kernel.windowed_attention(q, k, v, window=(band, band), scale=scale,
+                                     interpret=resolve_interpret(interpret), extra_mask=mask,
+                                     **kernel_kwargs)
+  raise WindowedAttentionError(
+      f"implementation={implementation!r} for neighborhood attention; pass None, "
+      "'reference', 'pallas_gpu' or 'pallas_tpu'")
 
 
 class _CallablePackage(types.ModuleType):

@@ -180,3 +180,32 @@ def window_mask(q_pos: jax.Array, k_pos: jax.Array, left: int, right: int,
   """True where query position q_pos may see key position k_pos (broadcasting)."""
   diff = k_pos - q_pos
   return (diff >= -left) & (diff <= right) & (k_pos >= 0) & (k_pos < seq)
+
+
+@dataclasses.dataclass(frozen=True)
+class NeighborhoodMask:
+  """(q_pos, k_pos) -> bool: the 2-D neighborhood test on raster positions of a grid `width`
+  wide, for every implementation (the reference and both Pallas kernels take it as
+  `extra_mask`).
+
+  "circle" (CLEAR): dy^2 + dx^2 < radius^2; "square": max(|dy|, |dx|) <= radius. Rows and
+  columns come from float arithmetic, (pos + 0.5) / width floored, not integer division:
+  Mosaic (TPU) lowers float ops on vectors everywhere, and the +0.5 keeps the quotient half a
+  column away from every integer, so it is exact for any grid below 2^22 tokens. Hashable
+  (a frozen dataclass), so equal masks reuse one compiled kernel.
+  """
+  width: int
+  radius: float
+  shape: str = "circle"
+
+  def __call__(self, q_pos, k_pos):
+    def row_col(pos):
+      p = pos.astype(jnp.float32)
+      row = jnp.floor((p + 0.5) / self.width)
+      return row, p - row * self.width
+    qy, qx = row_col(q_pos)
+    ky, kx = row_col(k_pos)
+    dy, dx = ky - qy, kx - qx
+    if self.shape == "circle":
+      return dy * dy + dx * dx < float(self.radius) ** 2
+    return jnp.maximum(jnp.abs(dy), jnp.abs(dx)) <= float(self.radius)

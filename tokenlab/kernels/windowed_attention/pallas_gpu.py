@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,13 +59,16 @@ class _Config:
   poison: bool
   num_warps: int
   num_stages: int
+  # Static (q_pos, k_pos) -> bool test applied on top of the window in every tile (full
+  # ones too), e.g. `_common.NeighborhoodMask`; None for plain windowed attention.
+  extra_mask: Any = None
 
 
 def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window,
                        segment_ids: jax.Array | None = None, scale: float | None = None,
                        block_sizes: BlockSizes | None = None, interpret: bool = False,
                        poison: bool = False, num_warps: int | None = None,
-                       num_stages: int = 2) -> jax.Array:
+                       num_stages: int = 2, extra_mask: Any = None) -> jax.Array:
   """Windowed attention with the Pallas GPU kernels; shapes as the public function.
 
   Args:
@@ -76,6 +80,10 @@ def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window,
     interpret: run the kernels in the Pallas interpreter (CPU tests).
     poison: start every output buffer as NaN (tests: proves every row is written).
     num_warps, num_stages: Triton launch parameters (ignored when interpreting).
+    extra_mask: optional static, hashable (q_pos, k_pos) -> bool (int32 positions that
+      broadcast) applied on top of the window, e.g. `_common.NeighborhoodMask` for 2-D
+      neighborhood attention; it must be True on the diagonal. Tiles the window marks full
+      are then masked as well.
 
   Returns:
     (batch, seq, heads, head_dim) in q's dtype.
@@ -92,7 +100,7 @@ def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window,
   if num_warps is None:
     num_warps = 4 if d_pad <= 64 else 8
   cfg = _Config(prob, blocks, n_pad, d_pad, bool(interpret), bool(poison), num_warps,
-                num_stages)
+                num_stages, extra_mask)
   if segment_ids is not None:
     segment_ids = _pallas_util.pad_axis(segment_ids.astype(jnp.int32), 1, n_pad, -1)
   return _attention(q, k, v, segment_ids, cfg)
@@ -115,7 +123,7 @@ def _split(refs, has_seg: bool, n_before_seg: int):
   return refs[:n_before_seg], None, refs[n_before_seg:]
 
 
-def _mask(q_pos, k_pos, q_seg, k_seg, prob: Problem, windowed: bool):
+def _mask(q_pos, k_pos, q_seg, k_seg, prob: Problem, windowed: bool, extra=None):
   """Mask for a (len(q_pos), len(k_pos)) tile, or None when the tile needs none."""
   mask = None
   if windowed:
@@ -123,6 +131,10 @@ def _mask(q_pos, k_pos, q_seg, k_seg, prob: Problem, windowed: bool):
   if q_seg is not None:
     same = q_seg[:, None] == k_seg[None, :]
     mask = same if mask is None else mask & same
+  if extra is not None:
+    # Applied in full tiles too: "full" refers to the 1-D window only.
+    inside = extra(q_pos[:, None], k_pos[None, :])
+    mask = inside if mask is None else mask & inside
   return mask
 
 
@@ -145,7 +157,8 @@ def _fwd_kernel(*refs, cfg: _Config, has_seg: bool):
     v = v_ref[pl.ds(start, bk), :]
     s = _dot_t(q, k) * prob.scale
     k_seg = seg_ref[pl.ds(start, bk)] if has_seg else None
-    mask = _mask(q_pos, start + jnp.arange(bk, dtype=jnp.int32), q_seg, k_seg, prob, windowed)
+    mask = _mask(q_pos, start + jnp.arange(bk, dtype=jnp.int32), q_seg, k_seg, prob, windowed,
+                 cfg.extra_mask)
     if mask is not None:
       s = jnp.where(mask, s, MASK_VALUE)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
@@ -223,7 +236,8 @@ def _dq_kernel(*refs, cfg: _Config, has_seg: bool):
     v = v_ref[pl.ds(start, bk), :]
     p = jnp.exp(_dot_t(q, k) * prob.scale - lse[:, None])
     k_seg = seg_ref[pl.ds(start, bk)] if has_seg else None
-    mask = _mask(q_pos, start + jnp.arange(bk, dtype=jnp.int32), q_seg, k_seg, prob, windowed)
+    mask = _mask(q_pos, start + jnp.arange(bk, dtype=jnp.int32), q_seg, k_seg, prob, windowed,
+                 cfg.extra_mask)
     if mask is not None:
       p = jnp.where(mask, p, 0.0)
     ds = p * (_dot_t(do, v) - delta[:, None])
@@ -258,7 +272,7 @@ def _dkv_kernel(*refs, cfg: _Config, has_seg: bool):
     pt = jnp.exp(_dot_t(k, q) * prob.scale - lse[None, :])
     q_pos = start + jnp.arange(bq, dtype=jnp.int32)
     q_seg = seg_ref[pl.ds(start, bq)] if has_seg else None
-    mask = _mask(q_pos, k_pos, q_seg, k_seg, prob, windowed)
+    mask = _mask(q_pos, k_pos, q_seg, k_seg, prob, windowed, cfg.extra_mask)
     if mask is not None:
       # Partial tiles may hold queries of padding; drop them as well.
       mask = mask.T & (q_pos < prob.seq)[None, :] if windowed else mask.T

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,12 +59,15 @@ class _Config:
   n_pad: int
   interpret: bool
   poison: bool
+  # Static (q_pos, k_pos) -> bool test applied on top of the window in every tile (full
+  # ones too), e.g. `_common.NeighborhoodMask`; None for plain windowed attention.
+  extra_mask: Any = None
 
 
 def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window,
                        segment_ids: jax.Array | None = None, scale: float | None = None,
                        block_sizes: BlockSizes | None = None, interpret: bool = False,
-                       poison: bool = False) -> jax.Array:
+                       poison: bool = False, extra_mask: Any = None) -> jax.Array:
   """Windowed attention with the Pallas TPU kernels; shapes as the public function.
 
   Args:
@@ -74,6 +78,10 @@ def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window,
     block_sizes: tile sizes; they shrink to the (8-rounded) seq when it is shorter.
     interpret: run the kernels in the Pallas interpreter (CPU tests).
     poison: start every output buffer as NaN (tests: proves every row is written).
+    extra_mask: optional static, hashable (q_pos, k_pos) -> bool (int32 positions that
+      broadcast) applied on top of the window, e.g. `_common.NeighborhoodMask` for 2-D
+      neighborhood attention; it must be True on the diagonal. Tiles the window marks full
+      are then masked as well.
 
   Returns:
     (batch, seq, heads, head_dim) in q's dtype.
@@ -85,7 +93,7 @@ def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window,
   sizes = [min(b, cap) for b in dataclasses.astuple(blocks)]
   blocks = BlockSizes(*sizes)
   n_pad = _common.cdiv(prob.seq, int(np.lcm.reduce(sizes))) * int(np.lcm.reduce(sizes))
-  cfg = _Config(prob, blocks, n_pad, bool(interpret), bool(poison))
+  cfg = _Config(prob, blocks, n_pad, bool(interpret), bool(poison), extra_mask)
   if segment_ids is not None:
     segment_ids = _pallas_util.pad_axis(segment_ids.astype(jnp.int32), 1, n_pad, -1)
   return _attention(q, k, v, segment_ids, cfg)
@@ -121,7 +129,7 @@ def _band_index(outer, outer_block, inner_block, before, after, prob: Problem, s
 
 
 def _tile_mask(row_pos, col_pos, row_seg, col_seg, prob: Problem, windowed: bool,
-               rows_are_queries: bool):
+               rows_are_queries: bool, extra=None):
   """Mask of a (rows, cols) tile from (rows, 1) and (1, cols) positions, or None."""
   mask = None
   if windowed:
@@ -134,6 +142,10 @@ def _tile_mask(row_pos, col_pos, row_seg, col_seg, prob: Problem, windowed: bool
   if row_seg is not None:
     same = row_seg == col_seg
     mask = same if mask is None else mask & same
+  if extra is not None:
+    # Applied in full tiles too: "full" refers to the 1-D window only.
+    inside = extra(row_pos, col_pos) if rows_are_queries else extra(col_pos, row_pos)
+    mask = inside if mask is None else mask & inside
   return mask
 
 
@@ -169,7 +181,8 @@ def _fwd_kernel(*refs, cfg: _Config, has_seg: bool, n_band: int):
     q_pos = i * bq + jax.lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
     k_pos = kb * bk + jax.lax.broadcasted_iota(jnp.int32, (1, bk), 1)
     mask = _tile_mask(q_pos, k_pos, qseg_ref[...] if has_seg else None,
-                      kseg_ref[...] if has_seg else None, prob, windowed, True)
+                      kseg_ref[...] if has_seg else None, prob, windowed, True,
+                      cfg.extra_mask)
     if mask is not None:
       s = jnp.where(mask, s, MASK_VALUE)
     m_prev = m_ref[...]
@@ -257,7 +270,8 @@ def _dq_kernel(*refs, cfg: _Config, has_seg: bool, n_band: int):
     q_pos = i * bq + jax.lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
     k_pos = kb * bk + jax.lax.broadcasted_iota(jnp.int32, (1, bk), 1)
     mask = _tile_mask(q_pos, k_pos, qseg_ref[...] if has_seg else None,
-                      kseg_ref[...] if has_seg else None, prob, windowed, True)
+                      kseg_ref[...] if has_seg else None, prob, windowed, True,
+                      cfg.extra_mask)
     if mask is not None:
       p = jnp.where(mask, p, 0.0)
     ds = p * (_dot_t(do_ref[...], v_ref[...]) - delta_ref[...])
@@ -293,7 +307,8 @@ def _dkv_kernel(*refs, cfg: _Config, has_seg: bool, n_band: int):
     k_pos = jk * bk + jax.lax.broadcasted_iota(jnp.int32, (bk, 1), 0)
     q_pos = qb * bq + jax.lax.broadcasted_iota(jnp.int32, (1, bq), 1)
     mask = _tile_mask(k_pos, q_pos, kseg_ref[...] if has_seg else None,
-                      qseg_ref[...] if has_seg else None, prob, windowed, False)
+                      qseg_ref[...] if has_seg else None, prob, windowed, False,
+                      cfg.extra_mask)
     if mask is not None:
       pt = jnp.where(mask, pt, 0.0)
     dv_acc[...] += _dot(pt.astype(do.dtype), do)
