@@ -312,14 +312,21 @@ class ClassEmbedder(nn.Module):
     return jnp.take(table, labels, axis=0)
 
 
+def _per_token(v: jax.Array) -> jax.Array:
+  """A conditioning vector (B, D), shared by every token, -> (B, 1, D); per-token (B, L, D)
+  vectors pass unchanged."""
+  return v[:, None, :] if v.ndim == 2 else v
+
+
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-  """x (B, L, D), shift/scale (B, D) -> x * (1 + scale) + shift."""
-  return x * (1 + scale[:, None, :]) + shift[:, None, :]
+  """x (B, L, D), shift/scale (B, D) or per token (B, L, D) -> x * (1 + scale) + shift."""
+  return x * (1 + _per_token(scale)) + _per_token(shift)
 
 
 class AdaLNModulation(nn.Module):
-  """c (B, Dc) -> (B, num, features): SiLU then a zero-initialised projection (adaLN-Zero),
-  so every shift, scale and gate is 0 at init."""
+  """c (B, Dc) -> (B, num, features), or per token c (B, L, Dc) -> (B, L, num, features):
+  SiLU then a zero-initialised projection (adaLN-Zero), so every shift, scale and gate is 0
+  at init."""
   num: int
   features: int
   param_dtype: Any = jnp.float32
@@ -343,6 +350,9 @@ class DiTBlock(nn.Module):
   the six vectors come from `AdaLNModulation(c)`, zero at init, so the block is the identity
   at init. Attention is non-causal over the shared MultiHeadAttention; `neighborhood`
   selects 2-D local attention; with `use_rope`, pass (B, L, 2) grid positions for 2-D RoPE.
+  c may also be per token, (B, L, Dc) (xAR: each entity has its own noise level), and `bias`
+  an additive attention bias broadcastable to (B, heads, L, L) (e.g. -inf outside a
+  block-causal mask).
   """
   num_heads: int
   head_dim: int
@@ -356,32 +366,33 @@ class DiTBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, c: jax.Array,
-               positions: jax.Array | None = None) -> jax.Array:
+               positions: jax.Array | None = None,
+               bias: jax.Array | None = None) -> jax.Array:
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     mod = AdaLNModulation(6, x.shape[-1], param_dtype=self.param_dtype, name="adaln")(c)
-    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (mod[:, i] for i in range(6))
+    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (mod[..., i, :] for i in range(6))
     h = modulate(_layer_norm(x), shift_a, scale_a)
     h = MultiHeadAttention(
         num_heads=self.num_heads, head_dim=self.head_dim, num_kv_heads=self.num_kv_heads,
         causal=False, neighborhood=self.neighborhood, implementation=self.attention_impl,
         use_rope=self.use_rope, rope_theta=self.rope_theta, param_dtype=self.param_dtype,
-        name="attn")(h, positions=positions)
-    x = x + gate_a[:, None, :] * h
+        name="attn")(h, positions=positions, bias=bias)
+    x = x + _per_token(gate_a) * h
     h = modulate(_layer_norm(x), shift_m, scale_m)
     h = SwiGLU(self.mlp_dim, param_dtype=self.param_dtype, name="mlp")(h)
-    return x + gate_m[:, None, :] * h
+    return x + _per_token(gate_m) * h
 
 
 class DiTFinalLayer(nn.Module):
-  """(B, L, D), c (B, Dc) -> (B, L, out_dim): modulate(LN(x)) by c, then a zero-initialised
-  projection (DiT), so a DiT predicts zeros at init."""
+  """(B, L, D), c (B, Dc) or per token (B, L, Dc) -> (B, L, out_dim): modulate(LN(x)) by c,
+  then a zero-initialised projection (DiT), so a DiT predicts zeros at init."""
   out_dim: int
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
     mod = AdaLNModulation(2, x.shape[-1], param_dtype=self.param_dtype, name="adaln")(c)
-    h = modulate(_layer_norm(x), mod[:, 0], mod[:, 1])
+    h = modulate(_layer_norm(x), mod[..., 0, :], mod[..., 1, :])
     return DenseGeneral((self.out_dim,), ("embed", None), use_bias=True,
                         kernel_init=nn.initializers.zeros, param_dtype=self.param_dtype,
                         name="proj")(h)

@@ -6,6 +6,9 @@ strongest trivial predictor for it. These are the ones that need no network:
 - `uniform_nll(vocab)`: the uniform law's NLL, ln V nats per token;
 - `NGram`: a count-based n-gram model (add-alpha, interpolated with lower orders) fitted on the
   same training tokens as the network, scored by per-token NLL on the same eval tokens;
+- `sample_position_prior`: each position of a sample drawn independently from the
+  same-class training images' values at that position (continuous tokens: pixel patches,
+  latents; or codes): the position-independent model of images;
 - `majority(train_answers)` / `answer_prior_accuracy`: always answer the most frequent training
   answer (per group where the answer prior depends on a key such as the task).
 
@@ -127,3 +130,23 @@ def untrained_metrics(config, batches: list[dict], seed: int) -> dict[str, float
   step = jax.jit(make_eval_step(method, jnp.float32))
   out = [step(params, b, jax.random.key(seed)) for b in batches]
   return {f"eval/{k}": v for k, v in reduce_metrics(out).items()}
+
+
+def sample_position_prior(tokens: np.ndarray, labels: np.ndarray, sample_labels: np.ndarray,
+                          rng: np.random.Generator) -> np.ndarray:
+  """Independent per-position draws from each class's training tokens.
+
+  tokens (N, L, ...) (any values: pixel patches, latents, codes) with labels (N,) ->
+  (len(sample_labels), L, ...): position l of a sample of class y is position l of a training
+  image of class y drawn uniformly, independently for every position.
+  """
+  tokens, labels = np.asarray(tokens), np.asarray(labels)
+  sample_labels = np.asarray(sample_labels)
+  out = np.zeros((len(sample_labels),) + tokens.shape[1:], tokens.dtype)
+  length = tokens.shape[1]
+  for y in np.unique(sample_labels):
+    rows = np.flatnonzero(sample_labels == y)
+    pool = tokens[labels == y]
+    pick = rng.integers(0, len(pool), size=(len(rows), length))
+    out[rows] = pool[pick, np.arange(length)]
+  return out
