@@ -232,7 +232,9 @@ def _damage(step_dir, kind):
     for marker in ("commit_success.txt", "_CHECKPOINT_METADATA"):
       os.remove(os.path.join(step_dir, marker))
   elif kind == "garbled data-iterator state":
-    for path in glob.glob(os.path.join(step_dir, "data", "process_*.json")):
+    paths = glob.glob(os.path.join(step_dir, "data", "*.json"))   # shard_K-of-S.json
+    assert paths
+    for path in paths:
       with open(path, "w") as f:
         f.write("{garbage")
 

@@ -9,6 +9,9 @@ Keys (every experiment has them under `config.data`):
                 ~/.cache/tokenlab/tfds); may be gs://...
   options       builder options of the dataset (defaults: `default_data_config(name)`)
   worker_count  grain worker processes (0 = in the main process)
+  shards        logical shards of the training stream (0 = auto, see tokenlab/data/elastic.py):
+                the global batch at step s is a function of (seed, s, shards) only, whatever
+                the number of processes; the process count must divide it
   augment       train-split image augmentations, comma-separated: '' (none), 'flip', 'crop',
                 'flip,crop'; each dataset allows those in its registry `augmentations`
 """
@@ -24,9 +27,9 @@ from tokenlab.data import registry
 from tokenlab.errors import ConfigError, nearest
 
 KEYS = ("name", "tokenizer", "vocab_size", "seq_len", "data_dir", "options", "worker_count",
-        "augment")
+        "augment", "shards")
 _DEFAULTS = {"tokenizer": "bytes", "vocab_size": 256, "seq_len": 256, "data_dir": "",
-             "worker_count": 0, "augment": ""}
+             "worker_count": 0, "augment": "", "shards": 0}
 
 
 def default_data_config(name: str) -> ml_collections.ConfigDict:
@@ -118,6 +121,8 @@ def resolve(data_cfg: Any) -> dict[str, Any]:
                         f"not allow (allowed: {allowed}); change config.data.augment")
   if out["worker_count"] < 0:
     raise ConfigError("config.data.worker_count must be >= 0 (0 = no worker processes)")
+  if out["shards"] < 0:
+    raise ConfigError(f"config.data.shards={out['shards']} must be >= 0 (0 = auto)")
   spec.load().check_options(options)
   return out
 

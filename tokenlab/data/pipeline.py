@@ -41,7 +41,8 @@ from tokenlab.data import config, registry, sources, storage
 from tokenlab.data.tokenizers import BPETokenizer, Tokenizer, get_tokenizer, tokenizer_path
 from tokenlab.errors import ConfigError, TokenlabError
 
-_ROW_SHUFFLE_WINDOW = 256  # Packed rows shuffled together (train only).
+_ROW_SHUFFLE_WINDOW = 256  # Packed rows shuffled together (train only), over all shards.
+_MIN_SHUFFLE_WINDOW = 16
 _READ = grain.ReadOptions(num_threads=2, prefetch_buffer_size=32)
 
 
@@ -281,8 +282,11 @@ def make_dataset(data_cfg: Any, *, split: str, batch_size: int, seed: int,
         ids, length_struct={k: cfg["seq_len"] for k in keys})
     ids = ids.map(_finish_row)
     if shuffle:
-      ids = grain.experimental.WindowShuffleIterDataset(
-          ids, window_size=_ROW_SHUFFLE_WINDOW, seed=seed)
+      # One stream of `process_count` (the elastic stream's shards): each fills a window of
+      # its own, so the batch draws from about _ROW_SHUFFLE_WINDOW rows in all (a window is
+      # filled before the first row comes out, on every start and restore).
+      window = max(_MIN_SHUFFLE_WINDOW, _ROW_SHUFFLE_WINDOW // process_count)
+      ids = grain.experimental.WindowShuffleIterDataset(ids, window_size=window, seed=seed)
   ids = ids.batch(batch_size, drop_remainder=False, batch_fn=PadBatch(batch_size))
   if cfg["worker_count"] > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top

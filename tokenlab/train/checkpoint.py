@@ -2,8 +2,10 @@
 
 Saving is asynchronous (training goes on while arrays are written) and atomic (orbax writes
 into a temporary directory and renames it when complete, so a half-written checkpoint is
-never restored). The grain iterator state is saved per process next to the arrays, so a
-restart resumes on exactly the next batch.
+never restored). The data iterator's state is saved next to the arrays, so a restart
+resumes on exactly the next batch: one file per logical shard for the elastic training stream
+(`tokenlab.data.elastic`: a run restores with another number of processes), else one file per
+process, as grain's own handler writes them (`DataStateHandler`).
 
 A damaged checkpoint (a truncated or garbled array file, an empty or garbled `_METADATA`, a
 step directory without orbax's commit markers, a garbled data-iterator state) is skipped by
@@ -15,8 +17,11 @@ not collide with it and orbax's `keep` never counts or removes it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import grain
@@ -44,7 +49,7 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()})
+                       "data": DataStateHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -58,7 +63,7 @@ class Checkpointer:
     asynchronous one, raises TokenlabError naming the step, the directory and the cause."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(_as_grain(data_iterator))
+      items["data"] = DataSave(_as_grain(data_iterator))
     try:
       return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
     except Exception as e:  # noqa: BLE001 (any failure to write is the same message)
@@ -93,7 +98,7 @@ class Checkpointer:
     self.check_compatible(saved, abstract_state, step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(_as_grain(data_iterator))
+      items["data"] = DataRestore(_as_grain(data_iterator))
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001
@@ -241,6 +246,106 @@ class _StateAdapter:
 
 
 def _as_grain(iterator: Any) -> Any:
-  if isinstance(iterator, (grain.DatasetIterator, grain.DataLoaderIterator)):
+  if (isinstance(iterator, (grain.DatasetIterator, grain.DataLoaderIterator))
+      or hasattr(iterator, "shard_states")):
     return iterator
   return _StateAdapter(iterator)
+
+
+# ---------------------------------------------------------------------------------------------
+# The data item of a checkpoint.
+
+_SHARD_FILE = re.compile(r"shard_(\d+)-of-(\d+)\.json$")
+
+
+class _ShardStates(Mapping):
+  """{shard id: state}, each file read when asked for (a process reads only its shards)."""
+
+  def __init__(self, files: dict[int, epath.Path]):
+    self._files = files
+
+  def __getitem__(self, shard: int) -> Any:
+    return json.loads(self._files[shard].read_text())
+
+  def __iter__(self):
+    return iter(self._files)
+
+  def __len__(self) -> int:
+    return len(self._files)
+
+
+class DataStateHandler:
+  """Orbax handler of the data-iterator item.
+
+  An elastic stream (an iterator with `shard_states()`, `tokenlab.data.elastic`) is stored as
+  one `shard_K-of-S.json` per logical shard, each written by the process that runs it, so any
+  process count that divides S can restore it. Other iterators are stored as
+  `process_I-of-N.json`, exactly as grain's handler does (and read back the same way).
+  """
+
+  def save(self, directory: epath.Path, item: Any = None, args: Any = None) -> None:
+    item = item or args.item
+    if hasattr(item, "shard_states"):
+      for shard, state in item.shard_states().items():
+        (directory / f"shard_{shard:05d}-of-{item.num_shards:05d}.json").write_text(
+            json.dumps(state))
+      return
+    if isinstance(item, grain.DatasetIterator):
+      state = json.dumps(item.get_state(), indent=1)
+    else:
+      state = item.get_state().decode()
+    (directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json").write_text(
+        state)
+
+  def restore(self, directory: epath.Path, item: Any = None, args: Any = None) -> Any:
+    item = item or args.item
+    if hasattr(item, "shard_states"):
+      files, counts = {}, set()
+      for path in directory.iterdir():
+        m = _SHARD_FILE.match(path.name)
+        if m:
+          files[int(m.group(1))] = path
+          counts.add(int(m.group(2)))
+      if len(counts) != 1:
+        raise ValueError(f"{directory} holds no per-shard data states (a checkpoint of a "
+                         f"per-process stream, or damaged); its files: "
+                         f"{sorted(p.name for p in directory.iterdir())[:6]}")
+      item.set_shard_states(counts.pop(), _ShardStates(files))
+      return item
+    filename = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if not filename.exists():
+      raise ValueError(f"{filename} does not exist (saved with another process count?)")
+    state = filename.read_text()
+    item.set_state(json.loads(state) if isinstance(item, grain.DatasetIterator)
+                   else state.encode())
+    if hasattr(item, "start_prefetch"):
+      item.start_prefetch()
+    return item
+
+  def structure(self, directory: epath.Path) -> Any:
+    return None
+
+  def metadata(self, directory: epath.Path) -> Any:
+    return None
+
+  def finalize(self, directory: epath.Path) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+  @classmethod
+  def typestr(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataSave(ocp.args.CheckpointArgs):
+  item: Any
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+  item: Any

@@ -192,9 +192,19 @@ def _default_iterators(config: ConfigDict) -> tuple[IteratorFn, IteratorFn]:
   data_lib.validate_data_config(config.data)
 
   def train_fn(batch_size, seed):
-    return data_lib.make_iterator(config.data, split="train", batch_size=batch_size, seed=seed,
-                                  process_index=jax.process_index(),
-                                  process_count=jax.process_count(), shuffle=True)
+    # The elastic stream: global batches depend on (seed, step, shards), not on the number
+    # of processes, and checkpoints restore on another process count (data/elastic.py).
+    from tokenlab.data import elastic  # pylint: disable=g-import-not-at-top
+
+    def shard(k: int, num_shards: int, rows: int):
+      return data_lib.make_iterator(config.data, split="train", batch_size=rows,
+                                    seed=elastic.shard_seed(seed, k), process_index=k,
+                                    process_count=num_shards, shuffle=True)
+
+    return elastic.sharded_iterator(
+        shard, global_batch=batch_size * jax.process_count(),
+        requested_shards=config.data.get("shards", 0), process_index=jax.process_index(),
+        process_count=jax.process_count())
 
   def eval_fn(batch_size, seed):
     return data_lib.make_iterator(config.data, split="validation", batch_size=batch_size,
