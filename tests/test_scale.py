@@ -147,3 +147,29 @@ def test_scale_cli_runs_points_and_writes_csv_and_png(tmp_path):
   png.unlink()
   assert scale.main(["--plot-only", "--out", str(out)]) == 0
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_topology_study_compiles_for_tpu_and_records_bounds(tmp_path):
+  """A compile-only point: the TPU compiler's memory per chip and the roofline bounds."""
+  with pytest.raises(ConfigError, match="do not sweep devices or mode with topology"):
+    scale.resolve_point(EXP + ":size=tiny", {"topology": "v5e:2x2", "devices": "4"}, [])
+  with pytest.raises(ConfigError, match="slice counts are integers"):
+    scale.parse_sweep("num_slices=0")
+  p = scale.resolve_point(EXP + ":size=tiny", {"topology": "v5e:2x2", "num_slices": "1"}, [])
+  assert (p["topology"], p["num_slices"], p["overrides"]) == ("v5e:2x2", 1, [])
+  out = tmp_path / "topo"
+  assert scale.main(["--config", EXP + ":size=tiny", "--sweep", "topology=v5e:2x2",
+                     "--out", str(out), "--config.model.num_layers=1"]) == 0
+  with open(out / "scaling.csv") as f:
+    (row,) = list(csv.DictReader(f))
+  assert (row["status"], row["devices"], row["topology"]) == ("ok", "4", "v5e:2x2")
+  assert row["mesh"] == '{"data": 4, "fsdp": 1, "tensor": 1}'
+  assert row["fits_hbm"] == "True" and float(row["hbm_per_device_mib"]) == 16 * 1024  # v5e
+  bound = float(row["step_time_lower_bound_ms"])
+  assert bound > 0 and row["bound_by"] in ("compute", "hbm", "ici")
+  assert 0 < float(row["mfu_upper_bound"]) <= 1
+  assert float(row["tokens_per_sec_upper_bound"]) == pytest.approx(8 * 64 / (bound / 1e3),
+                                                                   rel=1e-4)
+  assert 0 < float(row["mem_state_per_device_mib"]) < float(row["mem_peak_per_device_mib"])
+  assert row["step_time_ms"] == ""   # nothing trained
+  assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

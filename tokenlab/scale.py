@@ -14,6 +14,12 @@ the real trainer (`tokenlab.train.loop.train`), or of the explicit data-parallel
   (-1 counts as 1).
 * `model.size=...` (or `size=...`, `arg.K=...`, any key without a dot): the experiment's
   `:K=value` argument, e.g. `:size=tiny`.
+* `topology=v5e:2x2,v5e:4x4,...` (and optionally `num_slices=1,2`): a compile-only study for
+  TPU pods without a TPU: each point compiles the real train step for that libtpu topology
+  with the TPU compiler (`tokenlab plan --topology`) and records per-chip memory, whether it
+  fits HBM, and the roofline bounds (step-time lower bound, MFU and tokens/s upper bounds,
+  from published chip figures: estimates, not measurements). Nothing trains; `--steps` is
+  ignored. Combine with model or mesh sweeps (mesh shape x model size -> memory per chip).
 * `mode=jit|fsdp|dp_shard_map`: `jit` (default) runs the config's mesh as given; `fsdp`
   reshapes the point's devices into `fsdp=-1` (every other axis 1); `dp_shard_map` runs
   replicated parameters with one gradient psum. `--compare` = `--sweep mode=fsdp,dp_shard_map`.
@@ -46,7 +52,11 @@ CSV_FIELDS = ("name", "mode", "devices", "mesh", "status", "num_params", "global
               "seq_len", "tokens_per_step", "step_time_ms", "step_time_best_ms", "tokens_per_sec",
               "mfu",
               "final_loss", "mem_peak_per_device_mib", "mem_temp_per_device_mib",
-              "mem_state_per_device_mib", "max_rss_mib", "compile_sec", "wall_sec", "error")
+              "mem_state_per_device_mib", "max_rss_mib", "compile_sec", "wall_sec",
+              # compile-only topology points (estimates from published chip figures)
+              "hbm_per_device_mib", "fits_hbm", "step_time_lower_bound_ms", "bound_by",
+              "mfu_upper_bound", "tokens_per_sec_upper_bound", "error")
+COMPILE_ONLY_KEYS = ("topology", "num_slices")
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -60,6 +70,8 @@ def parse_sweep(item: str) -> tuple[str, list[str]]:
   vals = [v.strip() for v in values.split(",") if v.strip()]
   if not sep or not key or not vals:
     raise ConfigError(f"--sweep '{item}' must look like KEY=v1,v2 (e.g. mesh.data=1,2,4)")
+  if key == "num_slices" and not all(v.isdigit() and int(v) >= 1 for v in vals):
+    raise ConfigError(f"--sweep num_slices={values}: slice counts are integers >= 1")
   if key == "mode":
     for v in vals:
       if v not in MODES:
@@ -68,8 +80,8 @@ def parse_sweep(item: str) -> tuple[str, list[str]]:
 
 
 def _is_arg_key(key: str) -> bool:
-  return key == "model.size" or key.startswith("arg.") or ("." not in key and
-                                                           key not in ("devices", "mode"))
+  return key == "model.size" or key.startswith("arg.") or (
+      "." not in key and key not in ("devices", "mode", *COMPILE_ONLY_KEYS))
 
 
 def _arg_name(key: str) -> str:
@@ -108,16 +120,22 @@ def resolve_point(config_spec: str, values: dict[str, str], overrides: list[str]
   from tokenlab.config import load_config
   arg_updates = {_arg_name(k): v for k, v in values.items() if _is_arg_key(k)}
   spec = merge_arg(config_spec, arg_updates)
-  point_overrides = list(overrides) + [f"--config.{k}={v}" for k, v in values.items()
-                                       if not _is_arg_key(k) and k not in ("devices", "mode")]
+  point_overrides = list(overrides) + [
+      f"--config.{k}={v}" for k, v in values.items()
+      if not _is_arg_key(k) and k not in ("devices", "mode", *COMPILE_ONLY_KEYS)]
   config = load_config(spec, point_overrides)
   mesh = {str(k): int(v) for k, v in dict(config.mesh).items()}
   mode = values.get("mode", "jit")
-  if "devices" in values:
+  if "topology" in values:
+    if "devices" in values or mode != "jit":
+      raise ConfigError("a topology point compiles for that topology's chips: do not sweep "
+                        "devices or mode with topology")
+    devices = 0   # the topology's chip count, filled in by the point's run
+  elif "devices" in values:
     devices = int(values["devices"])
   else:
     devices = _mesh_devices(mesh)
-  if devices < 1:
+  if devices < 1 and "topology" not in values:
     raise ConfigError(f"sweep point {values}: device count must be >= 1")
   if mode == "fsdp":
     if "fsdp" not in mesh:
@@ -126,7 +144,8 @@ def resolve_point(config_spec: str, values: dict[str, str], overrides: list[str]
   name = "_".join(f"{k.split('.')[-1]}{v}" for k, v in values.items()) or "point"
   name = re.sub(r"[^A-Za-z0-9_.=-]", "-", name)
   return {"name": name, "values": values, "spec": spec, "overrides": point_overrides,
-          "devices": devices, "mode": mode}
+          "devices": devices, "mode": mode, "topology": values.get("topology", ""),
+          "num_slices": int(values.get("num_slices", 1))}
 
 
 # ----------------------------------------------------------------------------- child
@@ -201,7 +220,34 @@ def _child(point_path: str) -> int:
   return 0 if out["status"] == "ok" else 1
 
 
+def _run_topology_point(point: dict[str, Any]) -> dict[str, Any]:
+  """Compiles the train step for the point's TPU topology; memory and roofline bounds."""
+  from tokenlab.config import load_config
+  from tokenlab.plan import make_plan
+
+  config = load_config(point["spec"], list(point["overrides"]))
+  plan = make_plan(config, None, top=0, topology=point["topology"],
+                   num_slices=point["num_slices"])
+  pd, roof = plan["per_device"], plan["roofline"]
+  (chip, fit), = plan["fits"].items()
+  seq_len = int(config.data.get("seq_len", 1))
+  tokens = config.train.batch_size * seq_len
+  bound = roof["step_time_lower_bound_s"]
+  return {"devices": plan["devices"], "mesh": json.dumps(plan["mesh"]),
+          "num_params": plan["num_params"], "global_batch": config.train.batch_size,
+          "seq_len": seq_len, "tokens_per_step": tokens, "compile_sec": plan["compile_sec"],
+          "mem_peak_per_device_mib": pd["peak"] / 2**20,
+          "mem_temp_per_device_mib": pd["xla_temp"] / 2**20,
+          "mem_state_per_device_mib": (pd["params"] + pd["opt_state"]) / 2**20,
+          "hbm_per_device_mib": fit["hbm_bytes"] / 2**20, "fits_hbm": fit["fits"],
+          "step_time_lower_bound_ms": 1e3 * bound, "bound_by": roof["bound_by"],
+          "mfu_upper_bound": roof["mfu_upper_bound"],
+          "tokens_per_sec_upper_bound": tokens / bound if bound > 0 else float("nan")}
+
+
 def _run_point_here(point: dict[str, Any]) -> dict[str, Any]:
+  if point.get("topology"):
+    return _run_topology_point(point)
   import jax
   import numpy as np
 
@@ -288,7 +334,8 @@ def run_point(point: dict[str, Any], out_dir: str, timeout: float) -> dict[str, 
   with open(os.path.join(pdir, "point.json"), "w") as f:
     json.dump(point, f, indent=2)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = _with_device_count(env.get("XLA_FLAGS", ""), point["devices"])
+  # A topology point compiles for libtpu's topology devices: one host device is enough.
+  env["XLA_FLAGS"] = _with_device_count(env.get("XLA_FLAGS", ""), point["devices"] or 1)
   for k in ("TOKENLAB_COORDINATOR", "TOKENLAB_NUM_PROCESSES", "TOKENLAB_PROCESS_ID"):
     env.pop(k, None)
   row: dict[str, Any] = {"name": point["name"], "mode": point["mode"],
@@ -336,13 +383,26 @@ def read_csv(path: str) -> list[dict[str, Any]]:
     return list(csv.DictReader(f))
 
 
+TRAIN_PANELS = [("step_time_ms", "step time (ms)"), ("tokens_per_sec", "tokens / s"),
+                ("mfu", "MFU (vs measured host matmul peak)"),
+                ("mem_peak_per_device_mib", "XLA peak memory per device (MiB)")]
+TOPOLOGY_PANELS = [("step_time_lower_bound_ms", "step time, lower bound (ms; estimate)"),
+                   ("tokens_per_sec_upper_bound", "tokens / s, upper bound (estimate)"),
+                   ("mfu_upper_bound", "MFU upper bound (estimate)"),
+                   ("mem_peak_per_device_mib", "TPU-compiler peak memory per chip (MiB)")]
+
+
 def plot(rows: list[dict[str, Any]], path: str, sweep_keys: list[str], title: str = "") -> str:
-  """2x2 PNG: step time, tokens/s, MFU, per-device peak memory vs devices, a line per group."""
+  """2x2 PNG against devices (chips), a line per group: step time, tokens/s, MFU, per-device
+  peak memory; for a topology study their roofline bounds and the TPU compiler's memory, with
+  the chip's HBM as a dashed line."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  group_keys = [k for k in sweep_keys if k != "devices" and not k.startswith("mesh.")]
+  topo = "topology" in sweep_keys
+  group_keys = [k for k in sweep_keys if k not in ("devices", "topology")
+                and not k.startswith("mesh.")]
   if "mode" not in group_keys and len({r["mode"] for r in rows}) > 1:
     group_keys.append("mode")
   ok = [r for r in rows if r.get("status") == "ok"]
@@ -351,9 +411,7 @@ def plot(rows: list[dict[str, Any]], path: str, sweep_keys: list[str], title: st
     label = ", ".join(f"{k.split('.')[-1]}={r.get(k, r.get(k.split('.')[-1], ''))}"
                       for k in group_keys) or r["mode"]
     groups.setdefault(label, []).append(r)
-  panels = [("step_time_ms", "step time (ms)"), ("tokens_per_sec", "tokens / s"),
-            ("mfu", "MFU (vs measured host matmul peak)"),
-            ("mem_peak_per_device_mib", "XLA peak memory per device (MiB)")]
+  panels = TOPOLOGY_PANELS if topo else TRAIN_PANELS
   fig, axes = plt.subplots(2, 2, figsize=(11, 8))
   devices = sorted({int(r["devices"]) for r in ok})
   for ax, (key, label) in zip(axes.flat, panels):
@@ -361,11 +419,18 @@ def plot(rows: list[dict[str, Any]], path: str, sweep_keys: list[str], title: st
     for name, rs in sorted(groups.items()):
       rs = sorted(rs, key=lambda r: int(r["devices"]))
       xs = [int(r["devices"]) for r in rs]
-      ys = [_float(r.get(key)) * (100 if key == "mfu" else 1) for r in rs]
+      ys = [_float(r.get(key)) * (100 if key.startswith("mfu") else 1) for r in rs]
       values += [y for y in ys if y == y and y > 0]
       ax.plot(xs, ys, marker="o", label=name)
-    ax.set_xlabel("devices")
-    ax.set_ylabel(label + (" (%)" if key == "mfu" else ""))
+    if topo and key.startswith("mem"):
+      hbm = sorted({_float(r.get("hbm_per_device_mib")) for r in ok})
+      for h in hbm:
+        ax.axhline(h, color="gray", linestyle="--", linewidth=1)
+      if hbm:
+        ax.text(devices[0], hbm[-1], " HBM per chip", va="bottom", fontsize=8)
+      values += hbm
+    ax.set_xlabel("TPU chips" if topo else "devices")
+    ax.set_ylabel(label + (" (%)" if key.startswith("mfu") else ""))
     if len(devices) > 1:
       ax.set_xscale("log", base=2)
     ax.set_xticks(devices, [str(d) for d in devices])
@@ -418,7 +483,10 @@ def main(argv: list[str]) -> int:
   keys = [k for k, _ in sweeps]
   if len(set(keys)) != len(keys):
     raise ConfigError(f"a key is swept twice in {keys}; give each key one --sweep")
-  if args.steps < 2:
+  topology_study = any(k in COMPILE_ONLY_KEYS for k in keys)
+  if topology_study and "topology" not in keys:
+    raise ConfigError("--sweep num_slices needs --sweep topology=... too")
+  if args.steps < 2 and not topology_study:
     raise ConfigError("--steps must be at least 2 (the first step is not timed)")
   spec = config_lib.resolve_experiment(args.config)
   points = [resolve_point(spec, values, overrides) for values in expand(sweeps)]
@@ -427,11 +495,18 @@ def main(argv: list[str]) -> int:
   rows = []
   for i, point in enumerate(points):
     point.update(steps=args.steps, log_every=log_every, data=args.data)
-    print(f"[{i + 1}/{len(points)}] {point['name']}: {point['devices']} devices, mode "
-          f"{point['mode']}, {point['spec']} {' '.join(point['overrides'])}", flush=True)
+    where = (f"topology {point['topology']} x {point['num_slices']} slices, compile only"
+             if point["topology"] else f"{point['devices']} devices, mode {point['mode']}")
+    print(f"[{i + 1}/{len(points)}] {point['name']}: {where}, {point['spec']} "
+          f"{' '.join(point['overrides'])}", flush=True)
     row = run_point(point, args.out, args.timeout)
     rows.append(row)
-    if row.get("status") == "ok":
+    if row.get("status") == "ok" and point["topology"]:
+      print(f"    {row['devices']} chips, peak {row['mem_peak_per_device_mib']:.0f} MiB/chip "
+            f"(HBM {row['hbm_per_device_mib']:.0f}, fits {row['fits_hbm']}), step >= "
+            f"{row['step_time_lower_bound_ms']:.3g} ms ({row['bound_by']}-bound), MFU <= "
+            f"{100 * row['mfu_upper_bound']:.0f}% (estimates)", flush=True)
+    elif row.get("status") == "ok":
       print(f"    step {row['step_time_ms']:.1f} ms, {row['tokens_per_sec']:.0f} tokens/s, "
             f"MFU {100 * row['mfu']:.1f}%, peak {row['mem_peak_per_device_mib']:.1f} MiB/device"
             f", loss {row['final_loss']:.4f}", flush=True)
@@ -440,7 +515,8 @@ def main(argv: list[str]) -> int:
   csv_path = os.path.join(args.out, "scaling.csv")
   write_csv(rows, csv_path, keys)
   png = plot(rows, os.path.join(args.out, "scaling.png"), keys,
-             title=f"{args.config}, {args.steps} steps, {args.data} data")
+             title=(f"{args.config}: compiled for TPU topologies (libtpu), roofline estimates"
+                    if topology_study else f"{args.config}, {args.steps} steps, {args.data} data"))
   print(f"wrote {csv_path} and {png}")
   return 0 if all(r.get("status") == "ok" for r in rows) else 1
 
