@@ -23,29 +23,10 @@ import jax.numpy as jnp
 
 
 def plain_jnp_tome(x: jax.Array, metric: jax.Array, r: int) -> tuple[jax.Array, jax.Array]:
-  """The peer: ToMe's merge.py written directly in jax.numpy (scores materialised)."""
-  b = x.shape[0]
-  m = metric / jnp.linalg.norm(metric, axis=-1, keepdims=True)
-  ma, mb = m[:, ::2], m[:, 1::2]
-  scores = ma @ jnp.swapaxes(mb, 1, 2)
-  node_max = scores.max(axis=-1)
-  node_idx = scores.argmax(axis=-1)
-  edge_idx = jnp.argsort(-node_max, axis=-1)
-  unm_idx, src_idx = edge_idx[:, r:], edge_idx[:, :r]
-  dst_idx = jnp.take_along_axis(node_idx, src_idx, axis=1)
-  rows = jnp.arange(b)[:, None]
-  size = jnp.ones(x.shape[:2] + (1,), x.dtype)
-
-  def merge(t):
-    src, dst = t[:, ::2], t[:, 1::2]
-    unm = jnp.take_along_axis(src, unm_idx[..., None], axis=1)
-    moved = jnp.take_along_axis(src, src_idx[..., None], axis=1)
-    dst = dst.at[rows, dst_idx].add(moved)
-    return jnp.concatenate([unm, dst], axis=1)
-
-  merged = merge(x * size)
-  sizes = merge(size)
-  return merged / sizes, sizes[..., 0]
+  """The peer: ToMe's merge.py written directly in jax.numpy (scores materialised); it lives
+  in tokenlab.nn.token_reduction as `plain_tome_merge` (the ViT's "plain" path uses it too)."""
+  from tokenlab.nn.token_reduction import plain_tome_merge
+  return plain_tome_merge(x, metric, r)
 
 
 def _time(fn, args, repeats: int) -> list[float]:

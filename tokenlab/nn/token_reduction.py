@@ -31,11 +31,12 @@ import numpy as np
 from tokenlab.errors import TokenlabError
 from tokenlab.kernels.token_merge import (bipartite_soft_matching, merge_by_boundaries,
                                           merge_tokens)
+from tokenlab.kernels.token_merge.reference import effective_r
 from tokenlab.nn.attention import dot_product_attention
 from tokenlab.nn.layers import DenseGeneral
 
 __all__ = ["proportional_attention_bias", "compose_group_ids", "ToMeBlock", "ToMeEncoder",
-           "parse_r", "attention_logits", "attention_probs", "keep_top_k", "prune_by_attention",
+           "parse_r", "decreasing_r", "token_counts", "plain_tome_merge", "REDUCTIONS", "attention_logits", "attention_probs", "keep_top_k", "prune_by_attention",
            "pagerank", "pagerank_importance", "aim_retain_schedule", "retain_count", "aim_prune",
            "tome_reduce", "random_prune", "avg_pool_tokens"]
 
@@ -55,16 +56,83 @@ def proportional_attention_bias(sizes: jax.Array | None) -> jax.Array | None:
 
 
 def compose_group_ids(group_ids: jax.Array, later: jax.Array) -> jax.Array:
-  """Group of each original token after a second merge: (B, N) ids into (B, M) ids -> (B, N)."""
-  return jnp.take_along_axis(later, group_ids, axis=1)
+  """Group of each original token after a second merge: (B, N) ids into (B, M) ids -> (B, N).
+
+  An id of -1 (a token pruned away) stays -1, and `later` may map tokens to -1 (pruned now).
+  """
+  out = jnp.take_along_axis(later, jnp.maximum(group_ids, 0), axis=1)
+  return jnp.where(group_ids >= 0, out, -1)
+
+
+def kept_to_group_ids(kept: jax.Array, n: int) -> jax.Array:
+  """Pruning as a grouping: kept indices (B, M) of n tokens -> (B, n) ids in [0, M), -1 if
+  dropped, so `compose_group_ids` traces pruned tokens like merged ones."""
+  b, m = kept.shape
+  rows = jnp.arange(b)[:, None]
+  return jnp.full((b, n), -1, jnp.int32).at[rows, kept].set(
+      jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), (b, m)))
+
+
+REDUCTIONS = ("tome", "random", "attention")
+
+
+def plain_tome_merge(x: jax.Array, metric: jax.Array, r: int, *, sizes: jax.Array | None = None,
+                     protected: int = 0) -> tuple[jax.Array, jax.Array]:
+  """ToMe's merge.py (bipartite_soft_matching + merge_wavg) written directly in jax.numpy.
+
+  The peer of the fused kernel (`tokenlab bench token_merge`, `tokenlab bench vit_tome`): the
+  A x B score matrix is materialised, then max/argmax, a full argsort and a scatter-add. As in
+  ToMe, the output order is [unmerged A tokens, B tokens] (not the original order), and with
+  `protected=1` (ToMe's class_token) A row 0 never merges and the unmerged A tokens are sorted
+  so the class token stays first. r is clamped to (N - protected) // 2.
+
+  x (B, N, D), metric (B, N, C), sizes (B, N) or None -> (merged (B, N - r, D), sizes
+  (B, N - r)).
+  """
+  if protected not in (0, 1):
+    raise TokenlabError(f"plain_tome_merge protects a class token only (protected 0 or 1), "
+                        f"got {protected}; use bipartite_soft_matching for more")
+  b, n, _ = x.shape
+  r = min(int(r), (n - protected) // 2)
+  size = (jnp.ones((b, n, 1), x.dtype) if sizes is None
+          else sizes.reshape(b, n, 1).astype(x.dtype))
+  if r <= 0:
+    return x, size[..., 0]
+  metric = jax.lax.stop_gradient(metric)
+  m = metric / jnp.linalg.norm(metric, axis=-1, keepdims=True)
+  ma, mb = m[:, ::2], m[:, 1::2]
+  scores = ma @ jnp.swapaxes(mb, 1, 2)
+  if protected:
+    scores = scores.at[:, 0, :].set(-jnp.inf)
+  node_max = scores.max(axis=-1)
+  node_idx = scores.argmax(axis=-1)
+  edge_idx = jnp.argsort(-node_max, axis=-1)
+  unm_idx, src_idx = edge_idx[:, r:], edge_idx[:, :r]
+  if protected:
+    unm_idx = jnp.sort(unm_idx, axis=-1)
+  dst_idx = jnp.take_along_axis(node_idx, src_idx, axis=1)
+  rows = jnp.arange(b)[:, None]
+
+  def merge(t):
+    src, dst = t[:, ::2], t[:, 1::2]
+    unm = jnp.take_along_axis(src, unm_idx[..., None], axis=1)
+    moved = jnp.take_along_axis(src, src_idx[..., None], axis=1)
+    dst = dst.at[rows, dst_idx].add(moved)
+    return jnp.concatenate([unm, dst], axis=1)
+
+  merged = merge(x * size)
+  new_sizes = merge(size)
+  return merged / new_sizes, new_sizes[..., 0]
 
 
 class ToMeBlock(nn.Module):
   """Pre-norm ViT block with ToMe between attention and MLP.
 
-  (B, N, D), sizes (B, N) or None -> (B, N - r', D), sizes (B, N - r'), plan (None if no
-  merge), where r' = min(r, (N - protected) // 2). The similarity metric is the attention
-  keys averaged over heads, as in ToMe.
+  (B, N, D), sizes (B, N) or None -> (B, N - r', D), sizes (B, N - r'), plan, where
+  r' = min(r, (N - protected) // 2). The similarity metric is the attention keys averaged over
+  heads, as in ToMe. `plan` is the MergePlan (reduction "tome"), the kept indices (B, N - r')
+  int32 (pruning), or None (nothing removed, or implementation "plain", which traces no
+  sources).
 
   Attributes:
     num_heads: attention heads (D must divide).
@@ -72,12 +140,21 @@ class ToMeBlock(nn.Module):
     r: tokens merged away in this block.
     protected: leading tokens that never merge (1 for a class token).
     prop_attn: add log(size) to the attention logits (ToMe's proportional attention).
+    reduction: "tome" (merge), or the baselines at equal token counts: "random" (drop r'
+      random unprotected tokens; needs the flax rng stream "reduction") and "attention" (keep
+      the tokens the class token attends to most, averaged over heads: EViT's score; the
+      scores recompute q k^T, so this arm pays one extra logits product).
+    implementation: the token_merge implementation (None: best for the backend: the fused
+      Pallas kernels on GPU/TPU, the jnp reference on CPU; or "reference" / "pallas_gpu" /
+      "pallas_tpu"), or "plain" (`plain_tome_merge`, ToMe's merge.py in jnp).
   """
   num_heads: int
   mlp_dim: int
   r: int = 0
   protected: int = 1
   prop_attn: bool = True
+  reduction: str = "tome"
+  implementation: str | None = None
   param_dtype: Any = jnp.float32
 
   @nn.compact
@@ -86,6 +163,9 @@ class ToMeBlock(nn.Module):
     if d % self.num_heads:
       raise TokenlabError(f"width {d} is not divisible by num_heads={self.num_heads}; "
                           "pick num_heads dividing the width")
+    if self.reduction not in REDUCTIONS:
+      raise TokenlabError(f"unknown reduction '{self.reduction}'; use one of "
+                          f"{', '.join(REDUCTIONS)}")
     hd = d // self.num_heads
     h = nn.LayerNorm(param_dtype=self.param_dtype, name="attn_norm")(x)
     qkv = lambda name: DenseGeneral((self.num_heads, hd), ("embed", "heads", "head_dim"),
@@ -96,12 +176,21 @@ class ToMeBlock(nn.Module):
     x = x + DenseGeneral((d,), ("heads", "head_dim", "embed"), in_dims=2, use_bias=True,
                          param_dtype=self.param_dtype, name="out")(a)
     plan = None
-    if self.r > 0:
-      plan = bipartite_soft_matching(k.mean(axis=2), self.r, protected=self.protected)
-      if plan.num_out < n:
-        x, sizes = merge_tokens(x, plan, sizes)
+    r = effective_r(n, self.r, self.protected) if self.r > 0 else 0
+    if r > 0 and self.reduction == "tome" and self.implementation == "plain":
+      x, sizes = plain_tome_merge(x, k.mean(axis=2), r, sizes=sizes, protected=self.protected)
+    elif r > 0 and self.reduction == "tome":
+      plan = bipartite_soft_matching(k.mean(axis=2), r, protected=self.protected,
+                                     implementation=self.implementation)
+      x, sizes = merge_tokens(x, plan, sizes, implementation=self.implementation)
+    elif r > 0:
+      if self.reduction == "random":
+        x, plan = random_prune(x, n - r, self.make_rng("reduction"), protected=self.protected)
       else:
-        plan = None
+        probs = attention_probs(q, k, bias=bias)
+        x, plan = prune_by_attention(x, probs, n - r, protected=self.protected, score="cls")
+      if sizes is not None:
+        sizes = jnp.take_along_axis(sizes, plan, axis=1)
     h = nn.LayerNorm(param_dtype=self.param_dtype, name="mlp_norm")(x)
     h = DenseGeneral((self.mlp_dim,), ("embed", "mlp"), use_bias=True,
                      param_dtype=self.param_dtype, name="mlp_in")(h)
@@ -120,11 +209,35 @@ def parse_r(num_layers: int, r: int | Sequence[int]) -> list[int]:
   return r
 
 
+def decreasing_r(num_layers: int, r: int, inflect: float = -0.5) -> list[int]:
+  """ToMe's (r, inflection) schedule (`tome/utils.py: parse_r`): r per layer on a line with
+  mean about r, from int(r (1 - inflect)) at the first layer to 2 r - that at the last;
+  inflect < 0 merges more early (decreasing), 0 is constant, > 0 increasing."""
+  lo = int(r * (1.0 - inflect))
+  hi = 2 * r - lo
+  if num_layers == 1:
+    return [lo]
+  step = (hi - lo) / (num_layers - 1)
+  return [int(lo + step * i) for i in range(num_layers)]
+
+
+def token_counts(num_tokens: int, rs: Sequence[int], protected: int = 1) -> list[int]:
+  """Tokens leaving each layer under a schedule (r clamped per layer as ToMe does); merging
+  and the pruning baselines remove the same counts."""
+  out, n = [], num_tokens
+  for r in rs:
+    n -= effective_r(n, int(r), protected) if r > 0 else 0
+    out.append(n)
+  return out
+
+
 class ToMeEncoder(nn.Module):
   """A stack of ToMeBlocks with size tracking and composed group ids.
 
   (B, N, D) -> x (B, M, D), sizes (B, M), group_ids (B, N) in [0, M): `unmerge(x, group_ids)`
-  gives every input token its final merged vector (ToMe's source tracing, as ids).
+  gives every input token its final merged vector (ToMe's source tracing, as ids). With a
+  pruning `reduction` a dropped token's id is -1; with implementation "plain" group_ids is
+  None (ToMe's reordering is not traced).
   """
   num_layers: int
   num_heads: int
@@ -132,6 +245,8 @@ class ToMeEncoder(nn.Module):
   r: Any = 0  # int, or one int per layer
   protected: int = 1
   prop_attn: bool = True
+  reduction: str = "tome"
+  implementation: str | None = None
   param_dtype: Any = jnp.float32
 
   @nn.compact
@@ -140,11 +255,16 @@ class ToMeEncoder(nn.Module):
     group_ids = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
     sizes = None
     for i, r in enumerate(parse_r(self.num_layers, self.r)):
+      m = x.shape[1]
       x, sizes, plan = ToMeBlock(self.num_heads, self.mlp_dim, r=r, protected=self.protected,
-                                 prop_attn=self.prop_attn, param_dtype=self.param_dtype,
-                                 name=f"block_{i}")(x, sizes)
-      if plan is not None:
-        group_ids = compose_group_ids(group_ids, plan.group_ids)
+                                 prop_attn=self.prop_attn, reduction=self.reduction,
+                                 implementation=self.implementation,
+                                 param_dtype=self.param_dtype, name=f"block_{i}")(x, sizes)
+      if plan is None and x.shape[1] < m:   # the plain path: no source tracing
+        group_ids = None
+      elif plan is not None and group_ids is not None:
+        later = (plan.group_ids if self.reduction == "tome" else kept_to_group_ids(plan, m))
+        group_ids = compose_group_ids(group_ids, later)
     if sizes is None:
       sizes = jnp.ones(x.shape[:2], jnp.float32)
     x = nn.LayerNorm(param_dtype=self.param_dtype, name="final_norm")(x)
