@@ -27,6 +27,8 @@ def main(argv: list[str], *, prog: str = "tokenlab bench trainer", default: str 
   parser.add_argument("--log_every", type=int, default=10)
   parser.add_argument("--peak_size", type=int, default=2048,
                       help="n of the n x n x n float32 matmul that measures the peak")
+  parser.add_argument("--peak_dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="dtype of the peak matmul (bfloat16 on accelerators)")
   parser.add_argument("--json", default="", help="also write the results to this file")
   args, overrides = parser.parse_with_overrides(argv)
 
@@ -41,11 +43,11 @@ def main(argv: list[str], *, prog: str = "tokenlab bench trainer", default: str 
                "--config.checkpoint.async_save=false", "--config.train.progress=false",
                *overrides]
   config = load_config(args.config, overrides)
-  peak_before = measure_matmul_peak(args.peak_size)
+  peak_before = measure_matmul_peak(args.peak_size, dtype=args.peak_dtype)
   with tempfile.TemporaryDirectory() as workdir:
     train(config, workdir)
     metrics = read_metrics(workdir)
-  peak_after = measure_matmul_peak(args.peak_size)
+  peak_after = measure_matmul_peak(args.peak_size, dtype=args.peak_dtype)
   peak = max(peak_before, peak_after)
   rows = [r for r in metrics if "perf/steps_per_sec" in r]
   flops_step = next(r["perf/flops_per_step"] for r in metrics if "perf/flops_per_step" in r)
@@ -77,7 +79,8 @@ def main(argv: list[str], *, prog: str = "tokenlab bench trainer", default: str 
   print(f"  examples/s (steady state)    {steps_s * batch:12.1f}")
   print(f"  model FLOP/s                 {model_flops_s / 1e9:12.2f} GFLOP/s "
         f"({result['flops_source']})")
-  print(f"  peer: {args.peak_size}^3 f32 matmul {peak / 1e9:12.2f} GFLOP/s (best of before/after: "
+  print(f"  peer: {args.peak_size}^3 {args.peak_dtype} matmul {peak / 1e9:12.2f} GFLOP/s "
+        f"(best of before/after: "
         f"{peak_before / 1e9:.1f}, {peak_after / 1e9:.1f})")
   print(f"  MFU = ratio                  {100 * mfu:11.1f} %")
   if args.json:
