@@ -14,21 +14,13 @@ for each: linear cost in the number of tokens N gives the token ratio (16 from 1
 
 from __future__ import annotations
 
-import argparse
 import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from tokenlab.argparsing import Parser
-
-
-def _ints(text: str) -> list[int]:
-  try:
-    return [int(x) for x in text.split(",") if x]
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"'{text}': pass comma-separated ints") from None
+from tokenlab.bench.windowed_attention import _fwd_bwd, _ints
 
 
 def _parser() -> Parser:
@@ -46,12 +38,6 @@ def _parser() -> Parser:
   p.add_argument("--implementation", default=None,
                  help="ours: reference | pallas_gpu | pallas_tpu (default: by backend)")
   return p
-
-
-def _fwd_bwd(attn: Callable) -> Callable:
-  def loss(q, k, v):
-    return jnp.sum(attn(q, k, v).astype(jnp.float32) ** 2)
-  return jax.grad(loss, argnums=(0, 1, 2))
 
 
 def _best(fns: dict, inputs: dict, repeats: int) -> dict:

@@ -66,6 +66,7 @@ from tokenlab.registry import register_method
 
 ATTENTIONS = ("dense", "neighborhood")
 T_SAMPLING = ("uniform", "logit_normal")
+TIME_SCALE = 1000.0
 
 
 @dataclasses.dataclass
@@ -154,6 +155,9 @@ class Clear(Method):
     """x (B, H, W, C) in [-1, 1] scale, t (B,), labels (B,) -> velocity (B, H, W, C)
     (and, with `capture`, the attention outputs of every block)."""
     module = self.teacher if teacher else self.module
+    # DiT's timestep scale (0..1000): the sin-cos frequencies of the timestep embedding
+    # barely move over t in [0, 1] (a pilot teacher fed t itself ignored the class).
+    t = TIME_SCALE * t
     if not capture:
       return module.apply({"params": dit_params}, x, t, labels, drop_labels=drop)
     v, state = module.apply({"params": dit_params}, x, t, labels, drop_labels=drop,
