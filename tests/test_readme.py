@@ -125,6 +125,9 @@ def _shrink(argv: list[str], tmp: str):
                    ["--config", "experiments/transformer_lm.py:size=tiny"])
   if sub in ("train", "plot", "plan", "data", "grow"):
     return argv
+  if argv[1:3] == ["bench", "clear_attention"]:
+    return argv + ["--grids", "4,8", "--radius", "2", "--d-model", "16", "--heads", "2",
+                   "--repeats", "1", "--cases", "forward"]
   if argv[1:3] == ["bench", "gpu"]:   # needs a GPU; tests/test_bench_gpu.py runs --smoke
     return argv + ["--help"]
   if argv[1:3] == ["bench", "trainer"]:
