@@ -29,7 +29,7 @@ SIZES = {
 SCHEDULES = {
     #        teacher (steps, lr)  student (steps, lr)
     "tiny": ((4, 1e-3), (3, 1e-3)),
-    "small": ((800, 2e-3), (200, 1e-3)),
+    "small": ((2000, 2e-3), (200, 1e-3)),
     "base": ((100_000, 3e-4), (10_000, 1e-4)),   # student: the paper's 10K iterations, lr 1e-4
 }
 # Every student parameter that is not in an attention module (and the frozen teacher).

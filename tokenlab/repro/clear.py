@@ -6,9 +6,13 @@ only) with CLEAR's distillation losses generates about as well as its dense-atte
 teacher; the distillation terms beat fine-tuning with the flow-matching loss alone, and a
 larger window does better than a smaller one.
 
-Setup, per seed (experiments/clear.py, size=small, 8 x 8 digits, 1,617 training images, one
-pixel per token: an 8 x 8 token grid; a 3-layer d = 32 class-conditional flow DiT):
-  teacher          dense attention, trained from scratch (experiments/clear.py stage=teacher);
+Setup (experiments/clear.py, size=small, 8 x 8 digits, 1,617 training images, one pixel per
+token: an 8 x 8 token grid; a 3-layer d = 32 class-conditional flow DiT):
+  teacher          dense attention, trained from scratch (experiments/clear.py stage=teacher,
+                   2,000 steps), ONCE, with seed 0, and shared by all seeds: the paper starts
+                   from one pre-trained model, so the seeds vary what CLEAR does (the
+                   students' fine-tuning and the sampling noise), not the teacher;
+and per seed:
   CLEAR r=R        circular local attention of radius R (r = 2: at most 9 of 64 keys, r = 3:
                    at most 25), started from the teacher, only q/k/v/out trained, with
                    L = L_fm + 0.5 MSE(prediction, teacher) + 0.5 MSE(attention outputs);
@@ -30,6 +34,8 @@ class accuracy (0.1, ten classes).
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -163,7 +169,12 @@ def run_seed(ctx: Context) -> Trial:
   with compile_cache(ctx.out("jax_cache")):
     # The scores below replace the trainer's own eval (one compile less per arm).
     no_eval = lambda batch_size, seed: iter(())
-    ctx.train(f"{EXPERIMENT}:size={size},stage=teacher", "teacher", quick, eval_iter_fn=no_eval)
+    # One pre-trained teacher for every seed (the paper starts from one pre-trained DiT):
+    # trained once, with seed 0, in WORKDIR/teacher; later seeds reuse the finished run.
+    teacher_dir = ctx.out("teacher")
+    ctx.train(f"{EXPERIMENT}:size={size},stage=teacher", os.path.relpath(teacher_dir,
+                                                                        ctx.workdir),
+              [*quick, "--config.seed=0"], eval_iter_fn=no_eval)
     # --quick trains the teacher only (a smoke test of the pipeline in seconds; the student's
     # init_from / freeze / distillation path has its own unit tests in tests/test_clear.py).
     students = [] if ctx.quick else (
@@ -171,7 +182,7 @@ def run_seed(ctx: Context) -> Trial:
     for arm, r, distill in students:
       folder = f"student_r{r}_{'distill' if distill else 'fm'}"
       ctx.train(f"{EXPERIMENT}:size={size},stage=student,radius={r},distill={distill}", folder,
-                [f"--config.train.init_from={ctx.path('teacher')}", *quick],
+                [f"--config.train.init_from={teacher_dir}", *quick],
                 eval_iter_fn=no_eval)
       methods[arm] = folder
 
@@ -179,7 +190,7 @@ def run_seed(ctx: Context) -> Trial:
     val = load_split("digits", "validation")
     images, labels = train["image"], train["label"]
     example = {"image": images[:2], "label": labels[:2].astype(np.int32)}
-    teacher = load_trained(ctx.path("teacher"), example)
+    teacher = load_trained(teacher_dir, example)
     runs = {TEACHER: (teacher.method, teacher.params)}
     for arm, folder in methods.items():
       run = load_trained(ctx.path(folder), example)
@@ -243,6 +254,9 @@ def finish(ctx: Context, trials: list[Trial]) -> tuple[list[str], str]:
            "then " + ", ".join(arms) + ". FD-classifier is a toy FID on the features of a "
            "small digits classifier (tokenlab.evals.image_samples); read it against the "
            f"'{REAL}' row (as many real images against the same 180 validation images). "
+           "One teacher (2,000 steps, seed 0, in teacher/) is shared by all seeds, as the "
+           "paper starts from one pre-trained model: the spread is that of the students' "
+           "fine-tuning and of the sampling noise. "
            "Budget = steps: the four students the same steps, batch, learning rate and "
            "trained parameters (attention q/k/v/out only), from the same teacher. The "
            f"'{KEYS}' rows are counted, not trained: r=2 sees at most 9 and r=3 at most 25 of "
