@@ -80,6 +80,12 @@ DATASETS: dict[str, DatasetSpec] = {
         description="random RGB crops of the 16 photos in the scikit-image wheel (BSD; photos "
                     "CC0/public domain); validation from held-out photos",
         augmentations=("flip", "crop")),
+    "multilingual": DatasetSpec(
+        name="multilingual", kind="text", module="tokenlab.data.multilingual",
+        default_options={"lang": "de", "kind": "monolingual", "validation_percent": 10,
+                         "num_words": 5000},
+        description="Django translation catalogs, Babel CLDR names, wordfreq lists: "
+                    "kind monolingual | parallel | dictionary ('en<TAB>target') | words"),
     "tfds": DatasetSpec(
         name="tfds", kind="text", module="tokenlab.data.tfds_text",
         default_options={"tfds_name": "", "text_key": "text", "train_split": "train",
