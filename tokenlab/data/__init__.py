@@ -11,8 +11,8 @@ Public API:
   get_tokenizer(data_cfg)             the tokenizer (bytes | sentencepiece | bpe)
   DATASETS                            name -> DatasetSpec (kind, default options)
 
-Datasets (`tokenlab data list`): markov, pysrc, dna, digits, mnist, shapes, photos are
-embedded: each is built on first use into the data dir (`config.data.data_dir`, else
+Datasets (`tokenlab data list`): markov, pysrc, dna, digits, mnist, shapes, photos,
+multilingual are embedded: each is built on first use into the data dir (`config.data.data_dir`, else
 $TOKENLAB_DATA_DIR, else ~/.cache/tokenlab/tfds). `tfds` reads any text dataset already prepared there by tfds
 (array_record), e.g. `data_dir=gs://bucket/tfds`, through the same pipeline.
 Heavy imports (tfds, grain) happen on first use, not on `import tokenlab.data`.
