@@ -8,8 +8,10 @@ tokens, flow matching per entity, noisy context learning (tokenlab/methods/xar.p
 variants: size=tiny (tests) | small (the CPU mini-reproduction) | base (accelerators:
 bfloat16, FSDP); cell=k (entity = k x k tokens; 1 = next-token prediction); context=noisy
 (NCL, the paper) | clean (teacher forcing; runs half the batch, so every arm passes the same
-number of tokens through the network per step); data=mnist (28 x 28, 7 x 7 pixel tokens: a
-4 x 4 grid) | shapes (32 x 32 RGB, 8 x 8 pixel tokens: a 4 x 4 grid).
+number of tokens through the network per step); data=digits (8 x 8, 2 x 2 pixel tokens: a
+4 x 4 grid; the mini-reproduction) | digits16 (upsampled to 16 x 16, 4 x 4 pixel tokens) |
+mnist (28 x 28, 7 x 7 pixel tokens) | shapes (32 x 32 RGB, 8 x 8 pixel tokens), all 4 x 4
+grids of tokens.
 """
 
 from tokenlab.config import (base_config, choose, parse_arg, set_accelerator_defaults,
@@ -24,13 +26,15 @@ SIZES = {
 }
 DATA = {
     #          image_size channels patch classes
+    "digits": (8, 1, 2, 10),
+    "digits16": (16, 1, 4, 10),     # digits upsampled to 16 x 16 (data option size=16)
     "mnist": (28, 1, 7, 10),
     "shapes": (32, 3, 8, 4),
 }
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, size="small", cell=2, context="noisy", data="mnist")
+  arg = parse_arg(arg, size="small", cell=2, context="noisy", data="digits")
   d, layers, heads, batch, steps, lr, sample_steps = choose("size", arg.size, SIZES)
   noisy = choose("context", arg.context, {"noisy": True, "clean": False})
   image_size, channels, patch, classes = choose("data", arg.data, DATA)
@@ -54,6 +58,8 @@ def get_config(arg=None):
   c.model.num_layers = layers
   c.model.num_heads = heads
   c.model.sample_steps = sample_steps
-  c.model.cfg_scale = 2.0
-  c.data = default_data_config(arg.data)
+  c.model.cfg_scale = 1.0          # no guidance (pilot on digits: CFG 2 raised the FD)
+  c.data = default_data_config("digits" if arg.data == "digits16" else arg.data)
+  if arg.data == "digits16":
+    c.data.options.size = 16
   return c

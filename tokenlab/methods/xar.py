@@ -7,10 +7,10 @@ OliverRensu/xAR (models/xar.py, models/sampler.py).
 
 The method, in the paper's order:
 
-1. Entities. The image's token grid (here: 4 x 4 pixel patches of the image, a gh x gw grid of
+1. Entities. The image's token grid (here: p x p pixel patches of the image, a g x g grid of
    continuous vectors) is cut into entities X. This module implements the paper's "cell":
    k x k neighbouring tokens, cells in raster order and tokens in raster order within a cell
-   (`entity_order`). k = 1 is ordinary next-token prediction; k = gh is one entity, the whole
+   (`entity_order`). k = 1 is ordinary next-token prediction; k = g is one entity, the whole
    image (plain flow matching). The sequence is the tokens in entity-major order.
 2. Continuous entity regression by flow matching. Each entity gets its own time t_e from a
    logit-normal law and its own noise; its noisy value is x_t = (1 - t) eps + t x (the
@@ -41,11 +41,13 @@ single block-causal pass (the reference's `forward`); per-entity adaLN condition
 + time; clean generated entities as context at sampling (the reference appends them with
 t = 0 in its reversed convention); class dropout 0.1 for CFG.
 Simplified, and why:
-- Pixels, not a VAE latent: entities are cells of 4 x 4 pixel patches of 32 x 32 MNIST (the
-  paper: cells of a 16 x 16 grid of a pretrained 16-channel VAE's latent of ImageNet 256 px).
-  Nothing pretrained may be downloaded, and training our own continuous tokenizer would spend
-  most of the CPU budget of the mini-reproduction on the tokenizer; patches keep the study on
-  the entity and context questions.
+- Pixels, not a VAE latent: tokens are p x p pixel patches on a 4 x 4 grid (the
+  mini-reproduction: 2 x 2 patches of the 8 x 8 digits, cells of 2 x 2 tokens; the paper:
+  cells of 8 x 8 tokens of a 16 x 16 grid of a pretrained 16-channel VAE latent of ImageNet
+  256 px). Nothing pretrained may be downloaded, and training our own continuous tokenizer
+  would spend most of the CPU budget on the tokenizer; patches keep the study on the entity
+  and context questions. On 28 x 28 MNIST (7 x 7 patches) the network did not learn within
+  that budget (see BUILD_NOTES.md, "xar (issue 16)").
 - One DiT stack (adaLN-Zero blocks with tokenlab's SwiGLU MLP and a parameter-free LayerNorm)
   with fixed 2-D sin-cos positions, not the reference's encoder + decoder stacks with RMSNorm,
   learned positions and RoPE: the blocks are written once in `nn/vision.py`.
@@ -83,9 +85,9 @@ NEG_INF = -1e9     # additive attention bias outside the mask (every row keeps i
 class XARConfig:
   cell: int = 2                 # k: entities are k x k cells of tokens (1 = next-token)
   noisy_context: bool = True    # NCL (the paper) | False: teacher forcing, clean context
-  image_size: int = 28          # H = W of the images (28 x 28 MNIST)
+  image_size: int = 8           # H = W of the images (8 x 8 digits)
   channels: int = 1
-  patch_size: int = 7           # pixels per token side: a token is p*p*channels values
+  patch_size: int = 2           # pixels per token side: a token is p*p*channels values
   num_classes: int = 10
   d_model: int = 64
   num_layers: int = 2
