@@ -173,3 +173,22 @@ def test_topology_study_compiles_for_tpu_and_records_bounds(tmp_path):
   assert 0 < float(row["mem_state_per_device_mib"]) < float(row["mem_peak_per_device_mib"])
   assert row["step_time_ms"] == ""   # nothing trained
   assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_topology_point_that_does_not_fit_is_a_result(monkeypatch):
+  """The TPU compiler's refusal (temporaries over HBM) becomes a 'does not fit' row with the
+  memory it asked for, not a failed point."""
+  import tokenlab.plan
+
+  def refuse(*args, **kwargs):
+    raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
+                       "required for HLO temporaries (41.79G) exceeds available HBM (15.75G).")
+  monkeypatch.setattr(tokenlab.plan, "make_plan", refuse)
+  point = scale.resolve_point(EXP + ":size=tiny", {"topology": "v5e:2x2"}, [])
+  row = scale._run_topology_point(point)
+  assert row["status"] == "does not fit" and row["fits_hbm"] is False
+  assert row["mem_temp_per_device_mib"] == pytest.approx(41.79 * 1024)
+  assert row["hbm_per_device_mib"] == pytest.approx(15.75 * 1024)
+  monkeypatch.setattr(tokenlab.plan, "make_plan", lambda *a, **k: 1 / 0)
+  with pytest.raises(ZeroDivisionError):   # any other error stays an error
+    scale._run_topology_point(point)

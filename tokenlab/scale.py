@@ -57,6 +57,8 @@ CSV_FIELDS = ("name", "mode", "devices", "mesh", "status", "num_params", "global
               "hbm_per_device_mib", "fits_hbm", "step_time_lower_bound_ms", "bound_by",
               "mfu_upper_bound", "tokens_per_sec_upper_bound", "error")
 COMPILE_ONLY_KEYS = ("topology", "num_slices")
+_OUT_OF_HBM = re.compile(r"required for HLO temporaries \(([\d.]+)G\) exceeds available "
+                         r"HBM \(([\d.]+)G\)")
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -226,8 +228,18 @@ def _run_topology_point(point: dict[str, Any]) -> dict[str, Any]:
   from tokenlab.plan import make_plan
 
   config = load_config(point["spec"], list(point["overrides"]))
-  plan = make_plan(config, None, top=0, topology=point["topology"],
-                   num_slices=point["num_slices"])
+  try:
+    plan = make_plan(config, None, top=0, topology=point["topology"],
+                     num_slices=point["num_slices"])
+  except Exception as e:  # noqa: BLE001
+    oom = _OUT_OF_HBM.search(str(e))
+    if not oom:
+      raise
+    # The TPU compiler refuses a program whose temporaries exceed HBM and says how much it
+    # needed: a result of the study (does not fit), not a failure of the point.
+    need, have = (float(g) * 2**10 for g in oom.groups())   # its "G" is GiB; into MiB
+    return {"status": "does not fit", "fits_hbm": False, "mem_temp_per_device_mib": need,
+            "hbm_per_device_mib": have, "error": str(e).splitlines()[0][:300]}
   pd, roof = plan["per_device"], plan["roofline"]
   (chip, fit), = plan["fits"].items()
   seq_len = int(config.data.get("seq_len", 1))
@@ -413,7 +425,8 @@ def plot(rows: list[dict[str, Any]], path: str, sweep_keys: list[str], title: st
     groups.setdefault(label, []).append(r)
   panels = TOPOLOGY_PANELS if topo else TRAIN_PANELS
   fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-  devices = sorted({int(r["devices"]) for r in ok})
+  devices = sorted({int(r["devices"]) for r in rows
+                    if r.get("status") in ("ok", "does not fit") and str(r["devices"]) != "0"})
   for ax, (key, label) in zip(axes.flat, panels):
     values = []
     for name, rs in sorted(groups.items()):
@@ -423,7 +436,14 @@ def plot(rows: list[dict[str, Any]], path: str, sweep_keys: list[str], title: st
       values += [y for y in ys if y == y and y > 0]
       ax.plot(xs, ys, marker="o", label=name)
     if topo and key.startswith("mem"):
-      hbm = sorted({_float(r.get("hbm_per_device_mib")) for r in ok})
+      over = [r for r in rows if r.get("status") == "does not fit"]
+      if over:   # the compiler's stated need, where it refused to compile
+        ax.scatter([int(r["devices"]) for r in over],
+                   [_float(r["mem_temp_per_device_mib"]) for r in over], marker="x",
+                   color="red", label="does not fit (temporaries needed)")
+        values += [_float(r["mem_temp_per_device_mib"]) for r in over]
+        ax.legend(fontsize=8)
+      hbm = sorted({_float(r.get("hbm_per_device_mib")) for r in ok + over})
       for h in hbm:
         ax.axhline(h, color="gray", linestyle="--", linewidth=1)
       if hbm:
@@ -506,6 +526,9 @@ def main(argv: list[str]) -> int:
             f"(HBM {row['hbm_per_device_mib']:.0f}, fits {row['fits_hbm']}), step >= "
             f"{row['step_time_lower_bound_ms']:.3g} ms ({row['bound_by']}-bound), MFU <= "
             f"{100 * row['mfu_upper_bound']:.0f}% (estimates)", flush=True)
+    elif row.get("status") == "does not fit":
+      print(f"    does not fit: the TPU compiler needs {row['mem_temp_per_device_mib']:.0f} MiB "
+            f"of temporaries per chip, HBM has {row['hbm_per_device_mib']:.0f}", flush=True)
     elif row.get("status") == "ok":
       print(f"    step {row['step_time_ms']:.1f} ms, {row['tokens_per_sec']:.0f} tokens/s, "
             f"MFU {100 * row['mfu']:.1f}%, peak {row['mem_peak_per_device_mib']:.1f} MiB/device"
@@ -518,7 +541,7 @@ def main(argv: list[str]) -> int:
              title=(f"{args.config}: compiled for TPU topologies (libtpu), roofline estimates"
                     if topology_study else f"{args.config}, {args.steps} steps, {args.data} data"))
   print(f"wrote {csv_path} and {png}")
-  return 0 if all(r.get("status") == "ok" for r in rows) else 1
+  return 0 if all(r.get("status") in ("ok", "does not fit") for r in rows) else 1
 
 
 if __name__ == "__main__":
