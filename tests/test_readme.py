@@ -25,6 +25,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -109,14 +110,14 @@ def _shrink(argv: list[str], tmp: str):
   if argv[1:3] == ["bench", "decode"]:
     return argv + ["--d-model", "32", "--num-layers", "1", "--length", "24", "--prompt", "8",
                    "--peer-steps", "2", "--repeats", "1"]
-  if sub == "scale":   # two points of the sweep, two steps each
+  if sub == "scale":   # one point of each sweep, two steps
     out = []
     for i, a in enumerate(argv):
       if i and argv[i - 1] == "--steps":
         a = "2"
       elif i and argv[i - 1] == "--sweep":
         key, values = a.split("=", 1)
-        a = f"{key}={','.join(values.split(',')[:2])}"
+        a = f"{key}={values.split(',')[0]}"
       out.append(a)
     return out
   if sub == "plan" and "--topology" in argv:   # a 4-chip slice, the tiny model by default
@@ -131,7 +132,7 @@ def _shrink(argv: list[str], tmp: str):
   if argv[1:3] == ["bench", "gpu"]:   # needs a GPU; tests/test_bench_gpu.py runs --smoke
     return argv + ["--help"]
   if argv[1:3] == ["bench", "trainer"]:
-    return argv + ["--steps", "2", "--log-every", "1"]
+    return argv + ["--steps", "2", "--log-every", "1", "--peak-size", "256"]
   raise AssertionError(f"README command the README test does not know how to shrink: {argv}")
 
 
@@ -218,12 +219,15 @@ def _run_all(commands: list[tuple[list[str], list[str]]], tmp_path) -> int:
     if run is REPRO:
       _check_repro(argv)
       continue
+    t0 = time.perf_counter()
     if run[0] == "tokenlab":
       code, output = _tokenlab(run[1:])
     else:
       proc = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=600)
       code, output = proc.returncode, proc.stdout + proc.stderr
+    # What each command costs (the suite's time budget): printed, shown with -s or on failure.
+    print(f"{time.perf_counter() - t0:7.1f} s  {shlex.join(argv)}", file=sys.stderr, flush=True)
     assert "Traceback" not in output, f"{shlex.join(argv)}:\n{output[-3000:]}"
     if shown:   # a transcript: its output as shown, its exit status as the output implies
       for line in shown:
@@ -239,6 +243,7 @@ def _in_child(which: str, tmp_path, at_least: int) -> None:
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), which, str(tmp_path)],
                         env=_env(), capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+  sys.stderr.write("".join(l for l in proc.stderr.splitlines(True) if " s  " in l))
   ran = int(proc.stdout.strip().splitlines()[-1])
   assert ran >= at_least, f"only {ran} {which} commands ran"
 
@@ -308,7 +313,7 @@ tokenlab: error: unknown
   with pytest.raises(AssertionError, match="no such reproduction"):
     _check_repro(["tokenlab", "repro", "frobnicate"])
   assert _shrink(["tokenlab", "scale", "--sweep", "mesh.data=1,2,4", "--steps", "20"], "/t") == [
-      "tokenlab", "scale", "--sweep", "mesh.data=1,2", "--steps", "2"]
+      "tokenlab", "scale", "--sweep", "mesh.data=1", "--steps", "2"]
   assert _shrink(["tokenlab", "plan", "--topology", "v5e:16x16"], "/t") == [
       "tokenlab", "plan", "--topology", "v5e:2x2", "--config",
       "experiments/transformer_lm.py:size=tiny"]

@@ -375,7 +375,7 @@ def _train_in(config: ConfigDict, wd: Workdir, mesh, rules, method, local_batch:
   state_shapes, state_sh = state_layout(init_params, tx, mesh, rules, jnp.dtype(tc.param_dtype))
   n_params = count_params(state_shapes.params)
   fresh = lambda: init_sharded_state(init_params, tx, init_rng, mesh, rules,
-                                     jnp.dtype(tc.param_dtype))[0]
+                                     jnp.dtype(tc.param_dtype), shardings=state_sh)[0]
 
   ckpt = Checkpointer(wd.checkpoints, keep=config.checkpoint.keep,
                       async_save=config.checkpoint.async_save)

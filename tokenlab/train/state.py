@@ -100,15 +100,18 @@ def state_layout(init_params: Callable[[jax.Array], Any], tx: optax.GradientTran
 
 
 def init_sharded_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                       rng: jax.Array, mesh: Mesh, rules, param_dtype) -> tuple[TrainState, Any]:
+                       rng: jax.Array, mesh: Mesh, rules, param_dtype,
+                       shardings: Any = None) -> tuple[TrainState, Any]:
   """Initialises parameters and optimizer state directly into their shardings: one jit with
   out_shardings materialises every array where it belongs, never whole on one device.
 
   `init_params(rng)` returns logically boxed parameters (e.g. a method's init on an example),
-  or a ParamsAndState (`method_init_fn` makes either). Returns (state, state_shardings), both
-  unboxed.
+  or a ParamsAndState (`method_init_fn` makes either). `shardings`: `state_layout`'s, when
+  the caller has them (tracing the init once more costs about a second for a mid-size model).
+  Returns (state, state_shardings), both unboxed.
   """
-  _, shardings = state_layout(init_params, tx, mesh, rules, param_dtype)
+  if shardings is None:
+    _, shardings = state_layout(init_params, tx, mesh, rules, param_dtype)
   init_fn = _make_init_fn(init_params, tx, param_dtype)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)(rng)
