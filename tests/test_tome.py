@@ -140,6 +140,7 @@ def test_repro_quick(tmp_path):
   arm = tmp_path / "seed0" / "tome_trained_r12"
   assert json.load(open(arm / "config.json"))["model"]["r"] == 12
   rows = [json.loads(line) for line in open(arm / "metrics.jsonl")]
+  assert [r["info/devices"] for r in rows if "info/devices" in r] == [4]
   final = [r for r in rows if "eval/final_tokens" in r][-1]
   assert final["eval/final_tokens"] == 65 - 12 - 12 and np.isfinite(final["eval/loss"])
   assert any("train/loss" in r and np.isfinite(r["train/loss"]) for r in rows)
