@@ -35,8 +35,9 @@ from tokenlab.kernels.token_merge.reference import effective_r
 from tokenlab.nn.attention import dot_product_attention
 from tokenlab.nn.layers import DenseGeneral
 
-__all__ = ["proportional_attention_bias", "compose_group_ids", "ToMeBlock", "ToMeEncoder",
-           "parse_r", "decreasing_r", "token_counts", "plain_tome_merge", "REDUCTIONS", "attention_logits", "attention_probs", "keep_top_k", "prune_by_attention",
+__all__ = ["proportional_attention_bias", "compose_group_ids", "kept_to_group_ids", "ToMeBlock",
+           "ToMeEncoder", "parse_r", "decreasing_r", "token_counts", "plain_tome_merge",
+           "REDUCTIONS", "attention_logits", "attention_probs", "keep_top_k", "prune_by_attention",
            "pagerank", "pagerank_importance", "aim_retain_schedule", "retain_count", "aim_prune",
            "tome_reduce", "random_prune", "avg_pool_tokens"]
 

@@ -312,7 +312,8 @@ def finish(ctx: Context, trials: list[Trial]) -> tuple[list[str], str]:
   plt.close(fig)
   notes = (f"Both trained arms: {ctx.steps(STEPS, 2)} steps of batch {BATCH}, peak lr {LR} "
            "(same budget in steps). Token counts (class token included) after each of the 4 "
-           "blocks: r=4: 61/57/53/49, r=8: 57/49/41/33, r=12: 53/41/29/17 (constant r per block, r clamped to (N - 1) // 2); "
+           "blocks: r=4: 61/57/53/49, r=8: 57/49/41/33, r=12: 53/41/29/17 (constant r per "
+           "block, r clamped to (N - 1) // 2); "
            "random drop and attention pruning remove exactly as many tokens as ToMe in every "
            "block. images/s: forward pass on one batch of 500 validation images, best of "
            f"{TIMING_ROUNDS} interleaved rounds, on the CPU the run used; the attention-prune "
