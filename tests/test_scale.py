@@ -186,7 +186,7 @@ def test_topology_point_that_does_not_fit_is_a_result(monkeypatch):
   monkeypatch.setattr(tokenlab.plan, "make_plan", refuse)
   point = scale.resolve_point(EXP + ":size=tiny", {"topology": "v5e:2x2"}, [])
   row = scale._run_topology_point(point)
-  assert row["status"] == "does not fit" and row["fits_hbm"] is False
+  assert row["status"] == "does not fit" and row["fits_hbm"] is False and row["devices"] == 4
   assert row["mem_temp_per_device_mib"] == pytest.approx(41.79 * 1024)
   assert row["hbm_per_device_mib"] == pytest.approx(15.75 * 1024)
   monkeypatch.setattr(tokenlab.plan, "make_plan", lambda *a, **k: 1 / 0)

@@ -238,7 +238,9 @@ def _run_topology_point(point: dict[str, Any]) -> dict[str, Any]:
     # The TPU compiler refuses a program whose temporaries exceed HBM and says how much it
     # needed: a result of the study (does not fit), not a failure of the point.
     need, have = (float(g) * 2**10 for g in oom.groups())   # its "G" is GiB; into MiB
-    return {"status": "does not fit", "fits_hbm": False, "mem_temp_per_device_mib": need,
+    from tokenlab.topology import get_topology
+    chips = len(get_topology(point["topology"], point["num_slices"]).devices)
+    return {"status": "does not fit", "devices": chips, "fits_hbm": False, "mem_temp_per_device_mib": need,
             "hbm_per_device_mib": have, "error": str(e).splitlines()[0][:300]}
   pd, roof = plan["per_device"], plan["roofline"]
   (chip, fit), = plan["fits"].items()
@@ -333,13 +335,27 @@ def _run_point_here(point: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- parent
 
 
-def run_point(point: dict[str, Any], out_dir: str, timeout: float) -> dict[str, Any]:
-  """Runs `point` in a subprocess with its device count; returns its CSV row."""
+def run_point(point: dict[str, Any], out_dir: str, timeout: float, reuse: bool = False
+              ) -> dict[str, Any]:
+  """Runs `point` in a subprocess with its device count; returns its CSV row.
+
+  `reuse`: a point whose earlier run in `out_dir` had the same definition and a result
+  (ok or does not fit) is not run again; its recorded result is the row.
+  """
   from tokenlab.plan import _with_device_count
   pdir = os.path.join(out_dir, "points", point["name"])
   os.makedirs(pdir, exist_ok=True)
   point = dict(point, workdir=os.path.join(pdir, "workdir"),
                result_path=os.path.join(pdir, "result.json"))
+  row: dict[str, Any] = {"name": point["name"], "mode": point["mode"],
+                         "devices": point["devices"], **point["values"]}
+  if reuse and os.path.exists(point["result_path"]):
+    with open(os.path.join(pdir, "point.json")) as f:
+      same = json.load(f) == json.loads(json.dumps(point))
+    with open(point["result_path"]) as f:
+      result = json.load(f)
+    if same and result.get("status") in ("ok", "does not fit"):
+      return {**row, **result, "reused": True}
   if os.path.exists(point["workdir"]):
     import shutil
     shutil.rmtree(point["workdir"])  # A study measures fresh runs, never a resume.
@@ -350,8 +366,6 @@ def run_point(point: dict[str, Any], out_dir: str, timeout: float) -> dict[str, 
   env["XLA_FLAGS"] = _with_device_count(env.get("XLA_FLAGS", ""), point["devices"] or 1)
   for k in ("TOKENLAB_COORDINATOR", "TOKENLAB_NUM_PROCESSES", "TOKENLAB_PROCESS_ID"):
     env.pop(k, None)
-  row: dict[str, Any] = {"name": point["name"], "mode": point["mode"],
-                         "devices": point["devices"], **point["values"]}
   with open(os.path.join(pdir, "log.txt"), "w") as log:
     try:
       subprocess.run([sys.executable, "-m", "tokenlab.scale", "--_child",
@@ -481,6 +495,9 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--data", choices=("synthetic", "real"), default="synthetic")
   parser.add_argument("--out", default="runs/scale")
   parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per point")
+  parser.add_argument("--reuse", action="store_true",
+                      help="keep the results of points already run into --out with the same "
+                           "definition (resume a long study); run only the others")
   parser.add_argument("--plot-only", action="store_true",
                       help="redraw OUT/scaling.png from OUT/scaling.csv; run nothing")
   args, overrides = parser.parse_with_overrides(argv)
@@ -519,7 +536,9 @@ def main(argv: list[str]) -> int:
              if point["topology"] else f"{point['devices']} devices, mode {point['mode']}")
     print(f"[{i + 1}/{len(points)}] {point['name']}: {where}, {point['spec']} "
           f"{' '.join(point['overrides'])}", flush=True)
-    row = run_point(point, args.out, args.timeout)
+    row = run_point(point, args.out, args.timeout, reuse=args.reuse)
+    if row.get("reused"):
+      print("    (reused the result of an earlier run)", flush=True)
     rows.append(row)
     if row.get("status") == "ok" and point["topology"]:
       print(f"    {row['devices']} chips, peak {row['mem_peak_per_device_mib']:.0f} MiB/chip "
