@@ -1,5 +1,5 @@
 """The `tokenlab` command: train | eval | sample | plot | data | plan | scale | repro |
-bench | grow.
+bench | grow | transfer.
 
   tokenlab train --config experiments/transformer_lm.py:size=tiny --workdir runs/x \\
       --config.optimizer.lr=3e-4
@@ -11,6 +11,7 @@ bench | grow.
   tokenlab repro fourier_head                 # a paper's mini-reproduction (tokenlab repro)
   tokenlab train --config experiments/tokenformer.py:size=tiny --workdir runs/tf
   tokenlab grow runs/tf --workdir runs/tf_x4 --factor 4     # TokenFormer progressive scaling
+  tokenlab transfer --from RUN --tokenizer bpe:2048 --init mean_subtokens --workdir DIR
 
 User-fixable errors (:class:`tokenlab.errors.TokenlabError`) end with one line on stderr and
 exit status 2, never a traceback wall.
@@ -224,6 +225,32 @@ def _cmd_grow(args: argparse.Namespace, rest: list[str]) -> int:
   return grow_main(rest)
 
 
+def _cmd_transfer(args: argparse.Namespace, rest: list[str]) -> int:
+  from tokenlab.transfer.harness import run_transfer
+  aux = {}
+  for item in args.aux:
+    key, eq, value = item.partition("=")
+    if not eq or not key:
+      raise TokenlabError(f"--aux {item}: write KEY=VALUE")
+    aux[key] = value
+  split = lambda text: [w.strip() for w in text.split(",") if w.strip()]
+  run_transfer(args.source, split(args.tokenizer), split(args.init), args.workdir,
+               steps=args.steps, modes=split(args.mode), lr=args.lr, seed=args.seed, aux=aux,
+               progress=args.progress)
+  return 0
+
+
+_TRANSFER_EPILOG = """\
+KIND:VOCAB[@LANG] names a tokenizer trained (and cached) on the run's dataset, e.g. bpe:1024
+(another vocabulary), bpe:2048 (longer tokens, multi-word merges), sentencepiece:1024@de (a
+second language); 'same' is the run's own. Each row: tokens per character (and vs T0),
+bits per char / per byte on the target's validation text zero-shot and after --steps steps.
+example (a tiny source run, then its transfer to a German tokenizer):
+  tokenlab train --config experiments/transfer.py:size=tiny --workdir runs/t0
+  tokenlab transfer --from runs/t0 --tokenizer sentencepiece:512@de --init random,mean_subtokens --workdir runs/transfer --steps 20
+"""
+
+
 def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
   from tokenlab import bench
   if args.name is None:
@@ -297,6 +324,29 @@ def build_parser() -> Parser:
   p.add_argument("--log-loss", action="store_true", help="log-scaled y axis for loss-like "
                  "metrics (loss, NLL, bits per byte)")
   p.set_defaults(func=_cmd_plot, parser=p, strict=True)
+
+  p = _sub(sub, "transfer", "swap a trained LM's tokenizer: initialise the new embeddings, "
+           "evaluate zero-shot and after k adaptation steps, write results.{json,md}", "",
+           epilog=_TRANSFER_EPILOG)
+  p.add_argument("--from", dest="source", required=True, help="workdir of a transformer_lm "
+                 "run with a trained tokenizer (experiments/transfer.py)")
+  p.add_argument("--tokenizer", required=True, help="target tokenizer(s), comma-separated: "
+                 "KIND:VOCAB[@LANG] or same")
+  p.add_argument("--init", default="random,mean_subtokens", help="embedding initialiser(s), "
+                 "comma-separated (default random,mean_subtokens)")
+  p.add_argument("--workdir", required=True, help="where the swapped and adapted runs and "
+                 "results.json / results.md go")
+  p.add_argument("--steps", type=int, default=100, help="adaptation steps k (default 100; 0 = "
+                 "zero-shot only)")
+  p.add_argument("--mode", default="embeddings,full", help="adaptation: embeddings (only "
+                 "embedding rows train), full, or both comma-separated (default both)")
+  p.add_argument("--lr", type=float, default=0.0, help="adaptation learning rate (default: "
+                 "the run's)")
+  p.add_argument("--seed", type=int, default=0, help="seed of randomly initialised rows")
+  p.add_argument("--aux", action="append", default=[], metavar="KEY=VALUE",
+                 help="side data for an initialiser (repeatable)")
+  p.add_argument("--progress", action="store_true", help="progress bars while adapting")
+  p.set_defaults(func=_cmd_transfer, parser=p, strict=True)
 
   for name, help_, func in (
       ("data", "build, list and show the embedded datasets (`tokenlab data --help`)",
