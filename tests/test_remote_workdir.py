@@ -117,3 +117,13 @@ def test_train_resume_and_plot_in_a_gs_workdir(fake_gcs, tmp_path):
   assert "8" in {p.name for p in (run / "checkpoints").iterdir()}
   assert cli.main(["plot", "gs://bucket/run"]) == 0
   assert (run / "plots" / "summary.png").stat().st_size > 0
+
+
+def test_an_unsupported_url_scheme_is_one_clear_error(tmp_path):
+  from tokenlab.errors import TokenlabError
+  from tokenlab.train.workdir import Workdir
+  with pytest.raises(TokenlabError, match=f"pass the path itself: {tmp_path}/run"):
+    Workdir(f"file://{tmp_path}/run")
+  with pytest.raises(TokenlabError, match="'ftp://' URLs are not supported.*gs://"):
+    Workdir("ftp://host/run")
+  assert not (tmp_path / "run").exists()

@@ -60,6 +60,21 @@ def is_remote(path: str) -> bool:
   return "://" in str(path)
 
 
+def check_url(path: str) -> None:
+  """TokenlabError naming the fix when `path` is a URL whose scheme epath cannot open."""
+  if not is_remote(path):
+    return
+  from etils.epath import register  # pylint: disable=g-import-not-at-top
+  scheme = str(path).split("://", 1)[0] + "://"
+  known = sorted(getattr(register, "_URI_PREFIXES_TO_CLS", {}))
+  if known and scheme not in known:
+    local = str(path).split("://", 1)[1] if scheme == "file://" else ""
+    raise TokenlabError(
+        f"workdir {path}: '{scheme}' URLs are not supported (etils.epath opens "
+        f"{', '.join(known)})" + (f"; for a local directory pass the path itself: {local}"
+                                  if local else "; use a local path or one of those"))
+
+
 def join(path: str, *names: str) -> str:
   """os.path.join for local paths and URLs alike (a URL stays a URL)."""
   return str(epath.Path(path).joinpath(*names)) if is_remote(path) else os.path.join(path, *names)
@@ -74,6 +89,7 @@ class Workdir:
   """A training run's workdir; see the module docstring."""
 
   def __init__(self, path: str):
+    check_url(path)
     self.path = path
     self.remote = is_remote(path)
     self.checkpoints = join(path if self.remote else os.path.abspath(path), "checkpoints")
