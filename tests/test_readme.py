@@ -117,7 +117,10 @@ def _shrink(argv: list[str], tmp: str):
         a = "2"
       elif i and argv[i - 1] == "--sweep":
         key, values = a.split("=", 1)
-        a = f"{key}={values.split(',')[0]}"
+        # the tiny model on a 4-chip slice: the README's real sizes compile for minutes
+        first = {"size": "tiny", "model.size": "tiny", "topology": "v5e:2x2"}.get(
+            key, values.split(",")[0])
+        a = f"{key}={first}"
       out.append(a)
     return out
   if sub == "plan" and "--topology" in argv:   # a 4-chip slice, the tiny model by default
@@ -314,6 +317,9 @@ tokenlab: error: unknown
     _check_repro(["tokenlab", "repro", "frobnicate"])
   assert _shrink(["tokenlab", "scale", "--sweep", "mesh.data=1,2,4", "--steps", "20"], "/t") == [
       "tokenlab", "scale", "--sweep", "mesh.data=1", "--steps", "2"]
+  assert _shrink(["tokenlab", "scale", "--sweep", "topology=v5e:4x4,v5e:4x8", "--sweep",
+                  "size=base,1b"], "/t") == ["tokenlab", "scale", "--sweep", "topology=v5e:2x2",
+                                             "--sweep", "size=tiny"]
   assert _shrink(["tokenlab", "plan", "--topology", "v5e:16x16"], "/t") == [
       "tokenlab", "plan", "--topology", "v5e:2x2", "--config",
       "experiments/transformer_lm.py:size=tiny"]
