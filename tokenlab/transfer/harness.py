@@ -186,6 +186,9 @@ def _as_bytes(doc: bytes) -> bytes:
   return doc
 
 
+_EVAL_STEPS: dict[tuple[str, str], Any] = {}
+
+
 def evaluate(config: ConfigDict, params: PyTree, tok: Tokenizer,
              docs: Sequence[bytes]) -> dict[str, float]:
   """Bits per byte and per character of `docs` under (model of `config`, `params`, `tok`).
@@ -206,10 +209,16 @@ def evaluate(config: ConfigDict, params: PyTree, tok: Tokenizer,
   from tokenlab.train import partitioning
   from tokenlab.train.mesh import make_mesh
   from tokenlab.train.step import make_eval_step
-  method = registry.build_method(config.model)
   mesh = make_mesh(config.mesh)
   rules = partitioning.rules_from_config(config.sharding_rules)
-  step = jax.jit(make_eval_step(method, jnp.dtype(config.train.compute_dtype)))
+  # One jitted step per model and dtype, so the many evaluations of one comparison (same
+  # shapes) compile once.
+  key = (json.dumps(config.model.to_dict(), sort_keys=True, default=list),
+         config.train.compute_dtype)
+  if key not in _EVAL_STEPS:
+    method = registry.build_method(config.model)
+    _EVAL_STEPS[key] = jax.jit(make_eval_step(method, jnp.dtype(config.train.compute_dtype)))
+  step = _EVAL_STEPS[key]
   chars = chars_per_token(tok)
   nats = tokens = nbytes = nchars = 0.0
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -306,7 +315,7 @@ def save_run(config: ConfigDict, params: PyTree, workdir: str) -> None:
   from tokenlab.train.checkpoint import Checkpointer
   from tokenlab.train.mesh import make_mesh
   from tokenlab.train.optimizer import make_optimizer
-  from tokenlab.train.state import init_sharded_state, method_init_fn
+  from tokenlab.train.state import TrainState, method_init_fn, state_layout
   from tokenlab.train.workdir import Workdir
   if os.path.isdir(workdir):
     shutil.rmtree(workdir)   # derived data: a new swap replaces it whole
@@ -317,11 +326,13 @@ def save_run(config: ConfigDict, params: PyTree, workdir: str) -> None:
   micro = config.train.batch_size // config.train.grad_accum_steps
   example = data_lib.batch_spec(config.data, micro)
   dtype = jnp.dtype(config.train.param_dtype)
-  state, shardings = init_sharded_state(method_init_fn(method, example), tx,
-                                        jax.random.key(0), mesh, rules, dtype)
+  # Only the layout is traced (nothing compiles): the parameters go straight into their
+  # shardings and the fresh optimizer state is built from them.
+  _, shardings = state_layout(method_init_fn(method, example), tx, mesh, rules, dtype)
   params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, dtype), s), params,
                         shardings.params)
-  state = state.replace(params=params)
+  with jax.set_mesh(mesh):
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
   wd = Workdir(workdir)
   with wd.open():
     ckpt = Checkpointer(wd.checkpoints, keep=1, async_save=False)
