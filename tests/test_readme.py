@@ -129,6 +129,8 @@ def _shrink(argv: list[str], tmp: str):
                    ["--config", "experiments/transformer_lm.py:size=tiny"])
   if sub in ("train", "plot", "plan", "data", "grow"):
     return argv
+  if sub == "transfer":   # two adaptation steps, embeddings only (argparse: the last flag wins)
+    return argv + ["--steps", "2", "--mode", "embeddings"]
   if argv[1:3] == ["bench", "clear_attention"]:
     return argv + ["--grids", "4,8", "--radius", "2", "--d-model", "16", "--heads", "2",
                    "--repeats", "1", "--cases", "forward"]
@@ -271,7 +273,7 @@ def help_examples() -> list[tuple[list[str], list[str]]]:
   from tokenlab.cli import build_parser
   texts = [build_parser().format_help()]
   for sub in ("train", "eval", "sample", "plot", "data", "plan", "scale", "repro", "grow",
-              "bench"):
+              "bench", "transfer"):
     code, text = _tokenlab([sub, "--help"])
     assert code == 0, text
     texts.append(text)

@@ -234,9 +234,12 @@ def _cmd_transfer(args: argparse.Namespace, rest: list[str]) -> int:
       raise TokenlabError(f"--aux {item}: write KEY=VALUE")
     aux[key] = value
   split = lambda text: [w.strip() for w in text.split(",") if w.strip()]
-  run_transfer(args.source, split(args.tokenizer), split(args.init), args.workdir,
-               steps=args.steps, modes=split(args.mode), lr=args.lr, seed=args.seed, aux=aux,
-               progress=args.progress)
+  from tokenlab.repro import compile_cache
+  # Every initialiser of a target adapts the same programs: later ones load them.
+  with compile_cache(os.path.join(args.workdir, ".jax_cache")):
+    run_transfer(args.source, split(args.tokenizer), split(args.init), args.workdir,
+                 steps=args.steps, modes=split(args.mode), lr=args.lr, seed=args.seed,
+                 aux=aux, progress=args.progress)
   return 0
 
 
