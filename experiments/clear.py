@@ -22,7 +22,7 @@ from tokenlab.data import default_data_config
 
 SIZES = {
     #        data    options      patch d_model layers heads batch
-    "tiny": ("digits", {}, 1, 16, 2, 2, 8),
+    "tiny": ("digits", {}, 1, 16, 1, 2, 8),
     "small": ("digits", {}, 1, 32, 3, 2, 32),
     "base": ("mnist", {"size": 32}, 2, 384, 12, 6, 256),
 }
