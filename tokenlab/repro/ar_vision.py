@@ -41,11 +41,11 @@ from __future__ import annotations
 
 import math
 import os
-import time
 
 import numpy as np
 
 from tokenlab.repro import Context, Trial, claim, compile_cache, prerequisite
+from tokenlab.repro.sampling import timed_sampler
 
 CLAIM = ("Pixel-level AR gives the best likelihood but the slowest sampling; token-level AR "
          "samples faster at a quality close to pixel AR; scale-level (next-scale) AR samples "
@@ -199,13 +199,8 @@ def _timed_samples(method, params, labels: np.ndarray, seed: int, runs: int = 2
   """(images, images per second): the jitted sampler compiled first, then the fastest of
   `runs` timed runs (other processes share this CPU)."""
   import jax
-  rng = jax.random.key(1000 + seed)
-  fn = jax.jit(method.generate).lower(params, labels, rng).compile()
-  best = math.inf
-  for _ in range(runs):
-    t = time.perf_counter()
-    images = np.asarray(jax.block_until_ready(fn(params, labels, rng)))
-    best = min(best, time.perf_counter() - t)
+  images, best = timed_sampler(method.generate, params, labels, jax.random.key(1000 + seed),
+                               runs=runs)
   return images, len(labels) / best
 
 

@@ -40,6 +40,7 @@ import os
 import numpy as np
 
 from tokenlab.repro import Context, Trial, claim, compile_cache, prerequisite
+from tokenlab.repro.sampling import per_class_samples, save_per_class_grid
 
 CLAIM = ("A diffusion transformer restricted to circular local attention (radius r) and "
          "fine-tuned briefly from its dense-attention teacher with CLEAR's distillation "
@@ -238,18 +239,12 @@ def run_seed(ctx: Context) -> Trial:
     rows += [(REAL, ACC, real["class_accuracy"]), (REAL, FD, real["fd"])]
     if clear_arm(3) in fd:
       rows.append((RATIO, "FD ratio", fd[clear_arm(3)] / max(fd[TEACHER], 1e-9)))
-  data = {"samples": {a: s[::max(1, n // 10)][:10] for a, s in samples.items()},
-          "real": np.stack([images[labels == c][0] for c in range(10)])}
-  return Trial(rows, data)
+  return Trial(rows, per_class_samples(samples, images, labels))
 
 
 def finish(ctx: Context, trials: list[Trial]) -> tuple[list[str], str]:
   """One sample per class from every arm (first seed), real digits on top."""
-  from tokenlab.evals.image import save_image_grid
-  first = trials[0].data
-  arms = list(first["samples"])
-  grid = np.stack([first["real"]] + [first["samples"][a] for a in arms])
-  path = save_image_grid(grid, ctx.out("samples.png"))
+  path, arms = save_per_class_grid(ctx, trials[0].data)
   notes = ("samples.png rows (one sample per class 0..9, first seed): real training digits, "
            "then " + ", ".join(arms) + ". FD-classifier is a toy FID on the features of a "
            "small digits classifier (tokenlab.evals.image_samples); read it against the "

@@ -32,11 +32,10 @@ TokenBridge network.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from tokenlab.repro import Context, Trial, claim, compile_cache, prerequisite
+from tokenlab.repro.sampling import per_class_samples, save_per_class_grid, timed_sampler
 
 CLAIM = ("Post-training per-dimension quantization of a continuous autoencoder's latent keeps "
          "its reconstruction quality, and autoregressive generation on those discrete tokens "
@@ -123,12 +122,9 @@ def _generate(method, params, labels: np.ndarray, seed: int, image_hw) -> tuple[
                                                                                    float]:
   """(samples, seconds per 100 images): compiled first, then timed."""
   import jax
-  fn = jax.jit(lambda p, y, k: method.generate(p, y, k, image_hw))
-  key = jax.random.key(seed)
-  compiled = fn.lower(params, labels, key).compile()
-  t = time.perf_counter()
-  out = np.asarray(jax.block_until_ready(compiled(params, labels, key)))
-  return out, (time.perf_counter() - t) * 100.0 / len(labels)
+  out, seconds = timed_sampler(lambda p, y, k: method.generate(p, y, k, image_hw), params,
+                               labels, jax.random.key(seed))
+  return out, seconds * 100.0 / len(labels)
 
 
 def run_seed(ctx: Context) -> Trial:
@@ -217,18 +213,13 @@ def run_seed(ctx: Context) -> Trial:
       batch = {"image": ref[:n], "label": val["label"][:n].astype(np.int32)}
       _, metrics = jax.jit(run.method.loss)(run.params, batch, jax.random.key(0))
       rows.append((arm, BITS, float(metrics["bits_per_image"].value())))
-    data = {"samples": {a: s[::max(1, n // 10)][:10] for a, s in samples.items()},
-            "real": np.stack([images[labels == c][0] for c in range(10)])}
+    data = per_class_samples(samples, images, labels)
   return Trial(rows, data)
 
 
 def finish(ctx: Context, trials: list[Trial]) -> tuple[list[str], str]:
   """One sample per class from every arm (first seed), real digits on top."""
-  from tokenlab.evals.image import save_image_grid
-  first = trials[0].data
-  arms = list(first["samples"])
-  grid = np.stack([first["real"]] + [first["samples"][a] for a in arms])
-  path = save_image_grid(grid, ctx.out("samples.png"))
+  path, arms = save_per_class_grid(ctx, trials[0].data)
   notes = ("samples.png rows (one sample per class 0..9, seed " f"{ctx.seed}): real training "
            "digits, then " + ", ".join(arms) + ". FD-classifier is a toy FID on the "
            "features of a small MNIST classifier (tokenlab.evals.image_samples); read it "

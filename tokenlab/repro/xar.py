@@ -37,11 +37,10 @@ continuous analogue of a per-position count model).
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from tokenlab.repro import Context, Trial, claim, compile_cache, prerequisite
+from tokenlab.repro.sampling import per_class_samples, save_per_class_grid, timed_sampler
 
 CLAIM = ("Next-X prediction with cells of k x k tokens as entities and flow matching per "
          "entity generates better than next-token prediction (k = 1), and noisy context "
@@ -93,12 +92,8 @@ ARMS = (  # (arm folder, row name, experiment variant)
 def _generate(method, params, labels: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
   """(samples, seconds per 100 images): compiled first, then timed."""
   import jax
-  fn = jax.jit(method.generate)
-  key = jax.random.key(seed)
-  compiled = fn.lower(params, labels, key).compile()
-  t = time.perf_counter()
-  out = np.asarray(jax.block_until_ready(compiled(params, labels, key)))
-  return out, (time.perf_counter() - t) * 100.0 / len(labels)
+  out, seconds = timed_sampler(method.generate, params, labels, jax.random.key(seed))
+  return out, seconds * 100.0 / len(labels)
 
 
 def run_seed(ctx: Context) -> Trial:
@@ -145,18 +140,13 @@ def run_seed(ctx: Context) -> Trial:
       rows += [(arm, ACC, score["class_accuracy"]), (arm, FD, score["fd"])]
     real = images[np.random.default_rng(ctx.seed).permutation(len(images))[:n]]
     rows.append((REAL, FD, evaluate_samples(clf, real, reference=ref, real_floor=False)["fd"]))
-    data = {"samples": {a: s[::max(1, n // 10)][:10] for a, s in samples.items()},
-            "real": np.stack([images[labels == c][0] for c in range(10)])}
+    data = per_class_samples(samples, images, labels)
   return Trial(rows, data)
 
 
 def finish(ctx: Context, trials: list[Trial]) -> tuple[list[str], str]:
   """One sample per class from every arm (first seed), real digits on top."""
-  from tokenlab.evals.image import save_image_grid
-  first = trials[0].data
-  arms = list(first["samples"])
-  grid = np.stack([first["real"]] + [first["samples"][a] for a in arms])
-  path = save_image_grid(grid, ctx.out("samples.png"))
+  path, arms = save_per_class_grid(ctx, trials[0].data)
   notes = (f"samples.png rows (one sample per class 0..9, seed {ctx.seed}): real training "
            "digits, then " + ", ".join(arms) + ". FD-classifier is a toy FID on the features "
            "of a small MNIST classifier (tokenlab.evals.image_samples); read it against the "
