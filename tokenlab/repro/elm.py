@@ -38,13 +38,13 @@ Three seeds (initialisation, batches, sampling); judged on the mean with the spr
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
 import numpy as np
 
 from tokenlab.repro import Context, Trial, claim, prerequisite
+from tokenlab.repro.baselines import best_position_count_prior, sample_count_prior
 
 CLAIM = ("On the same binary-autoencoder tokens at equal training compute, an autoregressive "
          "model gives better samples than a masked (MLM) model, and splitting each code into "
@@ -156,45 +156,6 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# The count prior baseline.
-
-
-def count_prior(train_codes: np.ndarray, train_labels: np.ndarray, alpha: float,
-                weight: float, num_codes: int = 2 ** BITS) -> np.ndarray:
-  """log p (C, N, V): per position, class-conditional counts interpolated with the class-free
-  counts, p = (c_y + weight * p_free) / (n_y + weight), p_free = (c + alpha) / (n + alpha V)."""
-  n_pos = train_codes.shape[1]
-  free = np.full((n_pos, num_codes), alpha)
-  np.add.at(free, (np.arange(n_pos)[None, :].repeat(len(train_codes), 0), train_codes), 1.0)
-  free /= free.sum(-1, keepdims=True)
-  out = np.zeros((CLASSES, n_pos, num_codes))
-  for y in range(CLASSES):
-    rows = train_codes[train_labels == y]
-    counts = np.zeros((n_pos, num_codes))
-    np.add.at(counts, (np.arange(n_pos)[None, :].repeat(len(rows), 0), rows), 1.0)
-    out[y] = (counts + weight * free) / (len(rows) + weight)
-  return np.log(out)
-
-
-def count_prior_nll_bits(logp: np.ndarray, codes: np.ndarray, labels: np.ndarray) -> float:
-  """Mean bits per image of `codes` under the count prior."""
-  per = logp[labels[:, None], np.arange(codes.shape[1])[None, :], codes]
-  return float(-per.sum(-1).mean() / math.log(2))
-
-
-def best_count_prior(train, val) -> tuple[np.ndarray, float]:
-  """The count prior with the best validation NLL over a small grid (the baseline's tuning)."""
-  best = None
-  for alpha in (0.01, 0.1, 1.0):
-    for weight in (1.0, 10.0, 100.0):
-      logp = count_prior(*train, alpha, weight)
-      bits = count_prior_nll_bits(logp, *val)
-      if best is None or bits < best[1]:
-        best = (logp, bits)
-  return best
-
-
-# ---------------------------------------------------------------------------------------------
 # One seed.
 
 
@@ -244,12 +205,9 @@ def run_seed(ctx: Context) -> Trial:
     data[label], grids[label] = res, images
     rows += [(label, k, v) for k, v in res.items()]
   # Baselines.
-  logp, bits = best_count_prior(train, val)
-  rng = np.random.default_rng(ctx.seed)
-  cum = np.exp(logp).cumsum(-1)                                         # (C, N, V)
-  draws = np.stack([(rng.random(cum.shape[1])[:, None] > cum[y]).sum(-1) for y in labels])
-  draws = draws.clip(0, 2 ** BITS - 1)                                  # inverse-CDF draws
-  scores, grids[COUNTS] = _score(shared, draws.astype(np.int32), labels)
+  logp, bits = best_position_count_prior(train, val, 2 ** BITS, CLASSES)
+  draws = sample_count_prior(logp, labels, np.random.default_rng(ctx.seed))
+  scores, grids[COUNTS] = _score(shared, draws, labels)
   data[COUNTS] = {NLL: bits, **scores}
   data[UNIFORM] = {NLL: float(BITS * GRID * GRID)}
   data[UNTRAINED] = {NLL: _untrained_bits(ctx, shared, eval_fn)}
