@@ -197,7 +197,13 @@ def _default_iterators(config: ConfigDict) -> tuple[IteratorFn, IteratorFn]:
     from tokenlab.data import elastic  # pylint: disable=g-import-not-at-top
 
     def shard(k: int, num_shards: int, rows: int):
-      return data_lib.make_iterator(config.data, split="train", batch_size=rows,
+      # config.data.worker_count is the process's budget of grain workers, split among the
+      # shards it runs (each shard's pipeline would otherwise start that many).
+      data_cfg = config.data.to_dict()
+      if data_cfg.get("worker_count", 0) > 0:
+        data_cfg["worker_count"] = max(
+            1, data_cfg["worker_count"] * jax.process_count() // num_shards)
+      return data_lib.make_iterator(data_cfg, split="train", batch_size=rows,
                                     seed=elastic.shard_seed(seed, k), process_index=k,
                                     process_count=num_shards, shuffle=True)
 
