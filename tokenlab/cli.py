@@ -1,5 +1,5 @@
 """The `tokenlab` command: train | eval | sample | plot | data | plan | scale | repro |
-bench | grow | transfer.
+bench | grow | transfer | tokenizer-report.
 
   tokenlab train --config experiments/transformer_lm.py:size=tiny --workdir runs/x \\
       --config.optimizer.lr=3e-4
@@ -243,6 +243,27 @@ def _cmd_transfer(args: argparse.Namespace, rest: list[str]) -> int:
   return 0
 
 
+def _cmd_tokenizer_report(args: argparse.Namespace, rest: list[str]) -> int:
+  from tokenlab.evals import tokenizer_report
+  if args.max_docs < 0:
+    raise TokenlabError(f"--max-docs {args.max_docs}: give a number of documents per "
+                        "language, or 0 for all")
+  tokenizer_report.main(args.tokenizer, corpus=args.corpus, split=args.split,
+                        max_docs=args.max_docs, out_dir=args.out)
+  return 0
+
+
+_TOKENIZER_REPORT_EPILOG = """\
+TOKENIZER: bytes; KIND:VOCAB[@LANG] with KIND bpe, sentencepiece or lzw, trained on the
+multilingual monolingual train split of LANG (default en), e.g. bpe:1024@ru; a run directory
+(the tokenizer its config.json names); or a tokenizer file (tokenlab BPE .json,
+SentencePiece .model). Several are reported side by side. Per language: tokens per word,
+bytes per token, words that are one token, documents it cannot encode (Qtok, issue 21).
+example:
+  tokenlab tokenizer-report bytes bpe:300@ru --corpus multilingual:en,ru --max-docs 50 --out /tmp/tokreport
+"""
+
+
 _TRANSFER_EPILOG = """\
 KIND:VOCAB[@LANG] names a tokenizer trained (and cached) on the run's dataset, e.g. bpe:1024
 (another vocabulary), bpe:2048 (longer tokens, multi-word merges), sentencepiece:1024@de (a
@@ -350,6 +371,22 @@ def build_parser() -> Parser:
                  help="side data for an initialiser (repeatable)")
   p.add_argument("--progress", action="store_true", help="progress bars while adapting")
   p.set_defaults(func=_cmd_transfer, parser=p, strict=True)
+
+  p = _sub(sub, "tokenizer-report", "report a tokenizer's quality (Qtok): vocabulary by "
+           "Unicode category and script, whole-word tokens, token lengths, and per language "
+           "fertility and bytes per token; a table, report.json and a PNG", "",
+           epilog=_TOKENIZER_REPORT_EPILOG)
+  p.add_argument("tokenizer", nargs="+", help="tokenizer spec(s): bytes, KIND:VOCAB[@LANG], a "
+                 "run directory or a tokenizer file")
+  p.add_argument("--corpus", default="multilingual", help="multilingual (all 39 languages), "
+                 "multilingual:L1,L2,... or a UTF-8 text file, one document per line (default "
+                 "multilingual)")
+  p.add_argument("--split", default="validation", help="multilingual split (default "
+                 "validation: strings no tokenizer here trained on)")
+  p.add_argument("--max-docs", type=int, default=0, help="documents per language (0 = all)")
+  p.add_argument("--out", default="tokenizer_report", help="directory for report.md, "
+                 "report.json, report.png (default tokenizer_report)")
+  p.set_defaults(func=_cmd_tokenizer_report, parser=p, strict=True)
 
   for name, help_, func in (
       ("data", "build, list and show the embedded datasets (`tokenlab data --help`)",
