@@ -163,6 +163,16 @@ def test_bpe_pretokenized_split_gives_the_same_batches_as_encoding_on_the_fly(
   assert sum(b["loss_mask"].sum() for b in fast) < total / 2
 
 
+def test_tokenize_transform_repr_stays_short():
+  """grain names transforms by their repr when it builds iterator statistics; the repr must
+  not print the split's records or pre-tokenized arrays (seconds per iterator)."""
+  from tokenlab.data import pipeline
+  from tokenlab.data.tokenizers import BytesTokenizer
+  t = pipeline.TokenizeDocument([b"x" * 50] * 5000, BytesTokenizer(), bytes,
+                                pretokenized=[np.arange(50)] * 5000)
+  assert len(repr(t)) < 100 and len(str(t)) < 100
+
+
 def test_worker_processes_give_the_same_batches_and_restore(markov_cfg):
   cfg = markov_cfg.copy_and_resolve_references()
   plain = _take(data.make_iterator(cfg, split="train", batch_size=2, seed=5), 4)
