@@ -161,6 +161,7 @@ def test_repro_quick(tmp_path):
   report = repro.run("qtok", workdir=str(tmp_path), quick=True)
   assert report.verdict == repro.NOT_ASSESSED
   assert (tmp_path / "repro.md").exists() and (tmp_path / "qtok_per_language.png").exists()
+  assert "| bpe balanced |" in (tmp_path / "tokenizer_report_seed0.md").read_text()
   rows = {(a, m): v for a, m, v, _, _ in report.rows}
   assert rows[("bytes", "bytes/token (all langs)")] == 1.0
   assert rows[("bpe balanced", "bytes/token (all langs)")] > 1.0

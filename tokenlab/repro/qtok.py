@@ -182,8 +182,12 @@ def finish(ctx: Context, trials: list[Trial]) -> tuple[list[str], str]:
   # Qtok's own view of the two BPEs of the first seed: scripts, lengths, per language.
   report_png = tr.plot([d0["reports"]["bpe skewed"], d0["reports"]["bpe balanced"]],
                        ctx.out("qtok_report_seed0.png"))
-  notes = ("Tables of every tokenizer (vocabulary by category and script, per language) are "
-           "written per seed by `tokenizer_report.write` into seed<S>/report/ (not kept in "
-           "docs). Non-Latin languages (by the dominant script of their held-out text): "
-           + ", ".join(d0["non_latin"]) + ".")
+  tables = ctx.out("tokenizer_report_seed0.md")
+  with open(tables, "w") as f:
+    f.write(f"# `tokenizer_report` of every arm, seed {ctx.seed}\n\n"
+            + tr.markdown([d0["reports"][n] for n in names]))
+  notes = ("The full Qtok tables of every arm of the first seed (vocabulary by category and "
+           "script, whole-word tokens, lengths; per language tokens/word, bytes/token, "
+           "one-token words) are in tokenizer_report_seed0.md. Non-Latin languages (by the "
+           "dominant script of their held-out text): " + ", ".join(d0["non_latin"]) + ".")
   return [path, report_png], notes
