@@ -18,7 +18,7 @@ BYTES256 = [bytes([b]) for b in range(256)]
 
 def test_script_of_characters_and_strings():
   for c, script in (("a", "Latin"), ("é", "Latin"), ("ж", "Cyrillic"), ("λ", "Greek"),
-                    ("ب", "Arabic"), ("語", "Han"), ("の", "Kana"), ("カ", "Kana"),
+                    ("ب", "Arabic"), ("語", "Han"), ("の", "Kana"), ("カ", "Kana"), ("ー", "Kana"),
                     ("한", "Hangul"), ("क", "Devanagari"), ("1", "Common"), (" ", "Common"),
                     ("-", "Common"), ("\u0301", "Inherited")):
     assert tr.char_script(c) == script, c

@@ -57,7 +57,8 @@ CATEGORIES = ("word", "number", "punctuation", "symbol", "space", "mixed", "part
               "control")
 MAX_LEN_BIN = 16   # the length histogram's last bin holds every longer token
 _NAME_SCRIPT = {"CJK": "Han", "IDEOGRAPHIC": "Han", "KANGXI": "Han", "HIRAGANA": "Kana",
-                "KATAKANA": "Kana", "COMBINING": "Inherited", "MODIFIER": "Common"}
+                "KATAKANA": "Kana", "KATAKANA-HIRAGANA": "Kana", "COMBINING": "Inherited",
+                "MODIFIER": "Common"}
 
 
 # --- characters and tokens ----------------------------------------------------------------
