@@ -250,13 +250,27 @@ def _check_source(config: ConfigDict, where: str) -> None:
     raise TokenlabError(f"{where} was trained without a text tokenizer")
 
 
+_FRESH: dict[tuple[str, int], dict[str, Any]] = {}
+
+
 def fresh_params(model_cfg: ConfigDict, seed: int) -> dict[str, Any]:
-  """The model's own random initialisation (numpy), as training from scratch draws it."""
+  """The model's own random initialisation (numpy, read-only), as training from scratch
+  draws it. Remembered per (model config, seed): every initialiser of a comparison swaps in
+  the same fresh rows, and each init is a trace and a compile."""
   import flax.linen as nn
   from tokenlab import registry
-  method = registry.build_method(model_cfg)
-  boxed = method.init(jax.random.key(seed), {"inputs": jnp.zeros((1, 8), jnp.int32)})
-  return jax.tree.map(np.asarray, nn.meta.unbox(boxed))
+  key = (json.dumps(model_cfg.to_dict(), sort_keys=True, default=list), int(seed))
+  if key not in _FRESH:
+    method = registry.build_method(model_cfg)
+    # Jitted: an eager init compiles each of the model's ops on its own (2 s per call on the
+    # tiny model; the trainer's own init is jitted too).
+    boxed = jax.jit(method.init)(jax.random.key(seed),
+                                 {"inputs": jnp.zeros((1, 8), jnp.int32)})
+    arrays = jax.tree.map(np.array, nn.meta.unbox(boxed))
+    for a in jax.tree.leaves(arrays):
+      a.flags.writeable = False   # shared by every caller: a write would change them all
+    _FRESH[key] = arrays
+  return _FRESH[key]
 
 
 def swap_tokenizer(config: ConfigDict, params: PyTree, new_data: ConfigDict, init: str, *,
