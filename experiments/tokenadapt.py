@@ -6,7 +6,7 @@ section says what the harness then does with it (`tokenlab/repro/tokenadapt.py` 
 
   tokenlab train --config experiments/tokenadapt.py:size=small --workdir runs/t0
   tokenlab transfer --from runs/t0 --tokenizer bpe:1024,bpe:2048 \
-      --init random,mean_subtokens,tokenadapt --steps 40 --mode embeddings --workdir runs/ta
+      --init random,mean_subtokens,tokenadapt --steps 30 --mode embeddings --workdir runs/ta
 
 variants: size=tiny (tests: 3 source steps, small targets, 2 adaptation steps) | small (the
 2-core CPU reproduction: 100 source steps, the harness's note: the 400-step source overfits
@@ -23,7 +23,7 @@ from tokenlab.config import choose, load_config, parse_arg, set_schedule
 SIZES = {
     #        source steps  targets (English retokenisation, supertokens)   k adaptation steps
     "tiny": (3, "bpe:300,bpe:600", 2),
-    "small": (100, "bpe:1024,bpe:2048", 40),
+    "small": (100, "bpe:1024,bpe:2048", 30),
     "base": (1000, "bpe:1024,bpe:2048", 200),
 }
 

@@ -128,13 +128,17 @@ def test_bad_knobs_name_the_fix(toks):
     _init(toks, temperature=0)
 
 
-def test_count_bigram_baseline_beats_uniform():
-  from tokenlab.repro.tokenadapt import bigram_bits_per_char
-  rng = np.random.default_rng(0)
-  seqs = [np.array([0] + [1, 2] * int(n)) for n in rng.integers(2, 6, size=40)]
-  chars = np.ones(4)
-  bpc, alpha = bigram_bits_per_char(seqs[:30], seqs[30:], 4, chars)
-  assert bpc < 0.5 * np.log2(4) and alpha in (0.003, 0.01, 0.03, 0.1, 0.3)
+def test_count_bigram_of_documents_scores_every_token_but_the_first():
+  """baselines.docs_bigram_bits_per_char: a deterministic text is learnt (near 0 bits/char
+  where the uniform law pays log2 V), and the first token of a document is never scored."""
+  from tokenlab.data.tokenizers import BytesTokenizer
+  from tokenlab.repro.baselines import docs_bigram_bits_per_char
+  tok = BytesTokenizer()
+  docs = [b"ab" * n for n in range(2, 12)]
+  bpc, alpha = docs_bigram_bits_per_char(tok, docs, docs[:3])
+  assert bpc < 0.1 and alpha in (0.003, 0.01, 0.03, 0.1, 0.3)
+  one, _ = docs_bigram_bits_per_char(tok, [b"zz"], [b"q"], alphas=(1.0,))
+  assert one == 0.0   # a one-token document has nothing to score
 
 
 def test_repro_quick(tmp_path):

@@ -12,6 +12,8 @@ strongest trivial predictor for it. These are the ones that need no network:
 - `sample_position_prior`: each position of a sample drawn independently from the
   same-class training images' values at that position (continuous tokens: pixel patches,
   latents; or codes): the position-independent model of images;
+- `docs_bigram_bits_per_char`: the count bigram of text under a tokenizer, in bits per
+  character (fitted on training documents, scored per held-out document);
 - `majority(train_answers)` / `answer_prior_accuracy`: always answer the most frequent training
   answer (per group where the answer prior depends on a key such as the task).
 
@@ -90,6 +92,31 @@ class NGram:
       for t in range(L):
         out[n, t] = -math.log(self.prob(row[:t + 1], int(targets[n, t])))
     return out
+
+
+def docs_bigram_bits_per_char(tok, train_docs: Sequence[bytes], eval_docs: Sequence[bytes],
+                              alphas: Sequence[float] = (0.003, 0.01, 0.03, 0.1, 0.3)
+                              ) -> tuple[float, float]:
+  """(bits per character, alpha) of a count bigram over `tok`'s tokens: fitted on
+  `train_docs` (add-alpha `NGram`, alpha by 2-fold cross-validation over them when several
+  are given), scored on `eval_docs` as LM evaluation scores text (per document, every token
+  but the first, which is context only; characters = the UTF-8 lead bytes of the scored
+  tokens). The count model of text under any tokenizer (tokenizer transfer, issue 20)."""
+  lead = np.array([sum(1 for b in tok.token_bytes(i) if b & 0xC0 != 0x80)
+                   for i in range(tok.vocab_size)], np.float64)
+  train = [np.asarray(s) for s in tok.encode_batch(list(train_docs))]
+  evals = [np.asarray(s) for s in tok.encode_batch(list(eval_docs))]
+
+  def bits_per_char(fit, held, alpha):
+    m = NGram(order=2, vocab=tok.vocab_size, alpha=alpha).fit(fit)
+    nats = sum(-math.log(m.prob(s[i - 1:i], int(s[i]))) for s in held for i in range(1, len(s)))
+    return nats / math.log(2) / max(sum(lead[s[1:]].sum() for s in held), 1.0)
+
+  half = len(train) // 2
+  alpha = alphas[0] if len(alphas) == 1 else min(
+      alphas, key=lambda a: bits_per_char(train[:half], train[half:], a)
+      + bits_per_char(train[half:], train[:half], a))
+  return bits_per_char(train, evals, alpha), alpha
 
 
 def majority(answers: Iterable[Hashable]) -> Hashable:

@@ -20,16 +20,24 @@ Here, on the tokenizer-transfer harness of issue 20 (tokenlab/transfer/), per se
    pieces) and `tokenadapt` (w = 0.3, tau = 0.3, k = 10; its auxiliary space is a byte
    n-gram TF-IDF space, see the method's docstring), plus TokenAdapt local-only (w = 0) for
    the hybrid's own ablation. Bits per character of the validation split zero-shot
-   (`harness.evaluate`), then after k = 40 steps of embeddings-only adaptation (`harness.adapt`,
+   (`harness.evaluate`), then after k = 30 steps of embeddings-only adaptation (`harness.adapt`,
    the trainer with every non-embedding array frozen; same steps, batch and learning rate
    for every initialiser: budget = steps).
 
 Trivial baselines (arms): the uniform law over each vocabulary, and a count bigram
-(`baselines.NGram`, add-alpha interpolated with the unigram, alpha by 2-fold cross-validation
-on the training documents) fitted on the training split under each tokenizer (T0 and both
+(`baselines.docs_bigram_bits_per_char`: add-alpha interpolated with the unigram, alpha by
+2-fold cross-validation on the training documents) fitted on the training split under each tokenizer (T0 and both
 targets), scored on the same validation documents (a document's first token is context
 only, as in the LM's evaluation). `random` and `mean_subtokens` are the trivial initialisers
 of issue 20.
+
+Checks (declared before the full run): the source LM must beat the count bigram on its own
+tokens and on each target's tokens (there is knowledge worth transferring); a random swap must
+cost > 0.1 bits/char (not saturated); k steps from TokenAdapt's rows must get below the
+uniform law (adaptation learns). The adapted arms are probes of the starting point after an
+equal, small budget, so they are compared with each other, not required to beat counts.
+Revised once before the full run, after a pipeline smoke run with a 2-step (untrained)
+source: the first draft also required the adapted arms to beat the target count bigrams.
 """
 
 from __future__ import annotations
@@ -86,18 +94,16 @@ CHECKS = (
                  (arm("random", EN), ZS), ">", (SOURCE, BPC), by=0.1),
     prerequisite("swap_costs_super", "not saturated: the same for the supertoken vocabulary",
                  (arm("random", SUPER), ZS), ">", (SOURCE, BPC), by=0.1),
-    prerequisite("adapted_beats_uniform_en", "after k steps the TokenAdapt model beats the "
-                 "uniform law over bpe:1024", (arm("tokenadapt", EN), AD), "<",
-                 (uniform(EN), BPC)),
-    prerequisite("adapted_beats_uniform_super", "after k steps the TokenAdapt model beats the "
-                 "uniform law over bpe:2048", (arm("tokenadapt", SUPER), AD), "<",
-                 (uniform(SUPER), BPC)),
-    prerequisite("adapted_beats_counts_en", "after k steps the TokenAdapt model beats a count "
-                 "bigram on bpe:1024 tokens", (arm("tokenadapt", EN), AD), "<",
-                 (counts(EN), BPC)),
-    prerequisite("adapted_beats_counts_super", "after k steps the TokenAdapt model beats a "
-                 "count bigram on bpe:2048 tokens", (arm("tokenadapt", SUPER), AD), "<",
-                 (counts(SUPER), BPC)),
+    prerequisite("adapted_learns_en", "k embeddings-only steps from TokenAdapt's rows reach "
+                 "below the uniform law over bpe:1024 (the adaptation learns)",
+                 (arm("tokenadapt", EN), AD), "<", (uniform(EN), BPC)),
+    prerequisite("adapted_learns_super", "the same over bpe:2048",
+                 (arm("tokenadapt", SUPER), AD), "<", (uniform(SUPER), BPC)),
+    prerequisite("worth_transferring_en", "the source model (with T0) predicts the text "
+                 "better than a count bigram fitted under the new tokenizer bpe:1024 (the "
+                 "knowledge to transfer exists)", (SOURCE, BPC), "<", (counts(EN), BPC)),
+    prerequisite("worth_transferring_super", "the same against the count bigram under "
+                 "bpe:2048", (SOURCE, BPC), "<", (counts(SUPER), BPC)),
     claim("zero_shot_en", "zero-shot, TokenAdapt rows give lower bits/char than the mean of "
           "subtokens (English retokenisation)", (arm("tokenadapt", EN), ZS), "<",
           (arm("mean_subtokens", EN), ZS)),
@@ -117,41 +123,7 @@ CHECKS = (
 SEEDS = 3
 
 INITS = ("random", "mean_subtokens", "tokenadapt")
-ALPHAS = (0.003, 0.01, 0.03, 0.1, 0.3)
-
-
-# --- the count baseline --------------------------------------------------------------------
-
-def _bigram_scores(model, seqs: list[np.ndarray], chars: np.ndarray) -> tuple[float, float]:
-  """(nats, characters) of every token but each document's first under `model`."""
-  nats = nch = 0.0
-  for ids in seqs:
-    if len(ids) < 2:
-      continue
-    nats += float(model.nll([ids])[0][1:].sum())
-    nch += float(chars[ids[1:]].sum())
-  return nats, nch
-
-
-def bigram_bits_per_char(train: list[np.ndarray], valid: list[np.ndarray], vocab: int,
-                         chars: np.ndarray, alphas=ALPHAS) -> tuple[float, float]:
-  """(bits/char on `valid`, alpha): a count bigram on the training documents' token ids,
-  alpha chosen by 2-fold cross-validation on the training documents."""
-  from tokenlab.repro.baselines import NGram
-  if len(alphas) == 1:   # nothing to choose (--quick)
-    nats, nch = _bigram_scores(NGram(2, vocab, alphas[0]).fit(train), valid, chars)
-    return nats / math.log(2.0) / nch, alphas[0]
-  half = len(train) // 2
-  folds = ((train[:half], train[half:]), (train[half:], train[:half]))
-  def cv(alpha):
-    nats = nch = 0.0
-    for fit, held in folds:
-      n, c = _bigram_scores(NGram(2, vocab, alpha).fit(fit), held, chars)
-      nats, nch = nats + n, nch + c
-    return nats / nch
-  alpha = min(alphas, key=cv)
-  nats, nch = _bigram_scores(NGram(2, vocab, alpha).fit(train), valid, chars)
-  return nats / math.log(2.0) / nch, alpha
+ALPHAS = (0.003, 0.01, 0.03, 0.1, 0.3)   # the count bigram's add-alpha grid (2-fold CV)
 
 
 # --- one seed ------------------------------------------------------------------------------
@@ -176,6 +148,7 @@ def run_seed(ctx: Context) -> Trial:
   from tokenlab.config import load_config
   from tokenlab.data import get_tokenizer
   from tokenlab.methods import tokenadapt as ta
+  from tokenlab.repro.baselines import docs_bigram_bits_per_char
   from tokenlab.train.init_from import load_params
   from tokenlab.transfer import harness
   size = "tiny" if ctx.quick else "small"
@@ -209,18 +182,13 @@ def run_seed(ctx: Context) -> Trial:
       rows += [(SOURCE, BPC, src_eval["bits_per_char"]),
                (SOURCE, TPC, src_eval["tokens_per_char"])]
     t0_tpc = harness.tokens_per_char(old_tok, docs)
-    bpc, alpha = bigram_bits_per_char(old_tok.encode_batch(train_docs),
-                                      old_tok.encode_batch(docs), old_tok.vocab_size,
-                                      harness.chars_per_token(old_tok), alphas)
+    bpc, alpha = docs_bigram_bits_per_char(old_tok, train_docs, docs, alphas)
     rows += [(counts("T0"), BPC, bpc), (counts("T0"), "alpha (2-fold CV)", alpha)]
     zs_both: dict[str, list[float]] = {}
     for label, target in targets.items():
       new_data = harness.target_data_config(config.data, harness.parse_target(target))
       new_tok = get_tokenizer(new_data)
-      chars = harness.chars_per_token(new_tok)
-      bpc, alpha = bigram_bits_per_char(new_tok.encode_batch(train_docs),
-                                        new_tok.encode_batch(docs), new_tok.vocab_size, chars,
-                                        alphas)
+      bpc, alpha = docs_bigram_bits_per_char(new_tok, train_docs, docs, alphas)
       rows += [(counts(label), BPC, bpc), (counts(label), "alpha (2-fold CV)", alpha)]
       p = ta.plan(old_tok, new_tok, ta.TokenAdaptConfig.from_aux(aux))
       notes[label] = {"target": target, **p.counts(),
