@@ -5,6 +5,8 @@
   harness.py       swap a run's tokenizer, evaluate bits per char/byte zero-shot and after k
                    steps of adaptation (embeddings only / full), sequence-length reduction,
                    one results table: `tokenlab transfer` (tokenlab/cli.py)
+  word_vectors.py  static word vectors (PPMI + SVD of co-occurrence), Procrustes alignment,
+                   subword vectors from the words holding them (WECHSEL's inputs)
 
 Methods that make new embeddings (ZeTT, WECHSEL, TokenAdapt, ...) register an initialiser
 with `@register_initializer("name")` in tokenlab/methods/<name>.py and run on this harness.
