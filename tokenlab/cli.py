@@ -254,7 +254,7 @@ def _cmd_tokenizer_report(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 _TOKENIZER_REPORT_EPILOG = """\
-TOKENIZER: bytes; KIND:VOCAB[@LANG] with KIND bpe, sentencepiece or lzw, trained on the
+TOKENIZER: bytes; KIND:VOCAB[@LANG] with KIND bpe, sentencepiece, lzw or lib, trained on the
 multilingual monolingual train split of LANG (default en), e.g. bpe:1024@ru; a run directory
 (the tokenizer its config.json names); or a tokenizer file (tokenlab BPE .json,
 SentencePiece .model). Several are reported side by side. Per language: tokens per word,

@@ -2,7 +2,7 @@
 
 Keys (every experiment has them under `config.data`):
   name          dataset: one of registry.DATASETS
-  tokenizer     'bytes' | 'sentencepiece' | 'bpe' (ignored by image datasets)
+  tokenizer     'bytes' | 'sentencepiece' | 'bpe' | 'lib' (ignored by image datasets)
   vocab_size    wanted vocabulary of a trained tokenizer; 256 for 'bytes'
   seq_len       tokens per packed row
   data_dir      where built data and tokenizers live ('' = $TOKENLAB_DATA_DIR or

@@ -93,4 +93,4 @@ DATASETS: dict[str, DatasetSpec] = {
         description="a prepared tfds text dataset in the data dir (array_record), any scale"),
 }
 
-TOKENIZERS = ("bytes", "sentencepiece", "bpe")
+TOKENIZERS = ("bytes", "sentencepiece", "bpe", "lib")

@@ -18,12 +18,12 @@ two levels, as Qtok does:
    without byte fallback, an LZW dictionary without the byte).
 
 TOKENIZER is a spec (`load_tokenizer`): 'bytes'; KIND:VOCAB[@LANG] with KIND bpe,
-sentencepiece or lzw, trained on the train split of the `multilingual` dataset's monolingual
-text of LANG (default en; bpe/sentencepiece are cached like any pipeline tokenizer); a run
-directory (the tokenizer of `tokenlab train`'s run, from its config.json); or a tokenizer file
-(a tokenlab BPE .json, a SentencePiece .model). CORPUS is multilingual[:L1,L2,...] (the
-held-out strings of those languages; default: all 39) or a UTF-8 text file (one document per
-line).
+sentencepiece, lzw or lib (LiB), trained on the train split of the `multilingual` dataset's
+monolingual text of LANG (default en; bpe/sentencepiece/lib are cached like any pipeline
+tokenizer); a run directory (the tokenizer of `tokenlab train`'s run, from its config.json);
+or a tokenizer file (a tokenlab BPE or LiB .json, a SentencePiece .model). CORPUS is
+multilingual[:L1,L2,...] (the held-out strings of those languages; default: all 39) or a
+UTF-8 text file (one document per line).
 
 Follows Qtok: the vocabulary-level categories (Unicode category, script, completeness, token
 length) and the per-language view. Different: Qtok reads Hugging Face vocabularies of public
@@ -284,7 +284,7 @@ def report(tok: Tokenizer, corpus: Mapping[str, Sequence[str]], name: str = "") 
 
 # --- loading tokenizers and corpora -----------------------------------------------------------
 
-KINDS = ("bpe", "sentencepiece", "lzw")
+KINDS = ("bpe", "sentencepiece", "lzw", "lib")
 
 
 def multilingual_data_config(kind: str, vocab_size: int, lang: str = "en"):
@@ -315,10 +315,12 @@ def load_tokenizer(spec: str) -> Tokenizer:
     with open(spec, "rb") as f:
       blob = f.read()
     if spec.endswith(".json"):
+      if json.loads(blob).get("type") == "lib":
+        return tokenizers.LiBTokenizer.from_json(blob.decode())
       return tokenizers.BPETokenizer.from_json(blob.decode())
     if spec.endswith(".model"):
       return tokenizers.SentencePieceTokenizer(blob)
-    raise TokenlabError(f"{spec}: a tokenizer file must be a tokenlab BPE .json or a "
+    raise TokenlabError(f"{spec}: a tokenizer file must be a tokenlab BPE or LiB .json or a "
                         "SentencePiece .model")
   m = re.fullmatch(r"(?P<kind>[a-z]+):(?P<vocab>\d+)(?:@(?P<lang>[a-z]+))?", spec)
   if not m or m.group("kind") not in KINDS:

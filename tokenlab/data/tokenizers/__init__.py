@@ -1,4 +1,4 @@
-"""Tokenizers: bytes, sentencepiece and a plain byte-level BPE, behind one interface.
+"""Tokenizers: bytes, sentencepiece, a plain byte-level BPE and LiB, behind one interface.
 
 `get_tokenizer(data_cfg)` returns the tokenizer a data config names. Trained tokenizers are
 trained once on the dataset's train split and cached in the data dir under
@@ -19,10 +19,11 @@ from etils import epath
 from tokenlab.data.tokenizers.base import Tokenizer
 from tokenlab.data.tokenizers.bpe import BPETokenizer
 from tokenlab.data.tokenizers.bytes_tokenizer import BytesTokenizer
+from tokenlab.data.tokenizers.lib import LiBTokenizer
 from tokenlab.data.tokenizers.sentencepiece_tokenizer import SentencePieceTokenizer
 
-__all__ = ["Tokenizer", "BytesTokenizer", "BPETokenizer", "SentencePieceTokenizer",
-           "get_tokenizer", "tokenizer_path", "train_documents"]
+__all__ = ["Tokenizer", "BytesTokenizer", "BPETokenizer", "LiBTokenizer",
+           "SentencePieceTokenizer", "get_tokenizer", "tokenizer_path", "train_documents"]
 
 _MAX_TRAIN_BYTES = 16 << 20  # Trained tokenizers see at most this much of the train split.
 _CACHE: dict[str, Tokenizer] = {}
@@ -31,7 +32,7 @@ _CACHE: dict[str, Tokenizer] = {}
 def tokenizer_path(cfg: dict[str, Any]) -> epath.Path:
   """Returns where the trained tokenizer of a resolved data config is cached."""
   from tokenlab.data import storage  # pylint: disable=g-import-not-at-top
-  ext = "json" if cfg["tokenizer"] == "bpe" else "model"
+  ext = "json" if cfg["tokenizer"] in ("bpe", "lib") else "model"
   name = (f"{cfg['name']}-{storage.options_hash(cfg['options'])}-"
           f"{cfg['tokenizer']}{cfg['vocab_size']}.{ext}")
   return epath.Path(storage.resolve_data_dir(cfg["data_dir"])) / "tokenizers" / name
@@ -54,12 +55,17 @@ def train_documents(cfg: dict[str, Any]) -> list[bytes]:
 def _load(kind: str, data: bytes) -> Tokenizer:
   if kind == "bpe":
     return BPETokenizer.from_json(data.decode())
+  if kind == "lib":
+    return LiBTokenizer.from_json(data.decode())
   return SentencePieceTokenizer(data)
 
 
 def _train(kind: str, docs: list[bytes], vocab_size: int) -> tuple[Tokenizer, bytes]:
   if kind == "bpe":
     tok = BPETokenizer.train(docs, vocab_size)
+    return tok, tok.to_json().encode()
+  if kind == "lib":   # LiB's learner with its defaults, seed 0 (tokenlab/data/tokenizers/lib.py)
+    tok = LiBTokenizer.train(docs, vocab_size)
     return tok, tok.to_json().encode()
   tok = SentencePieceTokenizer.train(docs, vocab_size)
   return tok, tok.model_proto
