@@ -11,7 +11,7 @@ EXP = "experiments/transformer_lm.py:size=tiny"
 
 def _run(*args, devices=4):
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-             "--xla_backend_optimization_level=0",
+             + os.environ["TOKENLAB_TEST_COMPILE_FLAGS"],
              JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "tokenlab.cli", *args], env=env,
                         capture_output=True, text=True, timeout=300)

@@ -177,7 +177,7 @@ def test_sigkill_during_saves_leaves_a_restorable_checkpoint(tmp_path, data_dir)
           "--config.train.steps=400", "--config.checkpoint.every_steps=1",
           "--config.train.progress=false", "--config.train.eval_every=0"]
   env = dict(os.environ, XLA_FLAGS=("--xla_force_host_platform_device_count=1 "
-                                    "--xla_backend_optimization_level=0"))
+                                    + os.environ["TOKENLAB_TEST_COMPILE_FLAGS"]))
   proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpts = workdir / "checkpoints"
   deadline = time.time() + 120

@@ -48,7 +48,7 @@ def installed(tmp_path_factory):
 def _run(venv, cwd, *args, timeout=600):
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
   env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=("--xla_force_host_platform_device_count=1 "
-                                             "--xla_backend_optimization_level=0"),
+                                             + os.environ["TOKENLAB_TEST_COMPILE_FLAGS"]),
              PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}")
   return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True,
                         timeout=timeout)

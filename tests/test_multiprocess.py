@@ -83,7 +83,7 @@ def _losses(workdir):
 def _env(tmp_path):
   env = dict(os.environ, TOKENLAB_DATA_DIR=str(tmp_path / "data"), JAX_PLATFORMS="cpu",
              XLA_FLAGS=("--xla_force_host_platform_device_count=4 "
-                        "--xla_backend_optimization_level=0"), PYTHONUNBUFFERED="1")
+                        + os.environ["TOKENLAB_TEST_COMPILE_FLAGS"]), PYTHONUNBUFFERED="1")
   for k in ("TOKENLAB_COORDINATOR", "TOKENLAB_NUM_PROCESSES", "TOKENLAB_PROCESS_ID"):
     env.pop(k, None)
   return env

@@ -85,7 +85,7 @@ def test_cli_reexecs_with_more_devices_than_this_process_has(tmp_path):
        "--config.model.num_layers=1"],
       cwd=REPO, capture_output=True, text=True, timeout=120,
       env=dict(os.environ, XLA_FLAGS=("--xla_force_host_platform_device_count=4 "
-                                      "--xla_backend_optimization_level=0"),
+                                      + os.environ["TOKENLAB_TEST_COMPILE_FLAGS"]),
                JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "plan: 8 devices" in proc.stdout and "v5e" in proc.stdout
