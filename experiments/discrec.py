@@ -18,8 +18,8 @@ from tokenlab.config import base_config, choose, parse_arg, set_accelerator_defa
 SIZES = {
     #        d_model layers heads batch  steps   lr    items  users  history
     "tiny": (32, 1, 2, 8, 3, 3e-3, 64, 64, 4),
-    "small": (64, 2, 4, 64, 1500, 3e-3, 256, 2048, 8),
-    "base": (512, 8, 8, 512, 50000, 6e-4, 16384, 500000, 20),
+    "small": (64, 2, 4, 64, 800, 3e-3, 256, 2048, 8),
+    "base": (512, 8, 8, 512, 50000, 6e-4, 16384, 100000, 20),
 }
 
 

@@ -40,7 +40,7 @@ CLAIM = ("DiscRec's item-level position embeddings and gated within-item (collab
 
 EXPERIMENT = "experiments/discrec.py"
 ARMS = (("discrec", "collab=1"), ("tiger", "collab=0"))
-STEPS = 1000
+STEPS = 800
 EVAL_USERS = 512
 BEAM = 10
 
