@@ -239,6 +239,27 @@ def evaluate(config: ConfigDict, params: PyTree, tok: Tokenizer,
           "tokens_per_char": tokens_per_char(tok, docs)}
 
 
+def extend_vocabulary(params: Mapping[str, Any], new: Embeddings) -> dict[str, Any]:
+  """`params` of a vocabulary of V0 tokens with `new.vocab_size` = T rows appended: ids V0 ..
+  V0 + T - 1 (e.g. tool tokens). Input rows go after the embedding table's (V0, d) ->
+  (V0 + T, d); output rows (T, d) after the lm_head kernel's columns (d, V0) -> (d, V0 + T)
+  (`new.output` None: a tied model). Every other leaf is the same object. Works on numpy and
+  on traced arrays (jnp.concatenate), so a method can extend inside its loss and gradients
+  reach the new rows."""
+  out = dict(params)
+  table = params[EMBED_PATH[0]][EMBED_PATH[1]]
+  out[EMBED_PATH[0]] = {**params[EMBED_PATH[0]], EMBED_PATH[1]: jnp.concatenate(
+      [table, jnp.asarray(new.input, table.dtype)], axis=0)}
+  if UNEMBED_PATH[0] in params:
+    if new.output is None:
+      raise TokenlabError("the model has an output layer but the new rows have no output "
+                          "embeddings")
+    kernel = params[UNEMBED_PATH[0]][UNEMBED_PATH[1]]
+    out[UNEMBED_PATH[0]] = {**params[UNEMBED_PATH[0]], UNEMBED_PATH[1]: jnp.concatenate(
+        [kernel, jnp.asarray(new.output, kernel.dtype).T], axis=1)}
+  return out
+
+
 # --- swapping and adapting ---------------------------------------------------------------
 
 def _check_source(config: ConfigDict, where: str) -> None:
