@@ -65,7 +65,7 @@ from tokenlab.errors import ConfigError
 from tokenlab.method import Average, Batch, Method, PyTree
 from tokenlab.methods.transformer_lm import TransformerLM, TransformerLMConfig, lm_loss
 from tokenlab.registry import register_method
-from tokenlab.transfer.harness import extend_vocabulary, get_embeddings
+from tokenlab.transfer.harness import extend_vocabulary
 from tokenlab.transfer.initializers import Embeddings, register_initializer, shared_tokens
 
 STAGES = ("pretrain", "tools")
