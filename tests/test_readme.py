@@ -137,7 +137,8 @@ def _shrink(argv: list[str], tmp: str):
   if argv[1:3] == ["bench", "gpu"]:   # needs a GPU; tests/test_bench_gpu.py runs --smoke
     return argv + ["--help"]
   if argv[1:3] == ["bench", "trainer"]:
-    return argv + ["--steps", "2", "--log-every", "1", "--peak-size", "256"]
+    return argv + ["--steps", "2", "--log-every", "1", "--peak-size", "256"] + (
+        [] if "--config" in argv else ["--config", "experiments/transformer_lm.py:size=tiny"])
   raise AssertionError(f"README command the README test does not know how to shrink: {argv}")
 
 

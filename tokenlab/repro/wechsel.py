@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from tokenlab.repro import Context, Trial, claim, compile_cache, prerequisite
+from tokenlab.repro.baselines import docs_bigram_bits_per_char
 
 CLAIM = ("Initialising a target-language tokenizer's embeddings with WECHSEL (softmax-weighted "
          "nearest source tokens in aligned static word embeddings) gives a lower loss on the "
@@ -84,29 +85,6 @@ CHECKS = (
 )
 
 
-def docs_bigram_bpc(tok, train_docs: list[bytes], eval_docs: list[bytes],
-                    alphas=ALPHAS) -> tuple[float, float]:
-  """(bits/char, alpha) of the count bigram of `tok`'s tokens: fitted on `train_docs`
-  (alpha by 2-fold cross-validation over them), scored on `eval_docs` as the harness's
-  evaluation scores them (every token but each document's first, per document)."""
-  from tokenlab.repro.baselines import NGram
-  from tokenlab.transfer.harness import chars_per_token
-  chars = chars_per_token(tok)
-  train = [np.asarray(s) for s in tok.encode_batch(train_docs)]
-  evals = [np.asarray(s) for s in tok.encode_batch(eval_docs)]
-
-  def score(fit, held, alpha):
-    m = NGram(order=2, vocab=tok.vocab_size, alpha=alpha).fit(fit)
-    nats = sum(-math.log(m.prob(s[i - 1:i], int(s[i]))) for s in held for i in range(1, len(s)))
-    nchars = sum(chars[s[1:]].sum() for s in held)
-    return nats / math.log(2) / max(nchars, 1.0)
-
-  half = len(train) // 2
-  alpha = min(alphas, key=lambda a: score(train[:half], train[half:], a)
-              + score(train[half:], train[:half], a))
-  return score(train, evals, alpha), alpha
-
-
 def run_seed(ctx: Context) -> Trial:
   if ctx.quick:    # one seed, nothing to share (the test session has its own cache)
     return _run_seed(ctx)
@@ -150,7 +128,8 @@ def _run_seed(ctx: Context) -> Trial:
   for arm, tok, train, val in ((BIGRAM_EN, old_tok, en_train, en_val),
                                (BIGRAM_DE, new_tok, de_train, de_val)):
     # Quick: one alpha (the smoke test skips the baseline's tuning, which is pure Python).
-    bpc, alpha = docs_bigram_bpc(tok, train, val, ALPHAS[1:2] if ctx.quick else ALPHAS)
+    bpc, alpha = docs_bigram_bits_per_char(tok, train, val,
+                                           ALPHAS[1:2] if ctx.quick else ALPHAS)
     rows += [(arm, BPC, bpc), (arm, "alpha (2-fold CV, train docs)", alpha)]
 
   # 2. Swap in the German tokenizer with each initialiser; zero-shot, then k full steps.
