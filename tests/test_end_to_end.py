@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from tokenlab.config import load_config
 from tokenlab.train.loop import train
+from tokenlab.train.metrics import read_metrics
 
 EXP = "experiments/transformer_lm.py:size=tiny"
 
@@ -175,7 +176,8 @@ def test_sigkill_during_saves_leaves_a_restorable_checkpoint(tmp_path, data_dir)
   args = [sys.executable, "-m", "tokenlab.cli", "train", "--config", EXP,
           "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
           "--config.train.steps=400", "--config.checkpoint.every_steps=1",
-          "--config.train.progress=false", "--config.train.eval_every=0"]
+          "--config.train.progress=false", "--config.train.eval_every=0",
+          "--config.train.log_every=1"]
   env = dict(os.environ, XLA_FLAGS=("--xla_force_host_platform_device_count=1 "
                                     + os.environ["TOKENLAB_TEST_COMPILE_FLAGS"]))
   proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -190,14 +192,16 @@ def test_sigkill_during_saves_leaves_a_restorable_checkpoint(tmp_path, data_dir)
   proc.kill()
   proc.wait()
   assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-  config = load_config(EXP, [f"--config.data.data_dir={data_dir}", "--config.train.steps=400",
-                             "--config.checkpoint.every_steps=1",
-                             "--config.train.progress=false", "--config.train.eval_every=0",
-                             "--config.mesh.data=-1"])
   from tokenlab.train.checkpoint import Checkpointer
   latest = Checkpointer(str(ckpts)).latest_step()
   assert latest is not None and latest >= 3
-  with config.unlocked():
-    config.train.steps = latest + 2
-  result = train(config, str(workdir))
-  assert result["step"] == latest + 2
+  # Resumed by the same command (same device count: its compiled programs come from the
+  # session's compilation cache), two steps past the checkpoint it finds.
+  resumed = subprocess.run([a if not a.startswith("--config.train.steps=") else
+                            f"--config.train.steps={latest + 2}" for a in args],
+                           env=env, capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert Checkpointer(str(ckpts)).latest_step() == latest + 2
+  # It continued from the checkpoint: its first logged step is the one after it.
+  steps = [r["step"] for r in read_metrics(str(workdir)) if "train/loss" in r]
+  assert steps[-2:] == [latest + 1, latest + 2], steps

@@ -205,8 +205,9 @@ def run_all(commands: list[tuple[list[str], list[str]]], tmp_path) -> int:
   if not (tmp_path / "launch").exists():
     os.symlink(os.path.join(REPO, "launch"), tmp_path / "launch")
   # Commands that train the same configuration (README trains the default experiment twice)
-  # load its compiled programs instead of compiling them again.
-  with compile_cache(str(tmp_path / "jax_cache")):
+  # load its compiled programs instead of compiling them again; the test session's cache
+  # (tests/conftest.py) also shares them with the help examples and the install test.
+  with compile_cache(os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(tmp_path / "jax_cache")):
     return _run_all(commands, tmp_path)
 
 
