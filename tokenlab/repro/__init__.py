@@ -228,21 +228,22 @@ def run(name: str, workdir: str | None = None, seed: int = 0, quick: bool = Fals
   command = (f"tokenlab repro {name} --workdir {workdir} --seed {seed} --seeds {n}"
              + (" --quick" if quick else ""))
   _write(report, name, workdir, command, seconds, quick)
-  plot_arms(workdir)
+  # A quick run plots one arm: enough to smoke-test the plots (matplotlib costs 1-2 s an arm).
+  plot_arms(workdir, limit=1 if quick else None)
   return report
 
 
-def plot_arms(workdir: str) -> list[str]:
-  """`tokenlab plot` for every trained arm (WORKDIR/seed<S>/<arm>/plots); returns the
-  summary PNGs. Runs after repro.md is written, so a plotting error loses no result."""
+def plot_arms(workdir: str, limit: int | None = None) -> list[str]:
+  """`tokenlab plot` for every trained arm (WORKDIR/seed<S>/<arm>/plots), or the first
+  `limit`; returns the summary PNGs. Runs after repro.md is written, so a plotting error
+  loses no result."""
   from tokenlab.plotting import plot_workdir
-  summaries = []
+  arms = []
   for seed_dir in sorted(d for d in os.listdir(workdir) if d.startswith("seed")):
     root = os.path.join(workdir, seed_dir)
-    for arm in sorted(os.listdir(root)):
-      if os.path.isfile(os.path.join(root, arm, "metrics.jsonl")):
-        summaries.append(plot_workdir(os.path.join(root, arm))[0])
-  return summaries
+    arms += [os.path.join(root, arm) for arm in sorted(os.listdir(root))
+             if os.path.isfile(os.path.join(root, arm, "metrics.jsonl"))]
+  return [plot_workdir(arm)[0] for arm in arms[:limit]]
 
 
 def _write(report: Result, name: str, workdir: str, command: str, seconds: float,
