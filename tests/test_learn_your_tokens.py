@@ -22,7 +22,7 @@ def _tokens(text=TEXT, n=40):
 @pytest.fixture(scope="module")
 def model():
   m = LearnYourTokens(CFG)
-  return m, m.init(jax.random.key(0), {"inputs": _tokens()})
+  return m, jax.jit(m.init)(jax.random.key(0), {"inputs": _tokens()})  # one program, not op by op
 
 
 def test_words_are_whitespace_delimited_and_cut_at_max_len():

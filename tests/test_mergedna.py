@@ -32,7 +32,7 @@ def _batch(b=2, n=N, seed=0):
 @pytest.fixture(scope="module")
 def model():
   m = MergeDNA(CFG)
-  return m, m.init(jax.random.key(0), _batch())
+  return m, jax.jit(m.init)(jax.random.key(0), _batch())  # one program, not op by op
 
 
 def test_source_matrix_rows_partition_bases_into_contiguous_spans(model):
@@ -110,11 +110,11 @@ def test_losses_finite_and_latent_mtr_does_not_train_the_local_encoder(model):
 def test_mlm_and_kmer_baselines():
   batch = _batch()
   mlm = MergeDNA(dataclasses.replace(CFG, objective="mlm", mask_rate=0.3))
-  p = mlm.init(jax.random.key(0), batch)
+  p = jax.jit(mlm.init)(jax.random.key(0), batch)
   loss, metrics = mlm.loss(p, batch, jax.random.key(0))
   assert np.isfinite(float(loss)) and float(metrics["loss"].count) > 0
   kmer = MergeDNA(dataclasses.replace(CFG, tokenizer="kmer", kmer=4))
-  t = kmer.tokenize(kmer.init(jax.random.key(0), batch), batch["inputs"])
+  t = kmer.tokenize(jax.jit(kmer.init)(jax.random.key(0), batch), batch["inputs"])
   np.testing.assert_array_equal(t["group_ids"][0], np.arange(N) // 4)
   assert MASK_ID not in b"ACGT"
 
@@ -152,7 +152,7 @@ def test_row_budget_merge_spends_the_row_budget_where_tokens_are_similar():
 def test_row_scope_model_keeps_the_static_token_count():
   m = MergeDNA(dataclasses.replace(CFG, merge_scope="row"))
   batch = _batch()
-  params = m.init(jax.random.key(0), batch)
+  params = jax.jit(m.init)(jax.random.key(0), batch)
   t = jax.jit(m.tokenize)(params, batch["inputs"])
   chex.assert_shape(t["tokens"], (2, CFG.num_tokens(N), CFG.d_model))
   np.testing.assert_allclose(np.asarray(t["sizes"]).sum(1), N)

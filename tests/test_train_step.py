@@ -23,7 +23,7 @@ def _lm_batch(rng, batch=8, length=16, vocab=32):
 
 
 def _state(method, batch, tx):
-  params = nn.meta.unbox(method.init(jax.random.key(0), batch))
+  params = nn.meta.unbox(jax.jit(method.init)(jax.random.key(0), batch))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 

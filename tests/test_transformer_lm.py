@@ -22,12 +22,13 @@ def _batch(seq=24, batch=2, seed=0):
 def test_window_covering_the_sequence_equals_dense_causal():
   batch = _batch()
   dense = TransformerLM(TransformerLMConfig(**CFG))
-  params = dense.init(jax.random.key(0), batch)
+  params = jax.jit(dense.init)(jax.random.key(0), batch)
   windowed = TransformerLM(TransformerLMConfig(**CFG, window=(64, 0)))
-  a, b = dense.logits(params, batch), windowed.logits(params, batch)
+  a, b = jax.jit(dense.logits)(params, batch), jax.jit(windowed.logits)(params, batch)
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
   short = TransformerLM(TransformerLMConfig(**CFG, window=(3, 0)))
-  assert not np.allclose(np.asarray(short.logits(params, batch)), np.asarray(a), atol=1e-3)
+  assert not np.allclose(np.asarray(jax.jit(short.logits)(params, batch)), np.asarray(a),
+                         atol=1e-3)
 
 
 @pytest.mark.parametrize("window", [None, (4, 0)])
@@ -35,12 +36,13 @@ def test_causal_and_segments_do_not_leak(window):
   """Changing token j changes no logit before j, and nothing in the other document."""
   method = TransformerLM(TransformerLMConfig(**CFG, window=window))
   batch = _batch()
-  params = method.init(jax.random.key(0), batch)
-  base = np.asarray(method.logits(params, batch))
+  params = jax.jit(method.init)(jax.random.key(0), batch)
+  logits = jax.jit(method.logits)
+  base = np.asarray(logits(params, batch))
   j = 5
   changed = dict(batch, inputs=batch["inputs"].copy())
   changed["inputs"][:, j] = (changed["inputs"][:, j] + 1) % 40
-  new = np.asarray(method.logits(params, changed))
+  new = np.asarray(logits(params, changed))
   np.testing.assert_allclose(new[:, :j], base[:, :j], atol=1e-6)
   np.testing.assert_allclose(new[:, 12:], base[:, 12:], atol=1e-6)  # second document
   assert not np.allclose(new[:, j], base[:, j])
@@ -48,7 +50,7 @@ def test_causal_and_segments_do_not_leak(window):
 
 def test_greedy_sampling_matches_argmax_of_logits():
   method = TransformerLM(TransformerLMConfig(**CFG))
-  params = method.init(jax.random.key(0), _batch())
+  params = jax.jit(method.init)(jax.random.key(0), _batch())
   buf = jnp.zeros((2, 10), jnp.int32).at[:, :3].set(jnp.array([[1, 2, 3], [4, 5, 6]]))
   out = np.asarray(method.sample(params, buf, jnp.array([3, 3]), jax.random.key(1),
                                  temperature=0.0))
@@ -61,7 +63,7 @@ def test_greedy_sampling_matches_argmax_of_logits():
 def test_flops_per_token_counts_matmul_parameters():
   cfg = TransformerLMConfig(**CFG)
   method = TransformerLM(cfg)
-  params = method.init(jax.random.key(0), _batch())
+  params = jax.jit(method.init)(jax.random.key(0), _batch())
   matmul = sum(x.size for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
                if x.ndim >= 2 and "embed" not in jax.tree_util.keystr(path))
   attention = cfg.num_layers * 4 * cfg.num_heads * cfg.heads_dim * (24 + 1) / 2
@@ -81,7 +83,7 @@ def test_pallas_window_kernel_runs_per_shard_under_a_mesh(batch_size):
   batch = _batch(seq=16, batch=batch_size)
   ref = TransformerLM(TransformerLMConfig(**CFG, window=(5, 0), attention_impl="reference"))
   pallas = TransformerLM(TransformerLMConfig(**CFG, window=(5, 0), attention_impl="pallas_gpu"))
-  params = ref.init(jax.random.key(0), batch)
+  params = jax.jit(ref.init)(jax.random.key(0), batch)
   mesh = make_mesh(ConfigDict({"data": 2, "fsdp": 1, "tensor": 2}))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules_from_config(DEFAULT_SHARDING_RULES)):
     want = jax.jit(ref.logits)(params, batch)
