@@ -3,7 +3,8 @@
 Commands come from README.md's ```bash blocks (continuation lines joined, `&&` chains split),
 from transcript blocks (lines starting with `$ `, whose shown output must appear), and from
 inline `tokenlab ...` quotes. They run in order, in one temporary directory, with
-$TOKENLAB_CONFIG_OVERRIDES shrinking every training run to a couple of steps:
+$TOKENLAB_CONFIG_OVERRIDES shrinking every training run to a couple of steps (and an
+experiment's size=small to size=tiny):
 README keeps showing the real commands. How each kind of command is shrunk is the table
 `_shrink` below; a command it does not know fails the test, so a new command cannot land in
 README untested. A synopsis (`tokenlab repro NAME`, `tokenlab plan`) is checked against the
@@ -127,7 +128,10 @@ def _shrink(argv: list[str], tmp: str):
     argv = [("v5e:2x2" if i and argv[i - 1] == "--topology" else a) for i, a in enumerate(argv)]
     return argv + ([] if "--config" in argv else
                    ["--config", "experiments/transformer_lm.py:size=tiny"])
-  if sub in ("train", "plot", "plan", "data", "grow", "tokenizer-report"):
+  if sub == "train":   # README's size=small runs train at size=tiny (compiles are most of it)
+    return [re.sub(r"([:,]size=)small\b", r"\1tiny", a) if a.startswith("experiments/") else a
+            for a in argv]
+  if sub in ("plot", "plan", "data", "grow", "tokenizer-report"):
     return argv
   if sub == "transfer":   # two adaptation steps, embeddings only (argparse: the last flag wins)
     return argv + ["--steps", "2", "--mode", "embeddings"]
@@ -316,6 +320,8 @@ tokenlab: error: unknown
   assert cmds[-1][1] == ["tokenlab: error: unknown"]
   assert _shrink(cmds[0][0], "/t") is SYNOPSIS and _shrink(cmds[2][0], "/t") is SETUP
   assert _shrink(cmds[1][0], "/t") == ["tokenlab", "train", "--workdir", "/t/x"]
+  assert _shrink(["tokenlab", "train", "--config", "experiments/caft.py:size=small,stage=x"],
+                 "/t") == ["tokenlab", "train", "--config", "experiments/caft.py:size=tiny,stage=x"]
   assert _shrink(["tokenlab", "repro", "hnet"], "/t") is REPRO
   _check_repro(["tokenlab", "repro", "hnet", "--seeds", "3"])
   with pytest.raises(AssertionError, match="no such reproduction"):
