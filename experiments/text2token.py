@@ -8,8 +8,8 @@ target distributions, on the synthetic many-topic corpus (tokenlab/data/topic_co
 
 variants: size=tiny (tests) | small (the CPU reproduction) | base (accelerators: width 512,
 6 blocks, 200 topics, 400k texts, bfloat16, FSDP); objective=data | model | contrastive | lm;
-targets=data or the path of an .npz of model-derived targets {'train', 'test'} (written by
-the reproduction from a trained `objective=lm` run).
+targets=data or the path of an .npz of model-derived targets (top `task.target_top_k` tokens
+per text, written by the reproduction from a trained `objective=lm` run).
 
 The corpus is fed through the trainer's in-code data hook (`iterator_fns(config)`), so there
 is no tfds source; `config.task` holds the corpus parameters.
@@ -41,7 +41,8 @@ def get_config(arg=None):
   c.task = ConfigDict(dict(num_topics=topics, words_per_topic=words, function_words=64,
                            length=12 if arg.size != "base" else 32, p_function=0.4,
                            p_noise=0.6, num_train=train, num_test=test, seed=0,
-                           targets=arg.targets))
+                           targets=arg.targets,
+                           target_top_k={"tiny": 16, "small": 128, "base": 256}[arg.size]))
   c.data.name = "method"   # the corpus of tokenlab/methods/text2token.py (iterator_fns)
   c.data.seq_len = c.task.length
   c.model.name = "text2token"

@@ -15,6 +15,7 @@ from tokenlab.methods import text2token as t2t
 # Jitted once each: eager jnp compiles every op on its own (slower at the tests' -O0).
 kl = jax.jit(t2t.token_target_loss)
 nce = jax.jit(t2t.info_nce, static_argnums=2)
+densify = jax.jit(t2t.densify, static_argnums=2)
 TASK = TopicCorpusTask(num_topics=4, words_per_topic=8, function_words=6, length=10,
                        num_train=200, num_test=100, seed=3)
 
@@ -62,6 +63,11 @@ def test_data_targets_are_order_invariant_distributions(corpus):
   # With padding (id 0) in a text: it gets no mass.
   padded = np.concatenate([x[:2, :6], np.zeros((2, 4), x.dtype)], 1)
   assert t2t.data_targets(padded, idf)[:, 0].max() == 0.0
+  # The sparse form the batches carry scatters back to the same distributions.
+  for texts in (x, padded):
+    ids, w = t2t.sparse_data_targets(texts, idf)
+    np.testing.assert_allclose(np.asarray(densify(ids, w, TASK.vocab_size)),
+                               t2t.data_targets(texts, idf), atol=1e-6)
 
 
 def test_model_targets_are_distributions():
@@ -73,6 +79,9 @@ def test_model_targets_are_distributions():
   expected = np.asarray(probs).mean(1) * np.asarray(idf)
   expected[:, 0] = 0
   np.testing.assert_allclose(p, expected / expected.sum(1, keepdims=True), rtol=1e-5)
+  ids, w = jax.jit(t2t.top_k_targets, static_argnums=1)(jnp.asarray(p), 3)   # stored form
+  np.testing.assert_allclose(np.asarray(w).sum(1), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(np.sort(np.asarray(ids), 1), np.sort(np.argsort(-p, 1)[:, :3], 1))
 
 
 def test_kl_loss_is_minimised_where_prediction_equals_target():
@@ -112,25 +121,30 @@ def test_knn_accuracy_by_hand():
 
 
 def test_model_targets_reach_the_batches_through_the_data_hook(tmp_path):
-  """The reproduction writes model-derived targets to an .npz; `targets=PATH` feeds them."""
+  """The reproduction writes model-derived top-k targets to an .npz; `targets=PATH` feeds
+  them to the trainer's batches, which the loss scatters onto the vocabulary."""
   from tokenlab.config import load_config
   c = load_config("experiments/text2token.py:size=tiny,objective=model")
   task = t2t.task_of(c.task)
-  data_t = t2t.data_targets(t2t.corpus(task).train_tokens,
-                            t2t.idf_weights(t2t.corpus(task).train_tokens, task.vocab_size))
-  fake = np.random.default_rng(4).dirichlet(np.ones(task.vocab_size), task.num_train)
+  rng = np.random.default_rng(4)
+  k, n, m = c.task.target_top_k, task.num_train, task.num_test
+  ids = np.stack([rng.choice(task.vocab_size, k, replace=False) for _ in range(n + m)])
+  w = rng.dirichlet(np.ones(k), n + m)
   path = str(tmp_path / "t.npz")
-  np.savez(path, train=fake, test=fake[:task.num_test])
+  np.savez(path, train_ids=ids[:n], train_weights=w[:n], test_ids=ids[n:], test_weights=w[n:])
   c.task.targets = path
   train_fn, eval_fn = t2t.iterator_fns(c)
-  it = train_fn(4, 0)
-  batch = next(it)
-  idx = [np.flatnonzero((t2t.corpus(task).train_tokens == row).all(1))[0]
-         for row in batch["tokens"]]
-  np.testing.assert_allclose(batch["target"], fake[idx], rtol=1e-6)
-  assert not np.allclose(batch["target"], data_t[idx])
+  batch = next(train_fn(4, 0))
+  tokens = t2t.corpus(task).train_tokens
+  idx = [np.flatnonzero((tokens == row).all(1))[0] for row in batch["tokens"]]
+  np.testing.assert_array_equal(batch["target_ids"], ids[idx])
+  np.testing.assert_allclose(batch["target_weights"], w[idx], rtol=1e-6)
   assert len(list(eval_fn(4, 0))) == c.train.eval_batches
   assert next(train_fn(4, 0))["tokens"].tolist() == batch["tokens"].tolist()   # (seed, step)
+  # The data-driven source: the text's own tokens, idf-weighted.
+  c.task.targets = "data"
+  data_batch = next(t2t.iterator_fns(c)[0](4, 0))
+  np.testing.assert_array_equal(data_batch["target_ids"], batch["tokens"])
 
 
 def test_bad_objective_names_the_fix():

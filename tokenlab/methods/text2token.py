@@ -19,7 +19,8 @@ The method, in the paper's order:
    (b) model-derived (`model_targets`): semantically related tokens *beyond* the text, from
        a language model: the LM's next-token distributions at every position of the text,
        averaged, then IDF-weighted and renormalised like (a), so (a) and (b) differ only in
-       where the tokens come from (the text itself vs what the LM expects around it).
+       where the tokens come from (the text itself vs what the LM expects around it); stored
+       as its top-k tokens, renormalised (`top_k_targets`, k = `config.task.target_top_k`).
    `objective='lm'` trains that LM (the same blocks, causal, next-token cross-entropy on the
    same texts) so the model-derived targets come from a model trained here.
 4. The peer the paper compares with (unsupervised contrastive learning, as in SimCSE /
@@ -80,15 +81,35 @@ def token_counts(tokens: np.ndarray, vocab: int) -> np.ndarray:
 def idf_weights(tokens: np.ndarray, vocab: int) -> np.ndarray:
   """(N, L) training texts -> (V,) smooth inverse document frequency,
   log((1 + N) / (1 + df_v)) + 1 (a token in every text still weighs 1)."""
-  df = (token_counts(tokens, vocab) > 0).sum(0)
+  rows = np.arange(len(tokens), dtype=np.int64)[:, None]
+  present = np.unique(rows * vocab + tokens) % vocab      # (text, token) pairs, sparse
+  df = np.bincount(present, minlength=vocab)
   return np.log((1.0 + len(tokens)) / (1.0 + df)) + 1.0
 
 
 def data_targets(tokens: np.ndarray, idf: np.ndarray) -> np.ndarray:
   """Data-driven targets: (N, L) texts, (V,) idf -> (N, V) float32 distributions, count x idf
-  normalised per text (invariant to word order by construction: counts only)."""
+  normalised per text (invariant to word order by construction: counts only). The dense
+  reference of `sparse_data_targets`."""
   w = token_counts(tokens, len(idf)) * idf
   return (w / np.maximum(w.sum(1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def sparse_data_targets(tokens: np.ndarray, idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The data-driven targets as batches carry them: (N, L) texts -> (ids (N, L) = the tokens,
+  weights (N, L) = idf of each occurrence, 0 for padding, summing to 1 per text). Scattered
+  onto the vocabulary (`densify`) they are `data_targets`: a repeated token adds up to
+  count x idf. Sparse because a dense (N, V) array does not fit at accelerator scale."""
+  w = np.where(tokens > 0, idf[tokens], 0.0)
+  w = w / np.maximum(w.sum(1, keepdims=True), 1e-12)
+  return tokens.astype(np.int32), w.astype(np.float32)
+
+
+def densify(ids: jax.Array, weights: jax.Array, vocab: int) -> jax.Array:
+  """(B, K) token ids and weights -> (B, V) the distribution they give (repeats add up)."""
+  rows = jnp.arange(ids.shape[0])[:, None]
+  return jnp.zeros((ids.shape[0], vocab), jnp.float32).at[rows, ids].add(
+      weights.astype(jnp.float32))
 
 
 def model_targets(next_token_probs: jax.Array, idf: jax.Array) -> jax.Array:
@@ -97,6 +118,14 @@ def model_targets(next_token_probs: jax.Array, idf: jax.Array) -> jax.Array:
   mean = next_token_probs.astype(jnp.float32).mean(1) * idf
   mean = mean.at[:, 0].set(0.0)
   return mean / jnp.maximum(mean.sum(-1, keepdims=True), 1e-12)
+
+
+def top_k_targets(target: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """(B, V) distributions -> their k (at most V) most probable tokens (ids, weights (B, k)),
+  renormalised: how model-derived targets are stored and batched (dense (N, V) targets do
+  not fit at accelerator scale)."""
+  w, ids = jax.lax.top_k(target, min(k, target.shape[-1]))
+  return ids.astype(jnp.int32), w / jnp.maximum(w.sum(-1, keepdims=True), 1e-12)
 
 
 # --- 2. and 4. the losses ------------------------------------------------------------------------
@@ -149,8 +178,9 @@ class Text2TokenEncoder(nn.Module):
 
 @register_method("text2token")
 class Text2Token(TransformerLM):
-  """Batches: {'tokens' (B, L) int32 texts, 'target' (B, V) float32 token targets (used by
-  the 'data' and 'model' objectives)}."""
+  """Batches: {'tokens' (B, L) int32 texts, 'target_ids' (B, K) int32 and 'target_weights'
+  (B, K) float32: the token target distribution, sparse (used by the 'data' and 'model'
+  objectives)}."""
   Config = Text2TokenConfig
 
   def __init__(self, config: Text2TokenConfig):
@@ -191,8 +221,9 @@ class Text2Token(TransformerLM):
       per = info_nce(ea, eb, self.config.temperature)
       return per.mean(), {"loss": Average.of(per.sum(), per.shape[0])}
     _, logits = self.encode(params, tokens)
-    per = token_target_loss(logits, batch["target"])
-    hit = jnp.argmax(logits, -1) == jnp.argmax(batch["target"], -1)
+    target = densify(batch["target_ids"], batch["target_weights"], self.config.vocab_size)
+    per = token_target_loss(logits, target)
+    hit = jnp.argmax(logits, -1) == jnp.argmax(target, -1)
     return per.mean(), {"loss": Average.of(per.sum(), per.shape[0]),
                         "top1_match": Average.of(hit.astype(jnp.float32).sum(), per.shape[0])}
 
@@ -232,22 +263,29 @@ def task_of(task_cfg: Any) -> TopicCorpusTask:
 
 
 @functools.lru_cache(maxsize=4)
-def _targets(task: TopicCorpusTask, source: str) -> tuple[np.ndarray, np.ndarray]:
+def targets(task: TopicCorpusTask, source: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """{'train', 'test'}: (ids, weights) of every text's sparse targets. `source` 'data': the
+  data-driven targets (idf of the training texts); else the path of an .npz of model-derived
+  targets {'train_ids', 'train_weights', 'test_ids', 'test_weights'} (the reproduction writes
+  it from a trained `objective=lm` run)."""
   c = corpus(task)
   if source == "data":
     idf = idf_weights(c.train_tokens, task.vocab_size)
-    return data_targets(c.train_tokens, idf), data_targets(c.test_tokens, idf)
-  with np.load(source) as f:     # model-derived targets written by the reproduction
-    return f["train"].astype(np.float32), f["test"].astype(np.float32)
+    return {"train": sparse_data_targets(c.train_tokens, idf),
+            "test": sparse_data_targets(c.test_tokens, idf)}
+  with np.load(source) as f:
+    return {split: (f[f"{split}_ids"].astype(np.int32), f[f"{split}_weights"].astype(np.float32))
+            for split in ("train", "test")}
 
 
 class TopicIterator(StepIterator):
-  """{'tokens' (B, L), 'target' (B, V)} batches: 'train' rows drawn with (seed, step) from the
-  training texts; 'validation' the held-out texts in order, `num_batches` of them."""
+  """{'tokens' (B, L), 'target_ids', 'target_weights' (B, K)} batches: 'train' rows drawn
+  with (seed, step) from the training texts; 'validation' the held-out texts in order,
+  `num_batches` of them."""
 
-  def __init__(self, tokens: np.ndarray, targets: np.ndarray, batch_size: int, seed: int,
-               train: bool, num_batches: int | None = None):
-    self.tokens, self.targets, self.batch_size = tokens, targets, batch_size
+  def __init__(self, tokens: np.ndarray, target: tuple[np.ndarray, np.ndarray],
+               batch_size: int, seed: int, train: bool, num_batches: int | None = None):
+    self.tokens, self.target, self.batch_size = tokens, target, batch_size
     self.seed, self.train, self.num_batches, self.step = seed, train, num_batches, 0
 
   def __next__(self) -> dict[str, np.ndarray]:
@@ -259,20 +297,21 @@ class TopicIterator(StepIterator):
     else:
       idx = (np.arange(self.batch_size) + self.step * self.batch_size) % len(self.tokens)
     self.step += 1
-    return {"tokens": self.tokens[idx], "target": self.targets[idx]}
+    return {"tokens": self.tokens[idx], "target_ids": self.target[0][idx],
+            "target_weights": self.target[1][idx]}
 
 
 def iterator_fns(config):
   """(train_fn, eval_fn) over `config.task` (the corpus, and `targets`: 'data' or the path of
-  an .npz of model-derived targets {'train', 'test'}) for `tokenlab.train.loop.train`."""
+  an .npz of model-derived targets, see `targets`) for `tokenlab.train.loop.train`."""
   task = task_of(config.task)
   c = corpus(task)
-  train_t, test_t = _targets(task, config.task.get("targets", "data"))
+  t = targets(task, config.task.get("targets", "data"))
 
   def train_fn(batch_size, seed):
-    return TopicIterator(c.train_tokens, train_t, batch_size, seed, True)
+    return TopicIterator(c.train_tokens, t["train"], batch_size, seed, True)
 
   def eval_fn(batch_size, seed):
-    return TopicIterator(c.test_tokens, test_t, batch_size, seed, False,
+    return TopicIterator(c.test_tokens, t["test"], batch_size, seed, False,
                          num_batches=config.train.eval_batches or 4)
   return train_fn, eval_fn
