@@ -22,7 +22,7 @@ from tokenlab.config import base_config, choose, parse_arg, set_accelerator_defa
 SIZES = {
     #        d_model layers heads batch steps  lr    topics words/topic  train   test
     "tiny": (16, 1, 2, 8, 3, 3e-3, 4, 8, 64, 32),
-    "small": (64, 2, 4, 64, 400, 2e-3, 20, 64, 4000, 1000),
+    "small": (64, 2, 4, 64, 800, 2e-3, 20, 64, 4000, 1000),
     "base": (512, 6, 8, 1024, 50000, 6e-4, 200, 256, 400000, 20000),
 }
 
