@@ -1,7 +1,7 @@
 """ZeTT (tokenlab/methods/zett.py): the hypernetwork's invariants on tiny arrays, the sampled
-tokenizers and their batches (pure numpy), the loss on one tiny batch, and the quick
-reproduction (which trains the hypernetwork two steps through the trainer; the check that
-T0's tokens keep their rows reads that trained hypernetwork)."""
+tokenizers and their batches (numpy), one tiny hypernetwork trained 25 steps by the
+project's train step (one compile, shared by the loss and training checks), and the quick
+reproduction."""
 
 import os
 
@@ -16,6 +16,7 @@ from tokenlab.errors import TokenlabError
 from tokenlab.method import random_params
 from tokenlab.methods import zett
 from tokenlab.transfer import get_initializer
+from tokenlab.transfer.harness import get_embeddings
 from tokenlab.transfer.initializers import Embeddings, decompositions, shared_tokens
 
 DOCS = [s.encode() for s in (
@@ -41,11 +42,12 @@ def hyper():
   params = jax.tree.map(lambda s: (0.5 * rng.standard_normal(s.shape)).astype(np.float32),
                         jax.tree.map(lambda b: getattr(b, "value", b), shapes["params"],
                                      is_leaf=lambda b: hasattr(b, "value")))
-  return net, params
+  # Parameters are an argument: one compile serves both parameter sets of the tests below.
+  return jax.jit(lambda p, a, b, m: net.apply({"params": p}, a, b, m)), params
 
 
 def test_single_piece_token_is_a_function_of_that_piece_only(hyper):
-  net, params = hyper
+  apply, params = hyper
   rng = np.random.default_rng(1)
   rin, rout = rng.normal(size=(4, 4, 6)), rng.normal(size=(4, 4, 6))
   mask = np.zeros((4, 4), bool)
@@ -53,7 +55,7 @@ def test_single_piece_token_is_a_function_of_that_piece_only(hyper):
   mask[3, :3] = True                    # token 3 has three pieces
   rin[1, 0], rout[1, 0] = rin[0, 0], rout[0, 0]   # token 1: token 0's piece, other pads
   rin[2, 0] = rin[0, 0] + 1.0                     # token 2: another piece
-  f = jax.jit(lambda a, b, m: net.apply({"params": params}, a, b, m))
+  f = lambda a, b, m: apply(params, a, b, m)
   ins, outs = map(np.asarray, f(rin, rout, mask))
   # Same single piece, different padding contents (and neighbours): identical rows.
   np.testing.assert_allclose(ins[0], ins[1], rtol=1e-5, atol=1e-6)
@@ -71,37 +73,70 @@ def test_single_piece_token_is_a_function_of_that_piece_only(hyper):
 
 
 def test_zero_heads_give_the_mean_of_the_pieces(hyper):
-  net, params = hyper
-  zero = jax.tree_util.tree_map_with_path(
-      lambda p, a: np.zeros_like(a) if "head_" in jax.tree_util.keystr(p) else a, params)
+  apply, params = hyper
   rng = np.random.default_rng(2)
-  rin, rout = rng.normal(size=(3, 4, 6)), rng.normal(size=(3, 4, 6))
-  mask = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]], bool)
-  ins, outs = jax.jit(lambda a, b, m: net.apply({"params": zero}, a, b, m))(rin, rout, mask)
-  for j in range(3):
+  rin, rout = rng.normal(size=(4, 4, 6)), rng.normal(size=(4, 4, 6))
+  mask = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 1, 0]], bool)
+  ins, outs = apply(_zero_heads(params), rin, rout, mask)
+  for j in range(4):
     np.testing.assert_allclose(ins[j], rin[j][mask[j]].mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(outs[j], rout[j][mask[j]].mean(0), rtol=1e-5, atol=1e-6)
 
 
-def test_untrained_initialiser_is_mean_subtokens(toks):
+CFG = dict(d_model=16, num_layers=1, num_heads=2, hn_hidden=16, hn_heads=2, max_pieces=4,
+           vocab_slots=512)
+
+
+def _zero_heads(hyper_params):
+  return jax.tree_util.tree_map_with_path(
+      lambda p, a: np.zeros_like(a) if "head_" in jax.tree_util.keystr(p) else a, hyper_params)
+
+
+@pytest.fixture(scope="module")
+def tiny(toks):
+  """One tiny ZeTT (d 16) on an untrained source, its substring sampler over DOCS, and the
+  project's train step (make_train_step; the optimizer with FREEZE) jitted once; `trained`:
+  the state after 25 steps over sampled tokenizers, with the per-step losses."""
+  from ml_collections import ConfigDict
+  from tokenlab.train.optimizer import make_optimizer
+  from tokenlab.train.state import TrainState
+  from tokenlab.train.step import make_train_step
+  old_tok, _ = toks
+  method = zett.ZeTT(zett.ZeTTConfig(vocab_size=old_tok.vocab_size, **CFG))
+  sampler = zett.SubstringSampler.build(old_tok, DOCS, max_len=6, min_count=2, pool_size=200,
+                                        max_pieces=4)
+  it = zett.SampledTokenizerIterator(sampler, DOCS, method.config, batch_size=4, seq_len=16,
+                                     seed=0, min_vocab=300, temperature=1.0)
+  params = random_params(method, {"inputs": np.zeros((1, 4), np.int32)}, seed=7, scale=0.3)
+  params["hyper"] = _zero_heads(params["hyper"])   # as ZeTT.init has them
+  opt = ConfigDict(dict(name="adamw", lr=1e-2, b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.0,
+                        schedule="constant", warmup_steps=0, min_lr_ratio=0.0))
+  tx = make_optimizer(opt, 25, 1.0, zett.FREEZE)
+  start = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  step = jax.jit(make_train_step(method, tx, compute_dtype=jnp.float32))
+  state, losses = start, []
+  for _ in range(25):
+    state, metrics = step(state, next(it), jax.random.key(0))
+    losses.append(float(metrics["loss"].value()))
+  return dict(method=method, params=params, sampler=sampler, it=it, step=step, start=start,
+              trained=jax.device_get(state.params), losses=losses)
+
+
+def test_untrained_initialiser_is_mean_subtokens(toks, tiny):
   """The registered initialiser with an untrained hypernetwork (heads at zero) gives every
   token the mean of its T0 pieces' rows: `mean_subtokens` exactly where that baseline
   averages, and T0's own row for a shared token T0 spells as itself."""
   old_tok, new_tok = toks
-  method = zett.ZeTT(zett.ZeTTConfig(vocab_size=old_tok.vocab_size, d_model=8, num_layers=1,
-                                     num_heads=2, hn_hidden=8, hn_heads=2, vocab_slots=8))
-  params = random_params(method, {"inputs": np.zeros((1, 4), np.int32)}, seed=3)
-  params["hyper"] = jax.tree_util.tree_map_with_path(
-      lambda p, a: np.zeros_like(a) if "head_" in jax.tree_util.keystr(p) else a,
-      params["hyper"])
-  zett.remember_hypernet("/nonexistent/zett-test", method, params)
+  method = tiny["method"]
+  zett.remember_hypernet("/nonexistent/zett-untrained", method, tiny["params"])
   rng = np.random.default_rng(4)
-  old = Embeddings(rng.normal(size=(old_tok.vocab_size, 8)),
-                   rng.normal(size=(old_tok.vocab_size, 8)))
-  fresh = Embeddings(rng.normal(size=(new_tok.vocab_size, 8)),
-                     rng.normal(size=(new_tok.vocab_size, 8)))
+  d = method.config.d_model
+  old = Embeddings(rng.normal(size=(old_tok.vocab_size, d)),
+                   rng.normal(size=(old_tok.vocab_size, d)))
+  fresh = Embeddings(rng.normal(size=(new_tok.vocab_size, d)),
+                     rng.normal(size=(new_tok.vocab_size, d)))
   made = get_initializer("zett")(old_tok, old, new_tok, fresh=fresh,
-                                 aux={"hypernet": "/nonexistent/zett-test"})
+                                 aux={"hypernet": "/nonexistent/zett-untrained"})
   base = get_initializer("mean_subtokens")(old_tok, old, new_tok, fresh=fresh, aux={})
   shared, pieces = shared_tokens(old_tok, new_tok), decompositions(old_tok, new_tok)
   checked = 0
@@ -149,41 +184,60 @@ def test_sampled_tokenizers_and_their_batches(toks):
   assert old_tok.token_bytes(int(old_id[ord("a")])) == b"a"
 
 
-def test_loss_ignores_padded_slots_and_aux_is_zero_at_the_original_rows(toks):
-  old_tok, _ = toks
-  cfg = zett.ZeTTConfig(vocab_size=old_tok.vocab_size, d_model=8, num_layers=1, num_heads=2,
-                        hn_hidden=8, hn_heads=2, max_pieces=2, vocab_slots=8)
-  method = zett.ZeTT(cfg)
-  params = random_params(method, {"inputs": np.zeros((1, 4), np.int32)}, seed=5)
-  params["hyper"] = jax.tree_util.tree_map_with_path(
-      lambda p, a: np.zeros_like(a) if "head_" in jax.tree_util.keystr(p) else a,
-      params["hyper"])
-  # 6 real tokens (T0 ids 10..15, each spelt as itself), 2 padded slots; 2 rows x 4 slots.
-  pieces = np.zeros((8, 2), np.int32)
-  pieces[:6, 0] = np.arange(10, 16)
-  pmask = np.zeros((8, 2), bool)
-  pmask[:, 0] = True
-  slot = np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)
-  old_id = np.array([10, 11, 12, 13, 14, 15, -1, -1], np.int32)
-  rng = np.random.default_rng(6)
-  batch = {"inputs": rng.integers(0, 6, (2, 5)).astype(np.int32),
-           "targets": rng.integers(0, 6, (2, 5)).astype(np.int32),
-           "loss_mask": np.ones((2, 5), np.float32),
-           "pieces": pieces.reshape(2, 4, 2), "piece_mask": pmask.reshape(2, 4, 2),
-           "slot_mask": slot.reshape(2, 4), "old_id": old_id.reshape(2, 4)}
-  loss = jax.jit(lambda p, b: method.loss(p, b, jax.random.key(0)))
-  l1, m1 = loss(params, batch)
+def test_loss_ignores_padded_slots_and_aux_is_zero_at_the_original_rows(tiny):
+  """Through the fixture's compiled step, from the untrained hypernetwork (its metrics are
+  computed before the update): the auxiliary loss is 0 when every T0 token of the vocabulary
+  is spelt as itself, > 0 when one is spelt otherwise; padded slots never change the loss."""
+  batch = dict(next(zett.SampledTokenizerIterator(
+      tiny["sampler"], DOCS, tiny["method"].config, batch_size=4, seq_len=16, seed=3,
+      min_vocab=300, temperature=1.0)))
+  old_id, slot = batch["old_id"].reshape(-1), batch["slot_mask"].reshape(-1)
+  pieces = batch["pieces"].reshape(512, 4).copy()
+  pmask = batch["piece_mask"].reshape(512, 4).copy()
+  has = (old_id >= 0) & (slot > 0)
+  pieces[has, 0], pmask[has, 1:] = old_id[has], False
+  run = lambda b: tiny["step"](tiny["start"], b, jax.random.key(0))[1]
+  exact = dict(batch, pieces=pieces.reshape(4, 128, 4), piece_mask=pmask.reshape(4, 128, 4))
+  m1 = run(exact)
   assert float(m1["aux_loss"].value()) == pytest.approx(0.0, abs=1e-10)
-  moved = dict(batch, pieces=pieces.copy())
-  moved["pieces"][6:, 0] = [3, 4]            # other spellings in the padded slots only
-  moved["pieces"] = moved["pieces"].reshape(2, 4, 2)
-  l2, _ = loss(params, moved)
-  assert float(l1) == pytest.approx(float(l2), rel=1e-6)
-  # Spelling token 0 (T0 id 10) with another piece moves it off its row: aux > 0.
+  n = int(slot.sum())
+  moved = pieces.copy()
+  moved[n:, 0] = 5                           # other spellings in the padded slots only
+  m2 = run(dict(exact, pieces=moved.reshape(4, 128, 4)))
+  assert float(m1["step_loss"].value()) == pytest.approx(float(m2["step_loss"].value()),
+                                                          rel=1e-6)
   off = pieces.copy()
-  off[0, 0] = 20
-  _, m3 = loss(params, dict(batch, pieces=off.reshape(2, 4, 2)))
-  assert float(m3["aux_loss"].value()) > 0.01
+  j = int(np.flatnonzero(has & (old_id != 5))[0])
+  off[j, 0] = 5                              # a T0 token spelt with another piece
+  m3 = run(dict(exact, pieces=off.reshape(4, 128, 4)))
+  assert float(m3["aux_loss"].value()) > 1e-4
+
+
+def test_t0_tokens_keep_their_rows_after_training(toks, tiny):
+  """After 25 steps of the project's train step over sampled tokenizers (lr 1e-2): the LM
+  loss fell, the source stayed bit-identical, the heads learnt a correction, and the new
+  tokenizer's tokens T0 also has get rows of mean cosine > COS_THRESHOLD with their originals
+  (input and output)."""
+  old_tok, new_tok = toks
+  losses, trained, params = tiny["losses"], tiny["trained"], tiny["params"]
+  assert np.mean(losses[-5:]) < np.mean(losses[:5])
+  jax.tree.map(np.testing.assert_array_equal, trained["lm"], params["lm"])
+  heads = [np.asarray(v["kernel"]) for k, v in trained["hyper"].items()
+           if k.startswith("head_")]
+  assert all(np.abs(h).max() > 1e-3 for h in heads)
+  zett.remember_hypernet("/nonexistent/zett-trained", tiny["method"], trained)
+  old = get_embeddings(params["lm"])
+  rng = np.random.default_rng(8)
+  d = tiny["method"].config.d_model
+  fresh = Embeddings(rng.normal(size=(new_tok.vocab_size, d)),
+                     rng.normal(size=(new_tok.vocab_size, d)))
+  made = get_initializer("zett")(old_tok, old, new_tok, fresh=fresh,
+                                 aux={"hypernet": "/nonexistent/zett-trained"})
+  cin, cout = zett.shared_cosines(old_tok, old, new_tok, made)
+  assert cin > COS_THRESHOLD and cout > COS_THRESHOLD, (cin, cout)
+  # ... and the rows did change: the hypernetwork is not the plain mean any more.
+  base = get_initializer("mean_subtokens")(old_tok, old, new_tok, fresh=fresh, aux={})
+  assert np.abs(made.input - base.input).max() > 1e-3
 
 
 def test_repro_quick(tmp_path):
@@ -197,54 +251,3 @@ def test_repro_quick(tmp_path):
   # equal mean_subtokens' to float precision (shared T0 tokens are spelt as themselves).
   assert rows[("zett [en]", "zero-shot bits/char")] == pytest.approx(
       rows[("mean_subtokens [en]", "zero-shot bits/char")], abs=0.02)
-
-
-def test_t0_tokens_keep_their_rows_after_training(toks):
-  """The project's train step (make_train_step, the optimizer with FREEZE) trains a tiny
-  hypernetwork 25 steps on an untrained tiny source over sampled tokenizers: the LM loss
-  falls, the source stays bit-identical, and the new tokenizer's tokens T0 also has get rows
-  of mean cosine > COS_THRESHOLD with their originals (input and output)."""
-  from ml_collections import ConfigDict
-  from tokenlab.train.optimizer import make_optimizer
-  from tokenlab.train.state import TrainState
-  from tokenlab.train.step import make_train_step
-  old_tok, new_tok = toks
-  cfg = zett.ZeTTConfig(vocab_size=old_tok.vocab_size, d_model=16, num_layers=1, num_heads=2,
-                        hn_hidden=16, hn_heads=2, max_pieces=4, vocab_slots=512)
-  method = zett.ZeTT(cfg)
-  sampler = zett.SubstringSampler.build(old_tok, DOCS, max_len=6, min_count=2, pool_size=200,
-                                        max_pieces=4)
-  it = zett.SampledTokenizerIterator(sampler, DOCS, cfg, batch_size=4, seq_len=16, seed=0,
-                                     min_vocab=300, temperature=1.0)
-  params = random_params(method, {"inputs": np.zeros((1, 4), np.int32)}, seed=7, scale=0.3)
-  params["hyper"] = jax.tree_util.tree_map_with_path(
-      lambda p, a: np.zeros_like(a) if "head_" in jax.tree_util.keystr(p) else a,
-      params["hyper"])
-  opt = ConfigDict(dict(name="adamw", lr=1e-2, b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.0,
-                        schedule="constant", warmup_steps=0, min_lr_ratio=0.0))
-  tx = make_optimizer(opt, 25, 1.0, zett.FREEZE)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-  step = jax.jit(make_train_step(method, tx, compute_dtype=jnp.float32))
-  losses = []
-  for _ in range(25):
-    state, metrics = step(state, next(it), jax.random.key(0))
-    losses.append(float(metrics["loss"].value()))
-  assert np.mean(losses[-5:]) < np.mean(losses[:5])
-  jax.tree.map(np.testing.assert_array_equal, state.params["lm"], params["lm"])
-  heads = [np.asarray(v["kernel"]) for k, v in state.params["hyper"].items()
-           if k.startswith("head_")]
-  assert all(np.abs(h).max() > 1e-3 for h in heads)          # the correction was learnt
-  zett.remember_hypernet("/nonexistent/zett-trained", method, jax.device_get(state.params))
-  old = harness_embeddings(params["lm"])
-  rng = np.random.default_rng(8)
-  fresh = Embeddings(rng.normal(size=(new_tok.vocab_size, 16)),
-                     rng.normal(size=(new_tok.vocab_size, 16)))
-  made = get_initializer("zett")(old_tok, old, new_tok, fresh=fresh,
-                                 aux={"hypernet": "/nonexistent/zett-trained"})
-  cin, cout = zett.shared_cosines(old_tok, old, new_tok, made)
-  assert cin > COS_THRESHOLD and cout > COS_THRESHOLD, (cin, cout)
-
-
-def harness_embeddings(lm_params) -> Embeddings:
-  from tokenlab.transfer.harness import get_embeddings
-  return get_embeddings(lm_params)
