@@ -1,4 +1,4 @@
-"""Re-initialised tool tokens for a frozen LM (Li et al., "Re-Initialization Token Learning
+"""Re-initialised tool tokens for a frozen LM ("Re-Initialization Token Learning
 for Tool-Augmented Large Language Models", arXiv 2506.14248; the ToolkenGPT setting of Hao
 et al. 2023).
 

@@ -1,4 +1,4 @@
-"""Mini-reproduction of re-initialised tool tokens (Li et al., arXiv 2506.14248), under the
+"""Mini-reproduction of re-initialised tool tokens (arXiv 2506.14248), under the
 protocol (tokenlab/repro/protocol.py).
 
 The paper's claim: tool tokens whose embeddings start from the pooled word embeddings of the
