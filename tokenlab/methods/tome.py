@@ -55,11 +55,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from tokenlab.errors import ConfigError
-from tokenlab.method import Average, Batch, Method, PyTree
+from tokenlab.method import Batch, Method, PyTree
 from tokenlab.nn.layers import DenseGeneral, param_with_axes
+from tokenlab.nn.losses import classification_loss
 from tokenlab.nn.token_reduction import (REDUCTIONS, ToMeEncoder, decreasing_r, parse_r,
                                          token_counts)
 from tokenlab.nn.vision import PatchEmbed
@@ -157,15 +157,6 @@ class ToMe(Method):
 
   def loss(self, params: PyTree, batch: Batch, rng: jax.Array):
     logits, sizes, _ = self.forward(params, batch["image"], rng)
-    logits = logits.astype(jnp.float32)
-    labels = batch["label"].astype(jnp.int32)
-    weight = batch.get("mask", jnp.ones(labels.shape, jnp.float32)).astype(jnp.float32)
-    target = optax.smooth_labels(jax.nn.one_hot(labels, self.config.num_classes),
-                                 self.config.label_smoothing)
-    ce = optax.softmax_cross_entropy(logits, target)
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    total = jnp.sum(weight)
-    return jnp.sum(ce * weight) / jnp.maximum(total, 1.0), {
-        "loss": Average.of(jnp.sum(ce * weight), total),
-        "accuracy": Average.of(jnp.sum(correct * weight), total),
-        "final_tokens": float(sizes.shape[1])}
+    loss, metrics = classification_loss(logits, batch["label"], batch.get("mask"),
+                                        self.config.label_smoothing)
+    return loss, {**metrics, "final_tokens": float(sizes.shape[1])}
