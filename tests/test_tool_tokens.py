@@ -11,7 +11,7 @@ import pytest
 
 from tokenlab import repro
 from tokenlab.method import random_params
-from tokenlab.methods.tool_tokens import (FREEZE, ToolIterator, ToolTask, ToolTokens,
+from tokenlab.methods.tool_tokens import (FREEZE, SLOTS, ToolIterator, ToolTask, ToolTokens,
                                           ToolTokensConfig, WordTokenizer, prior_matrix,
                                           tool_token)
 from tokenlab.methods.transformer_lm import lm_loss
@@ -209,6 +209,34 @@ def test_repro_quick(tmp_path):
   assert result.verdict == repro.NOT_ASSESSED
   rows = {(a, m): mean for a, m, mean, _, _ in result.rows}
   # The real trainer kept every LM array bit-identical and moved the tool rows.
-  assert rows[("prior+reg", "LM arrays changed, 1-shot")] == 0
+  trainer = "prior+reg via the trainer (design-1 budget)"
+  assert rows[(trainer, "LM arrays changed, 1-shot")] == 0
+  assert rows[(trainer, "tool rows moved from the prior (L2), 1-shot")] > 0
+  # The second design's own loop (the trainer's optimizer with FREEZE) keeps the LM too.
+  for arm in ("prior+reg", "prior", "random"):
+    assert rows[(arm, "LM arrays changed, 1-shot")] == 0
+    assert 0.0 <= rows[(arm, "tool accuracy, 1-shot, 2 steps")] <= 1.0
   assert rows[("prior+reg", "tool rows moved from the prior (L2), 1-shot")] > 0
-  assert 0.0 <= rows[("prior+reg", "tool accuracy, 1-shot")] <= 1.0
+  # Step 0 is the start: both prior arms equal, the random arm is the untrained baseline.
+  assert (rows[("prior+reg", "tool accuracy, 1-shot, 0 steps")]
+          == rows[("prior", "tool accuracy, 1-shot, 0 steps")])
+  assert (rows[("random", "tool accuracy, 1-shot, 0 steps")]
+          == rows[("untrained rows (random, 0 steps)", "tool accuracy")])
+
+
+def test_held_out_templates_are_never_demonstrated():
+  from tokenlab.repro.tool_tokens import EVAL_TEMPLATES, TRAIN_TEMPLATES
+  assert not set(TRAIN_TEMPLATES) & set(EVAL_TEMPLATES)
+  def template_of(tool, query):
+    for i, tpl in enumerate(TASK.tools[tool].templates):
+      words = tpl.split()
+      if len(words) == len(query.split()) and all(
+          w in SLOTS or w == q for w, q in zip(words, query.split())):
+        return i
+  demos = TASK.few_shot(8, seed=5, templates=TRAIN_TEMPLATES)
+  assert {template_of(t, q) for q, _, t in demos} == set(TRAIN_TEMPLATES)
+  evals = TASK.eval_queries(templates=EVAL_TEMPLATES)
+  assert len(evals) == 48 * T and {template_of(t, q) for q, _, t in evals} == {2}
+  # Without a restriction the draws are the first design's (same generator stream).
+  assert TASK.few_shot(2, seed=3) == TASK.few_shot(2, seed=3, templates=None)
+  assert {template_of(t, q) for q, _, t in TASK.eval_queries()} == {0, 1, 2}

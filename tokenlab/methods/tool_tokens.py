@@ -185,10 +185,13 @@ class ToolTask:
     """The text each tool's prior pools: its name and description."""
     return [f"{t.name} {t.description}" for t in self.tools]
 
-  def query(self, rng: np.random.Generator, tool: int,
-            template: int | None = None) -> tuple[str, list[str]]:
-    """(query text, argument words) of a random query of `tool`."""
+  def query(self, rng: np.random.Generator, tool: int, template: int | None = None,
+            templates: Sequence[int] | None = None) -> tuple[str, list[str]]:
+    """(query text, argument words) of a random query of `tool` (of template `template`, or
+    of one drawn from `templates`, default all)."""
     tpls = self.tools[tool].templates
+    if template is None and templates is not None:
+      template = templates[rng.integers(len(templates))]
     tpl = tpls[rng.integers(len(tpls)) if template is None else template]
     words, args = [], []
     for w in tpl.split():
@@ -212,19 +215,26 @@ class ToolTask:
       named = int((tool + 1 + rng.integers(self.num_tools - 1)) % self.num_tools)
     return self.call_text(q, args, self.tools[named].name)
 
-  def few_shot(self, shots: int, seed: int) -> list[tuple[str, list[str], int]]:
-    """`shots` demonstrations per tool (query, args, tool), drawn by `seed`."""
+  def few_shot(self, shots: int, seed: int, templates: Sequence[int] | None = None
+               ) -> list[tuple[str, list[str], int]]:
+    """`shots` demonstrations per tool (query, args, tool), drawn by `seed` (from the
+    template indices `templates` only, default all)."""
     rng = np.random.default_rng((seed, 17))
-    return [(*self.query(rng, t), t) for t in range(self.num_tools) for _ in range(shots)]
+    return [(*self.query(rng, t, templates=templates), t)
+            for t in range(self.num_tools) for _ in range(shots)]
 
-  def eval_queries(self, per_tool: int = 48, data_seed: int = 0
+  def eval_queries(self, per_tool: int = 48, data_seed: int = 0,
+                   templates: Sequence[int] | None = None
                    ) -> list[tuple[str, list[str], int]]:
-    """Held-out queries (balanced over tools and templates), fixed by `data_seed`."""
+    """Held-out queries (balanced over tools and over the template indices `templates`,
+    default all), fixed by `data_seed`."""
     rng = np.random.default_rng((data_seed, 99))
     out = []
     for t in range(self.num_tools):
+      tpls = (range(len(self.tools[t].templates)) if templates is None else templates)
+      tpls = list(tpls)
       for i in range(per_tool):
-        out.append((*self.query(rng, t, i % len(self.tools[t].templates)), t))
+        out.append((*self.query(rng, t, tpls[i % len(tpls)]), t))
     return out
 
   def encode_rows(self, texts: Sequence[str], tokenizer: Tokenizer | None = None
