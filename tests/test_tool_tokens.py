@@ -209,10 +209,8 @@ def test_repro_quick(tmp_path):
   assert result.verdict == repro.NOT_ASSESSED
   rows = {(a, m): mean for a, m, mean, _, _ in result.rows}
   # The real trainer kept every LM array bit-identical and moved the tool rows.
-  trainer = "prior+reg via the trainer (design-1 budget)"
-  assert rows[(trainer, "LM arrays changed, 1-shot")] == 0
-  assert rows[(trainer, "tool rows moved from the prior (L2), 1-shot")] > 0
-  # The second design's own loop (the trainer's optimizer with FREEZE) keeps the LM too.
+  # The second design's loop (the trainer's optimizer on the tool rows) keeps the LM
+  # bit-identical; the trainer arm that checks FREEZE on the trainer runs in full runs only.
   for arm in ("prior+reg", "prior", "random"):
     assert rows[(arm, "LM arrays changed, 1-shot")] == 0
     assert 0.0 <= rows[(arm, "tool accuracy, 1-shot, 2 steps")] <= 1.0
