@@ -32,57 +32,6 @@ def toks():
   return SentencePieceTokenizer.train(DOCS, 300), BPETokenizer.train(DOCS, 330)
 
 
-@pytest.fixture(scope="module")
-def hyper():
-  """A HyperNetwork (width 8, d 6) with random parameters, heads included (non-zero)."""
-  net = zett.HyperNetwork(hidden=8, num_layers=1, num_heads=2)
-  rows = jnp.zeros((1, 4, 6))
-  shapes = jax.eval_shape(net.init, jax.random.key(0), rows, rows, jnp.ones((1, 4), bool))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: (0.5 * rng.standard_normal(s.shape)).astype(np.float32),
-                        jax.tree.map(lambda b: getattr(b, "value", b), shapes["params"],
-                                     is_leaf=lambda b: hasattr(b, "value")))
-  # Parameters are an argument: one compile serves both parameter sets of the tests below.
-  return jax.jit(lambda p, a, b, m: net.apply({"params": p}, a, b, m)), params
-
-
-def test_single_piece_token_is_a_function_of_that_piece_only(hyper):
-  apply, params = hyper
-  rng = np.random.default_rng(1)
-  rin, rout = rng.normal(size=(4, 4, 6)), rng.normal(size=(4, 4, 6))
-  mask = np.zeros((4, 4), bool)
-  mask[:, 0] = True
-  mask[3, :3] = True                    # token 3 has three pieces
-  rin[1, 0], rout[1, 0] = rin[0, 0], rout[0, 0]   # token 1: token 0's piece, other pads
-  rin[2, 0] = rin[0, 0] + 1.0                     # token 2: another piece
-  f = lambda a, b, m: apply(params, a, b, m)
-  ins, outs = map(np.asarray, f(rin, rout, mask))
-  # Same single piece, different padding contents (and neighbours): identical rows.
-  np.testing.assert_allclose(ins[0], ins[1], rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
-  assert np.abs(ins[0] - ins[2]).max() > 1e-3          # another piece: another row
-  # Token 0 alone (other tokens and pads changed) gives the same row: no token sees another.
-  rin2, rout2 = rng.normal(size=(4, 4, 6)), rng.normal(size=(4, 4, 6))
-  rin2[0, 0], rout2[0, 0] = rin[0, 0], rout[0, 0]
-  ins2, _ = map(np.asarray, f(rin2, rout2, np.ones((4, 4), bool) & (np.arange(4) < 1)))
-  np.testing.assert_allclose(ins2[0], ins[0], rtol=1e-5, atol=1e-6)
-  # A multi-piece token does depend on its second piece.
-  rin3 = rin.copy()
-  rin3[3, 1] += 1.0
-  assert np.abs(np.asarray(f(rin3, rout, mask)[0])[3] - ins[3]).max() > 1e-3
-
-
-def test_zero_heads_give_the_mean_of_the_pieces(hyper):
-  apply, params = hyper
-  rng = np.random.default_rng(2)
-  rin, rout = rng.normal(size=(4, 4, 6)), rng.normal(size=(4, 4, 6))
-  mask = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 1, 0]], bool)
-  ins, outs = apply(_zero_heads(params), rin, rout, mask)
-  for j in range(4):
-    np.testing.assert_allclose(ins[j], rin[j][mask[j]].mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(outs[j], rout[j][mask[j]].mean(0), rtol=1e-5, atol=1e-6)
-
-
 CFG = dict(d_model=16, num_layers=1, num_heads=2, hn_hidden=16, hn_heads=2, max_pieces=4,
            vocab_slots=512)
 
@@ -120,6 +69,44 @@ def tiny(toks):
     losses.append(float(metrics["loss"].value()))
   return dict(method=method, params=params, sampler=sampler, it=it, step=step, start=start,
               trained=jax.device_get(state.params), losses=losses)
+
+
+def _predict(tiny, hyper_params, e0, u0, decomps):
+  return zett.predict_rows(tiny["method"], hyper_params, Embeddings(e0, u0), decomps)
+
+
+def test_single_piece_token_is_a_function_of_that_piece_only(tiny):
+  """Through the initialiser's compiled predictor, with the trained (non-zero) heads: a
+  one-piece token's rows do not move when the pad row (id 0), its neighbours' spellings or
+  other rows change; another piece gives other rows; a multi-piece token follows each of
+  its pieces."""
+  hp = tiny["trained"]["hyper"]
+  rng = np.random.default_rng(1)
+  v0, d = tiny["method"].config.vocab_size, tiny["method"].config.d_model
+  e0, u0 = rng.normal(size=(v0, d)), rng.normal(size=(v0, d))
+  spell = [np.array([7]), np.array([8]), np.array([7, 9, 11]), np.array([12, 13])]
+  a = _predict(tiny, hp, e0, u0, spell)
+  e1, u1 = e0.copy(), u0.copy()
+  e1[0], u1[0] = rng.normal(size=d), rng.normal(size=d)     # the pad row
+  e1[9], e1[12] = rng.normal(size=d), rng.normal(size=d)    # pieces of the other tokens
+  b = _predict(tiny, hp, e1, u1, [np.array([7]), np.array([5, 6]), None])
+  np.testing.assert_allclose(b.input[0], a.input[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(b.output[0], a.output[0], rtol=1e-5, atol=1e-6)
+  assert np.abs(a.input[0] - a.input[1]).max() > 1e-3          # another piece
+  c = _predict(tiny, hp, e1, u1, spell)
+  assert np.abs(c.input[2] - a.input[2]).max() > 1e-3           # its piece 9 changed
+  assert np.abs(c.input[3] - a.input[3]).max() > 1e-3           # its piece 12 changed
+
+
+def test_zero_heads_give_the_mean_of_the_pieces(tiny):
+  rng = np.random.default_rng(2)
+  v0, d = tiny["method"].config.vocab_size, tiny["method"].config.d_model
+  e0, u0 = rng.normal(size=(v0, d)), rng.normal(size=(v0, d))
+  spell = [np.array([3]), np.array([4, 5]), np.array([6, 7, 8, 9]), np.array([10, 10])]
+  made = _predict(tiny, tiny["params"]["hyper"], e0, u0, spell)
+  for j, p in enumerate(spell):
+    np.testing.assert_allclose(made.input[j], e0[p].mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(made.output[j], u0[p].mean(0), rtol=1e-5, atol=1e-5)
 
 
 def test_untrained_initialiser_is_mean_subtokens(toks, tiny):

@@ -170,7 +170,7 @@ def run_seed(ctx: Context) -> Trial:
       hp = _untrained(method, {"inputs": jnp.zeros((1, 8), jnp.int32)}, ctx.seed)
       params = hp["lm"]
       zett.remember_hypernet(hn_dir, method, hp)
-      train_docs, docs, alphas = train_docs[:200], docs[:100], (0.1,)
+      train_docs, docs, alphas = train_docs[:100], docs[:48], (0.1,)
     else:
       # Source and hypernetwork live one level down, so the runner's per-arm plotting
       # skips them (finish plots the hypernetwork's curves).
@@ -214,33 +214,11 @@ def run_seed(ctx: Context) -> Trial:
   return Trial(rows, notes)
 
 
-def finish(ctx: Context, trials: list[Trial]) -> tuple[list[str], str]:
-  """Zero-shot bits/char per initialiser and target (mean +- std over seeds) beside the
-  source, uniform and count lines; the hypernetwork's training curve."""
+def _plot_curves(ax, workdir: str) -> None:
+  """The hypernetwork's training losses (LM and auxiliary) of every seed."""
   import json
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from tokenlab.repro.protocol import seed_values
-  per = [seed_values(t.rows) for t in trials]
-  warnings.filterwarnings("ignore", "Mean of empty slice|Degrees of freedom", RuntimeWarning)
-  fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-  for ax, label in zip(axes[:2], (EN, SUPER)):
-    x = np.arange(len(INITS))
-    vals = [[s.get((arm(n, label), ZS), np.nan) for s in per] for n in INITS]
-    ax.bar(x, np.nanmean(vals, 1), 0.6, yerr=np.nanstd(vals, 1), color="tab:blue")
-    for ref, style in ((SOURCE, "k--"), (uniform(label), "r:"), (counts(label), "g-.")):
-      v = np.nanmean([s.get((ref, BPC), np.nan) for s in per])
-      ax.axhline(v, ls=style[1:], color=style[0], lw=1, label=ref)
-    ax.set_xticks(x, INITS, fontsize=8)
-    ax.set_title(f"unseen target: {trials[0].data.get(label, {}).get('target', label)}",
-                 fontsize=9)
-    ax.set_ylabel("zero-shot bits per character")
-    ax.legend(fontsize=7)
-  ax = axes[2]
-  for s, seed_dir in enumerate(sorted(d for d in os.listdir(ctx.workdir)
-                                      if d.startswith("seed"))):
-    path = os.path.join(ctx.workdir, seed_dir, "source", "hyper", "metrics.jsonl")
+  for s, seed_dir in enumerate(sorted(d for d in os.listdir(workdir) if d.startswith("seed"))):
+    path = os.path.join(workdir, seed_dir, "source", "hyper", "metrics.jsonl")
     if not os.path.exists(path):
       continue
     steps, loss, aux = [], [], []
@@ -257,9 +235,38 @@ def finish(ctx: Context, trials: list[Trial]) -> tuple[list[str], str]:
   ax.set_title("hypernetwork training (sampled tokenizers)", fontsize=9)
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=7)
+
+
+def finish(ctx: Context, trials: list[Trial]) -> tuple[list[str], str]:
+  """Zero-shot bits/char per initialiser and target (mean +- std over seeds) beside the
+  source, uniform and count lines; the hypernetwork's training curve."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from tokenlab.repro.protocol import seed_values
+  per = [seed_values(t.rows) for t in trials]
+  warnings.filterwarnings("ignore", "Mean of empty slice|Degrees of freedom", RuntimeWarning)
+  # --quick: its one target's panel only, at a low resolution (the smoke test's seconds).
+  fig, axes = plt.subplots(1, 1 if ctx.quick else 3, figsize=(5 if ctx.quick else 14, 3.8),
+                           squeeze=False)
+  axes = axes[0]
+  for ax, label in zip(axes[:2], (EN, SUPER) if not ctx.quick else (EN,)):
+    x = np.arange(len(INITS))
+    vals = [[s.get((arm(n, label), ZS), np.nan) for s in per] for n in INITS]
+    ax.bar(x, np.nanmean(vals, 1), 0.6, yerr=np.nanstd(vals, 1), color="tab:blue")
+    for ref, style in ((SOURCE, "k--"), (uniform(label), "r:"), (counts(label), "g-.")):
+      v = np.nanmean([s.get((ref, BPC), np.nan) for s in per])
+      ax.axhline(v, ls=style[1:], color=style[0], lw=1, label=ref)
+    ax.set_xticks(x, INITS, fontsize=8)
+    ax.set_title(f"unseen target: {trials[0].data.get(label, {}).get('target', label)}",
+                 fontsize=9)
+    ax.set_ylabel("zero-shot bits per character")
+    ax.legend(fontsize=7)
+  if not ctx.quick:
+    _plot_curves(axes[2], ctx.workdir)
   fig.tight_layout()
   path = ctx.out("zett.png")
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=60 if ctx.quick else 100)
   plt.close(fig)
   lines = [f"- {label} ({n['target']}): {n['shared with T0']} tokens shared with T0"
            for label, n in trials[0].data.items()]
