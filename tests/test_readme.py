@@ -128,6 +128,9 @@ def _shrink(argv: list[str], tmp: str):
     argv = [("v5e:2x2" if i and argv[i - 1] == "--topology" else a) for i, a in enumerate(argv)]
     return argv + ([] if "--config" in argv else
                    ["--config", "experiments/transformer_lm.py:size=tiny"])
+  if sub == "plan":   # a 1b model's step compiles for ~20 s on CPU: the small one shows the same
+    argv = [re.sub(r"([:,]size=)(1b|base)\b", r"\1small", a) if a.startswith("experiments/")
+            else a for a in argv]
   if sub == "train":   # README's size=small runs train at size=tiny (compiles are most of it)
     return [re.sub(r"([:,]size=)small\b", r"\1tiny", a) if a.startswith("experiments/") else a
             for a in argv]
@@ -331,6 +334,9 @@ tokenlab: error: unknown
   assert _shrink(["tokenlab", "scale", "--sweep", "topology=v5e:4x4,v5e:4x8", "--sweep",
                   "size=base,1b"], "/t") == ["tokenlab", "scale", "--sweep", "topology=v5e:2x2",
                                              "--sweep", "size=tiny"]
+  assert _shrink(["tokenlab", "plan", "--config", "experiments/transformer_lm.py:size=1b",
+                  "--devices", "16"], "/t") == [
+      "tokenlab", "plan", "--config", "experiments/transformer_lm.py:size=small", "--devices", "16"]
   assert _shrink(["tokenlab", "plan", "--topology", "v5e:16x16"], "/t") == [
       "tokenlab", "plan", "--topology", "v5e:2x2", "--config",
       "experiments/transformer_lm.py:size=tiny"]
