@@ -3,8 +3,6 @@ tokenizers and their batches (numpy), one tiny hypernetwork trained 25 steps by 
 project's train step (one compile, shared by the loss and training checks), and the quick
 reproduction."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -67,7 +67,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
