@@ -155,7 +155,8 @@ def test_runner_writes_protocol_fields(tmp_path, monkeypatch):
   # --quick: one seed, checks shown, nothing claimed.
   quick = repro.run("toy", workdir=str(tmp_path / "q"), quick=True)
   assert quick.verdict == P.NOT_ASSESSED and quick.seeds == [0] and len(quick.checks) == 3
-  assert (tmp_path / "q" / "seed0" / "model" / "plots" / "summary.png").exists()
+  # ... and plots only the summary (the per-group figures are the full run's).
+  assert sorted(os.listdir(tmp_path / "q" / "seed0" / "model" / "plots")) == ["summary.png"]
 
 
 def test_runner_refuses_module_without_baseline_prerequisite(tmp_path, monkeypatch):

@@ -86,10 +86,11 @@ def _draw(ax, series: Series, keys: list[str], title: str, log_loss: bool) -> No
   ax.legend(fontsize=7)
 
 
-def plot_workdir(workdir: str, out_dir: str | None = None, log_loss: bool = False
-                 ) -> list[str]:
+def plot_workdir(workdir: str, out_dir: str | None = None, log_loss: bool = False,
+                 summary_only: bool = False) -> list[str]:
   """Writes summary.png and one PNG per metric group into WORKDIR/plots (or `out_dir`);
-  returns the paths written, summary first. `log_loss`: log-scaled y for loss-like metrics."""
+  returns the paths written, summary first. `log_loss`: log-scaled y for loss-like metrics;
+  `summary_only`: summary.png alone (layout and PNG encoding cost ~0.5 s a figure)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -108,7 +109,7 @@ def plot_workdir(workdir: str, out_dir: str | None = None, log_loss: bool = Fals
       os.path.abspath(workdir))
   paths = [_summary(plt, series, groups, join(out_dir, "summary.png"), run, log_loss)]
   used: set[str] = {"summary"}
-  for group, metrics in sorted(groups.items()):
+  for group, metrics in ([] if summary_only else sorted(groups.items())):
     stem = safe_name(group)
     while stem in used:       # two names that map to one stem: keep both files
       stem += "_"

@@ -228,22 +228,23 @@ def run(name: str, workdir: str | None = None, seed: int = 0, quick: bool = Fals
   command = (f"tokenlab repro {name} --workdir {workdir} --seed {seed} --seeds {n}"
              + (" --quick" if quick else ""))
   _write(report, name, workdir, command, seconds, quick)
-  # A quick run plots one arm: enough to smoke-test the plots (matplotlib costs 1-2 s an arm).
-  plot_arms(workdir, limit=1 if quick else None)
+  # A quick run plots one arm's summary: enough to smoke-test the plots (matplotlib costs
+  # ~0.5 s a figure, and an arm has about six).
+  plot_arms(workdir, limit=1 if quick else None, summary_only=quick)
   return report
 
 
-def plot_arms(workdir: str, limit: int | None = None) -> list[str]:
+def plot_arms(workdir: str, limit: int | None = None, summary_only: bool = False) -> list[str]:
   """`tokenlab plot` for every trained arm (WORKDIR/seed<S>/<arm>/plots), or the first
-  `limit`; returns the summary PNGs. Runs after repro.md is written, so a plotting error
-  loses no result."""
+  `limit` (only their summary.png with `summary_only`); returns the summary PNGs. Runs after
+  repro.md is written, so a plotting error loses no result."""
   from tokenlab.plotting import plot_workdir
   arms = []
   for seed_dir in sorted(d for d in os.listdir(workdir) if d.startswith("seed")):
     root = os.path.join(workdir, seed_dir)
     arms += [os.path.join(root, arm) for arm in sorted(os.listdir(root))
              if os.path.isfile(os.path.join(root, arm, "metrics.jsonl"))]
-  return [plot_workdir(arm)[0] for arm in arms[:limit]]
+  return [plot_workdir(arm, summary_only=summary_only)[0] for arm in arms[:limit]]
 
 
 def _write(report: Result, name: str, workdir: str, command: str, seconds: float,
