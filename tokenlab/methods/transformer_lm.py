@@ -63,10 +63,15 @@ class TransformerLMModule(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-               segment_ids: jax.Array | None = None) -> jax.Array:
+               segment_ids: jax.Array | None = None,
+               prefix: jax.Array | None = None) -> jax.Array:
+    """`prefix` (batch, P, d_model): embeddings read before the tokens' own (e.g. a compressed
+    far context, methods/extensible_tokenization.py); logits then cover P + length positions."""
     cfg = self.cfg
     embed = Embed(cfg.vocab_size, cfg.d_model, name="embed")
     x = embed(tokens)
+    if prefix is not None:
+      x = jnp.concatenate([prefix.astype(x.dtype), x], axis=1)
     block = dict(num_heads=cfg.num_heads, head_dim=cfg.heads_dim, mlp_dim=cfg.hidden,
                  num_kv_heads=cfg.num_kv_heads or None, causal=True,
                  window=tuple(cfg.window) if cfg.window else None,
