@@ -156,3 +156,146 @@ def test_baselines_random_and_average_pool():
                              np.asarray(pooled2).sum(1), rtol=1e-5)
   with pytest.raises(TokenlabError, match="grid"):
     tr.avg_pool_tokens(x, 3, grid=(4, 4))
+
+
+# ---------------------------------------------------------------------------------------------
+# One interface (`reduce_tokens`) and method token_reduction ("Token reduction should go
+# beyond efficiency"): the toolbox entries' shared invariants, the clutter data option, the
+# method's train-vs-test reduction, and the quick reproduction.
+
+
+@pytest.fixture(scope="module")
+def reduce_inputs():
+  """(2, 17, 8) tokens (a protected lead token), their attention probs and logits, sizes."""
+  rng = _rng(10)
+  x = jnp.asarray(rng.normal(size=(2, 17, 8)).astype(np.float32))
+  q = jnp.asarray(rng.normal(size=(2, 17, 2, 4)).astype(np.float32))
+  logits = tr.attention_logits(q, q)
+  sizes = jnp.asarray(rng.integers(1, 4, size=(2, 17)).astype(np.float32))
+  return {"x": x, "metric": x, "probs": jax.nn.softmax(logits, -1), "logits": logits,
+          "rng": jax.random.key(3), "sizes": sizes}
+
+
+@pytest.mark.parametrize("name", tr.REDUCTIONS)
+def test_reduce_tokens_one_interface_invariants(reduce_inputs, name):
+  inp = reduce_inputs
+  x, sizes = np.asarray(inp["x"]), np.asarray(inp["sizes"])
+  kw = {k: inp[k] for k in ("metric", "probs", "logits", "rng")}
+  # Ratio 0 is the identity, bit for bit.
+  y0, s0, g0 = tr.reduce_tokens(name, inp["x"], 0, protected=1, **kw)
+  np.testing.assert_array_equal(np.asarray(y0), x)
+  np.testing.assert_array_equal(np.asarray(g0), np.tile(np.arange(17), (2, 1)))
+  y, s, g = tr.reduce_tokens(name, inp["x"], 4, sizes=inp["sizes"], protected=1, window=4, **kw)
+  y, s, g = np.asarray(y), np.asarray(s), np.asarray(g)
+  assert y.shape == (2, 13, 8) and s.shape == (2, 13) and g.shape == (2, 17)
+  # The protected token survives unchanged, first, alone.
+  np.testing.assert_array_equal(y[:, 0], x[:, 0])
+  assert np.all(g[:, 0] == 0) and np.all(g[:, 1:] != 0)
+  for b in range(2):
+    live = g[b] >= 0
+    if name in ("tome", "window"):
+      # Merges keep every token and conserve mass: sum of size * value is unchanged, and a
+      # group's size is the summed size of its members.
+      assert live.all()
+      np.testing.assert_allclose((y[b] * s[b, :, None]).sum(0), (x[b] * sizes[b, :, None]).sum(0),
+                                 rtol=1e-4, atol=1e-4)
+      np.testing.assert_allclose(np.bincount(g[b], weights=sizes[b], minlength=13), s[b],
+                                 rtol=1e-6)
+    else:
+      # Pruning drops exactly 4 tokens and returns the survivors exactly, in order.
+      assert (~live).sum() == 4
+      np.testing.assert_array_equal(y[b], x[b][live])
+      np.testing.assert_array_equal(s[b], sizes[b][live])
+      np.testing.assert_array_equal(g[b][live], np.arange(13))
+  if name == "window":
+    # No merge crosses a window of 4 (tokens 1..16 after the protected one).
+    assert all(len({(i - 1) // 4 for i in np.flatnonzero(g[b] == k)}) == 1
+               for b in range(2) for k in range(1, 13))
+
+
+def test_reduce_tokens_errors_name_the_fix(reduce_inputs):
+  x = reduce_inputs["x"]
+  with pytest.raises(TokenlabError, match="unknown reduction"):
+    tr.reduce_tokens("prune", x, 2)
+  with pytest.raises(TokenlabError, match="needs probs"):
+    tr.reduce_tokens("attention", x, 2)
+  with pytest.raises(TokenlabError, match="multiple of 4"):
+    tr.reduce_tokens("window", x, 3, metric=x, protected=1, window=4)
+
+
+def test_clutter_is_seeded_solid_squares_and_allowed_where_labels_survive():
+  from tokenlab import data
+  from tokenlab.data import pipeline
+  from tokenlab.errors import ConfigError
+  img = np.zeros((32, 32, 3), np.float32)
+  a = pipeline.add_clutter(img, np.random.default_rng(0), 3)
+  b = pipeline.add_clutter(img, np.random.default_rng(0), 3)
+  np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(pipeline.add_clutter(img, np.random.default_rng(0), 0), img)
+  changed = np.any(a != img, axis=-1)
+  # Three solid 4x4 squares (they may overlap): 16 to 48 pixels, each of a non-black colour
+  # with channels 0 or 1; the input itself is not modified.
+  assert 16 <= changed.sum() <= 48
+  assert set(np.unique(a)) <= {0.0, 1.0} and np.all(a[changed].max(-1) == 1.0)
+  assert np.all(img == 0)
+  grey = pipeline.add_clutter(np.zeros((28, 28, 1), np.float32), np.random.default_rng(1), 2)
+  assert set(np.unique(grey)) == {0.0, 1.0} and 9 <= grey.sum() <= 18   # white 3x3 squares
+  aug = pipeline.AugmentImage(clutter=2)
+  counts = {int(np.any(aug.random_map({"image": img}, np.random.default_rng(i))["image"] != 0))
+            for i in range(20)}
+  assert counts == {0, 1}                       # 0..2 distractors: sometimes none
+  data.validate_data_config({"name": "shapes", "augment": "clutter"})
+  data.validate_data_config({"name": "mnist", "augment": "crop,clutter"})
+  with pytest.raises(ConfigError, match="does not allow"):
+    data.validate_data_config({"name": "photos", "augment": "clutter"})
+
+
+def test_repro_patch_masks_and_kept_fraction():
+  from tokenlab.repro.token_reduction import kept_fraction, patch_masks
+  clean = np.zeros((1, 8, 8, 3), np.float32)
+  clean[0, 0:4, 0:4] = 1.0                      # object in patch 0
+  noisy = clean.copy()
+  noisy[0, 5, 6] = 0.3                          # a distractor pixel in patch 3
+  dis, obj = patch_masks(clean, noisy, 4)
+  np.testing.assert_array_equal(dis, [[False, False, False, True]])
+  np.testing.assert_array_equal(obj, [[True, False, False, False]])
+  gid = np.array([[0, 1, 2, -1, -1]])           # class token, patch 0 kept, patch 3 dropped
+  assert kept_fraction(gid, obj) == 1.0 and kept_fraction(gid, dis) == 0.0
+
+
+@pytest.fixture(scope="module")
+def reducing_vit():
+  from tokenlab.methods.token_reduction import TokenReduction, TokenReductionConfig
+  method = TokenReduction(TokenReductionConfig(d_model=16, num_layers=2, num_heads=2,
+                                               mlp_dim=32, r=3))
+  images = jnp.asarray(_rng(11).uniform(size=(2, 16, 16, 3)).astype(np.float32))
+  params = jax.jit(method.init)(jax.random.key(0), {"image": images})
+  return method, params, images
+
+
+def test_method_reduces_in_training_and_shares_weights_with_test_time(reducing_vit):
+  import flax.linen as nn
+  method, params, images = reducing_vit
+  assert method.token_counts(16) == [14, 11]
+  batch = {"image": images, "label": jnp.asarray([0, 3], jnp.int32)}
+  loss, metrics = jax.jit(method.loss)(params, batch, jax.random.key(1))
+  assert np.isfinite(float(loss)) and metrics["final_tokens"] == 11.0
+  # One set of weights runs with any reduction (test-time use) through the same blocks;
+  # "window" removes r exactly (2 windows of 8, then of 8 and 6 tokens: one pair each).
+  for name, r, left in (("window", 2, 13), ("pagerank", 3, 11)):
+    logits, sizes, gid = jax.jit(method.variant(reduction=name, r=r).forward)(
+        nn.unbox(params), images)
+    assert logits.shape == (2, 4) and sizes.shape == (2, left) and gid.shape == (2, 17)
+    assert set(np.unique(np.asarray(gid)[:, 1:])) <= set(range(-1, left)) - {0}
+  with pytest.raises(Exception, match="reduction"):
+    method.variant(reduction="prune")
+
+
+def test_repro_quick(tmp_path):
+  from tokenlab import repro
+  result = repro.run("token_reduction", workdir=str(tmp_path), quick=True)
+  assert result.verdict == repro.NOT_ASSESSED
+  values = {(a, m): v for a, m, v, _, _ in result.rows}
+  assert 0.0 <= values["vit (no reduction)", "accuracy clean"] <= 1.0
+  assert ("attention prune trained r=8", "distractor patches kept") in values
+  assert (tmp_path / "repro.md").exists() and (tmp_path / "token_reduction_kept.png").exists()

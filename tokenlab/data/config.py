@@ -13,7 +13,8 @@ Keys (every experiment has them under `config.data`):
                 the global batch at step s is a function of (seed, s, shards) only, whatever
                 the number of processes; the process count must divide it
   augment       train-split image augmentations, comma-separated: '' (none), 'flip', 'crop',
-                'flip,crop'; each dataset allows those in its registry `augmentations`
+                'flip,crop', 'clutter' (0..2 solid distractor squares: shapes, mnist);
+                each dataset allows those in its registry `augmentations`
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ target token when all its bases share one, else -1; -1 on padding). Image batche
 float32 (batch_size, height, width, channels) in [0, 1] (channels 1 for digits/mnist, 3 for
 shapes/photos), label int32 (-1 on padding), mask float32 (batch_size,); shapes adds colour,
 count (batch_size,) and positions (batch_size, max_count, 2), int32 (0 on padding). Image
-augmentations (`config.data.augment`: flip, crop) are grain RandomMaps on the train split only,
-seeded per record and epoch, so they too are restored with the iterator state.
+augmentations (`config.data.augment`: flip, crop, clutter) are grain RandomMaps on the train
+split only, seeded per record and epoch, so they too are restored with the iterator state.
 
 The returned iterator is a grain DatasetIterator: next(), get_state(), set_state().
 """
@@ -137,6 +137,8 @@ class AugmentImage(grain.transforms.RandomMap):
   """Random train-time augmentation of example['image'] (H, W, C), shapes unchanged.
 
   Attributes:
+    clutter: add 0..clutter distractor squares (uniform count; `add_clutter`), before any
+      crop or flip.
     flip: mirror left-right with probability 1/2.
     crop: pad by `pad` pixels (mirrored) and cut a random H x W window, i.e. a
       translation by up to `pad` pixels each way.
@@ -145,10 +147,13 @@ class AugmentImage(grain.transforms.RandomMap):
   flip: bool = False
   crop: bool = False
   pad: int = 0
+  clutter: int = 0
 
   def random_map(self, element: dict[str, np.ndarray],
                  rng: np.random.Generator) -> dict[str, np.ndarray]:
     image = element["image"]
+    if self.clutter:
+      image = add_clutter(image, rng, int(rng.integers(0, self.clutter + 1)))
     if self.crop:
       h, w = image.shape[:2]
       pad = self.pad or max(1, h // 8)
@@ -158,6 +163,28 @@ class AugmentImage(grain.transforms.RandomMap):
     if self.flip and rng.random() < 0.5:
       image = image[:, ::-1]
     return {**element, "image": np.ascontiguousarray(image)}
+
+
+CLUTTER_MAX = 2  # distractors per train image under `config.data.augment='clutter'`
+
+
+def add_clutter(image: np.ndarray, rng: np.random.Generator, count: int,
+                side: int = 0) -> np.ndarray:
+  """Distractors: `count` solid side x side squares (0 = H // 8), each of one random colour
+  whose channels are 0 or 1, not all 0 (RGB: red, green, blue, yellow, magenta, cyan, white;
+  grey: white), pasted at uniform random positions (they may cover objects or each other).
+
+  Clutter that carries no label: the image's class is unchanged, so a classifier has to tell
+  it from the objects. image float32 (H, W, C) in [0, 1] -> a new array, same shape.
+  """
+  h, w, c = image.shape
+  side = side or max(1, h // 8)
+  out = np.array(image, np.float32, copy=True)
+  for _ in range(count):
+    r, col = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+    code = int(rng.integers(1, 2 ** c))           # a non-black binary colour
+    out[r:r + side, col:col + side] = [(code >> k) & 1 for k in range(c)]
+  return out
 
 
 def _token_labels(byte_labels: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -274,7 +301,9 @@ def make_dataset(data_cfg: Any, *, split: str, batch_size: int, seed: int,
     ds = ds.map(ImageExample(src, extra))
     augs = config.augmentations(cfg)
     if augs and split == "train":
-      ds = ds.random_map(AugmentImage(flip="flip" in augs, crop="crop" in augs), seed=seed)
+      ds = ds.random_map(AugmentImage(flip="flip" in augs, crop="crop" in augs,
+                                      clutter=CLUTTER_MAX if "clutter" in augs else 0),
+                         seed=seed)
     ids = ds.to_iter_dataset(_READ)
   else:
     tok = get_tokenizer(cfg)

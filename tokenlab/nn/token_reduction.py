@@ -13,6 +13,10 @@ Built on `tokenlab.kernels.token_merge`:
   `aim_retain_schedule` is the layer-wise retain ratio (full until half depth, then linear to
   0); `tome_reduce` is the pre-LLM "two rounds of ToMe" merging.
 - Baselines: `random_prune`, `avg_pool_tokens` (1-D or 2-D grid).
+- One interface over them: `reduce_tokens(name, x, r, ...)` removes r tokens by any entry of
+  `REDUCTIONS` (ToMe merging, local-window merging, attention-score, PageRank and random
+  pruning) and returns (tokens, sizes, group ids); `ToMeBlock(reduction=NAME)` takes the same
+  names, so every entry runs inside a ViT block at the same place and token counts.
 
 Pruning keeps tokens in their original order and returns their indices; merging returns group
 ids and sizes. Every function takes (B, N, D) tokens.
@@ -29,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokenlab.errors import TokenlabError
-from tokenlab.kernels.token_merge import (bipartite_soft_matching, merge_by_boundaries,
-                                          merge_tokens)
+from tokenlab.kernels.token_merge import (bipartite_soft_matching, local_window_merge,
+                                          merge_by_boundaries, merge_tokens)
 from tokenlab.kernels.token_merge.reference import effective_r
 from tokenlab.nn.attention import dot_product_attention
 from tokenlab.nn.layers import DenseGeneral
@@ -39,7 +43,7 @@ __all__ = ["proportional_attention_bias", "compose_group_ids", "kept_to_group_id
            "ToMeEncoder", "parse_r", "decreasing_r", "token_counts", "plain_tome_merge",
            "REDUCTIONS", "attention_logits", "attention_probs", "keep_top_k", "prune_by_attention",
            "pagerank", "pagerank_importance", "aim_retain_schedule", "retain_count", "aim_prune",
-           "tome_reduce", "random_prune", "avg_pool_tokens"]
+           "tome_reduce", "random_prune", "avg_pool_tokens", "reduce_tokens", "window_count"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +78,9 @@ def kept_to_group_ids(kept: jax.Array, n: int) -> jax.Array:
       jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), (b, m)))
 
 
-REDUCTIONS = ("tome", "random", "attention")
+# Merging: "tome" (bipartite soft matching), "window" (local-window merging of adjacent
+# tokens); pruning: "random", "attention" (class-token attention, EViT), "pagerank" (AIM).
+REDUCTIONS = ("tome", "random", "attention", "pagerank", "window")
 
 
 def plain_tome_merge(x: jax.Array, metric: jax.Array, r: int, *, sizes: jax.Array | None = None,
@@ -144,7 +150,11 @@ class ToMeBlock(nn.Module):
     reduction: "tome" (merge), or the baselines at equal token counts: "random" (drop r'
       random unprotected tokens; needs the flax rng stream "reduction") and "attention" (keep
       the tokens the class token attends to most, averaged over heads: EViT's score; the
-      scores recompute q k^T, so this arm pays one extra logits product).
+      scores recompute q k^T, so this arm pays one extra logits product); "pagerank" (AIM's
+      PageRank importance over this block's attention logits) and "window" (merge adjacent
+      pairs inside windows of `window` tokens after the protected ones; r must split evenly
+      over the windows), both through `reduce_tokens`.
+    window: window length of reduction "window".
     implementation: the token_merge implementation (None: best for the backend: the fused
       Pallas kernels on GPU/TPU, the jnp reference on CPU; or "reference" / "pallas_gpu" /
       "pallas_tpu"), or "plain" (`plain_tome_merge`, ToMe's merge.py in jnp).
@@ -157,6 +167,7 @@ class ToMeBlock(nn.Module):
   reduction: str = "tome"
   implementation: str | None = None
   param_dtype: Any = jnp.float32
+  window: int = 8
 
   @nn.compact
   def __call__(self, x: jax.Array, sizes: jax.Array | None = None):
@@ -178,7 +189,16 @@ class ToMeBlock(nn.Module):
                          param_dtype=self.param_dtype, name="out")(a)
     plan = None
     r = effective_r(n, self.r, self.protected) if self.r > 0 else 0
-    if r > 0 and self.reduction == "tome" and self.implementation == "plain":
+    if self.reduction == "window" and self.r > 0:
+      r = self.r    # exact (reduce_tokens checks it splits over the windows)
+    if r > 0 and self.reduction in ("pagerank", "window"):
+      x, sizes, gid = reduce_tokens(
+          self.reduction, x, r, metric=k.mean(axis=2), sizes=sizes, protected=self.protected,
+          logits=attention_logits(q, k, bias=bias) if self.reduction == "pagerank" else None,
+          window=self.window, implementation=self.implementation)
+      # Pruning returns the kept indices, as the other pruning baselines do; merging the ids.
+      plan = gid if self.reduction == "window" else _kept_indices(gid, n - r)
+    elif r > 0 and self.reduction == "tome" and self.implementation == "plain":
       x, sizes = plain_tome_merge(x, k.mean(axis=2), r, sizes=sizes, protected=self.protected)
     elif r > 0 and self.reduction == "tome":
       plan = bipartite_soft_matching(k.mean(axis=2), r, protected=self.protected,
@@ -249,6 +269,7 @@ class ToMeEncoder(nn.Module):
   reduction: str = "tome"
   implementation: str | None = None
   param_dtype: Any = jnp.float32
+  window: int = 8
 
   @nn.compact
   def __call__(self, x: jax.Array):
@@ -260,11 +281,13 @@ class ToMeEncoder(nn.Module):
       x, sizes, plan = ToMeBlock(self.num_heads, self.mlp_dim, r=r, protected=self.protected,
                                  prop_attn=self.prop_attn, reduction=self.reduction,
                                  implementation=self.implementation,
-                                 param_dtype=self.param_dtype, name=f"block_{i}")(x, sizes)
+                                 param_dtype=self.param_dtype, window=self.window,
+                                 name=f"block_{i}")(x, sizes)
       if plan is None and x.shape[1] < m:   # the plain path: no source tracing
         group_ids = None
       elif plan is not None and group_ids is not None:
-        later = (plan.group_ids if self.reduction == "tome" else kept_to_group_ids(plan, m))
+        later = (plan.group_ids if self.reduction == "tome" else
+                 plan if self.reduction == "window" else kept_to_group_ids(plan, m))
         group_ids = compose_group_ids(group_ids, later)
     if sizes is None:
       sizes = jnp.ones(x.shape[:2], jnp.float32)
@@ -454,3 +477,86 @@ def aim_prune(x: jax.Array, logits: jax.Array, keep: int, *,
     s = jnp.where(jnp.broadcast_to(protected_mask, s.shape), jnp.inf, s)
   return keep_top_k(x, s, keep)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# One interface over the toolbox.
+
+
+def window_count(n: int, window: int, protected: int = 0) -> int:
+  """Windows of `window` tokens over the n - protected unprotected tokens (last may be short)."""
+  return -(-(n - protected) // window)
+
+
+def _kept_indices(group_ids: jax.Array, keep: int) -> jax.Array:
+  """(B, N) ids of a pruning (-1 = dropped, kept ids ascending) -> (B, keep) kept indices."""
+  n = group_ids.shape[1]
+  order = jnp.where(group_ids >= 0, jnp.arange(n)[None, :], n + jnp.arange(n)[None, :])
+  return jnp.sort(order, axis=1)[:, :keep].astype(jnp.int32)
+
+
+def reduce_tokens(name: str, x: jax.Array, r: int, *, metric: jax.Array | None = None,
+                  probs: jax.Array | None = None, logits: jax.Array | None = None,
+                  sizes: jax.Array | None = None, rng: jax.Array | None = None,
+                  protected: int = 0, window: int = 8, implementation: str | None = None
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Removes r tokens with the toolbox entry `name` (one of REDUCTIONS); protected lead tokens
+  always survive, unchanged.
+
+  Args:
+    name: "tome" (bipartite soft matching on `metric`; r clamped to (N - protected) // 2 as
+      ToMe does), "window" (local-window merging on `metric`: the N - protected tokens cut
+      into windows of `window`, r / windows adjacent pairs merged in each; r must be a
+      multiple of the window count), "attention" (keep what token 0 attends to most in
+      `probs` (B, H, N, N)), "pagerank" (AIM's importance from `logits` (B, H, N, N)),
+      "random" (uniform, from `rng`).
+    x: (B, N, D) tokens; metric: (B, N, C) similarity features (merging only).
+    sizes: (B, N) tokens each row stands for (None = 1): merges average with them as weights,
+      pruning keeps the survivors' sizes.
+  Returns:
+    tokens (B, N - r', D), sizes (B, N - r') float32, group_ids (B, N) int32: the output row of
+    every input token, -1 where pruned; r' = r except where "tome" clamps it. r = 0 returns
+    x itself.
+  """
+  b, n, _ = x.shape
+  if name not in REDUCTIONS:
+    raise TokenlabError(f"unknown reduction '{name}'; use one of {', '.join(REDUCTIONS)}")
+  if r < 0:
+    raise TokenlabError(f"r={r}: pass r >= 0 tokens to remove")
+  ones = jnp.ones((b, n), jnp.float32)
+  sizes = ones if sizes is None else sizes.astype(jnp.float32)
+  ident = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+  if r == 0:
+    return x, sizes, ident
+  need = {"tome": metric, "window": metric, "attention": probs, "pagerank": logits,
+          "random": rng}[name]
+  if need is None:
+    what = {"tome": "metric", "window": "metric", "attention": "probs", "pagerank": "logits",
+            "random": "rng"}[name]
+    raise TokenlabError(f"reduction '{name}' needs {what}=...; pass it to reduce_tokens")
+  if name == "tome":
+    plan = bipartite_soft_matching(metric, effective_r(n, r, protected), protected=protected,
+                                   implementation=implementation)
+    out, new_sizes = merge_tokens(x, plan, sizes, implementation=implementation)
+    return out, new_sizes, plan.group_ids
+  if name == "window":
+    nw = window_count(n, window, protected)
+    last = (n - protected) - (nw - 1) * window
+    if r % nw or r // nw > last // 2:
+      raise TokenlabError(f"window merging removes the same pairs in each of the {nw} windows "
+                          f"of {window} tokens (last: {last}); r={r} must be a multiple of "
+                          f"{nw} and at most {nw * (last // 2)}")
+    p = protected
+    merged, gid, new_sizes = local_window_merge(x[:, p:], metric[:, p:], window=window,
+                                                r=r // nw, sizes=sizes[:, p:],
+                                                implementation=implementation)
+    return (jnp.concatenate([x[:, :p], merged], axis=1),
+            jnp.concatenate([sizes[:, :p], new_sizes], axis=1),
+            jnp.concatenate([ident[:, :p], gid + p], axis=1))
+  if name == "attention":
+    out, kept = prune_by_attention(x, probs, n - r, protected=protected, score="cls")
+  elif name == "pagerank":
+    out, kept = aim_prune(x, logits, n - r, protected_mask=jnp.arange(n) < protected)
+  else:
+    out, kept = random_prune(x, n - r, rng, protected=protected)
+  return out, jnp.take_along_axis(sizes, kept, axis=1), kept_to_group_ids(kept, n)
