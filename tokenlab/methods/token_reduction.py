@@ -35,10 +35,10 @@ Follows the papers it builds on exactly: ToMe's place of reduction, metric (keys
 heads), matching, size-weighted merges and proportional attention; EViT's class-token score;
 AIM's PageRank (temperature 0.1, 5 iterations, RMS over heads). Simplified, and why: the
 position paper names no model, data or protocol; we test one of its claims (robustness) on a
-toy task a CPU trains in a minute: `shapes` (32x32) with random-colour distractor squares
-(`config.data.augment='clutter'`), a 4-block d=48 ViT from scratch instead of a large
+toy task a CPU trains in minutes: `shapes` (32x32, the shape class) with solid distractor
+squares (`config.data.augment='clutter'`), a 4-block d=48 ViT from scratch instead of a large
 generative model; a classifier, not a generator, because robustness to distractors is
-measurable exactly there (the paper's generative setting is out of reach at this scale).
+measured exactly there (the paper's generative setting is out of reach at this scale).
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ def run_seed(ctx: Context) -> Trial:
         RANDOM_TEST: (base.variant(r=R, reduction="random"), VIT)})
   programs = {}
   key = jax.random.key(ctx.seed)
-  levels = (0, TRAIN_CLUTTER) if ctx.quick else LEVELS
+  levels = (0, HEAVY) if ctx.quick else LEVELS
   data, gids = {}, {}
   for level in levels:
     x = cluttered(images, level, ctx.seed)
