@@ -58,6 +58,8 @@ def batch_spec(data_cfg: Any, batch_size: int) -> dict[str, Any]:
   (batch_size, seq_len), plus labels int32 for dna. Images: image float32
   (batch_size, height, width, channels), label int32 and mask float32 (batch_size,), plus
   the dataset's `batch_fields` (shapes: colour, count, positions) int32.
+  Audio: the module's `batch_spec` (speech: waveform, lengths, word and phoneme labels
+  with masks, optional mel).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -74,6 +76,10 @@ def batch_spec(data_cfg: Any, batch_size: int) -> dict[str, Any]:
       for key, field_shape in module.batch_fields(cfg["options"]).items():
         spec[key] = jax.ShapeDtypeStruct((batch_size, *field_shape), np.int32)
     return spec
+  if DATASETS[cfg["name"]].kind == "audio":
+    module = DATASETS[cfg["name"]].load()
+    return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in
+            module.batch_spec(cfg["options"], batch_size, cfg["mel_bins"]).items()}
   shape = (batch_size, cfg["seq_len"])
   ints = ["inputs", "targets", "segment_ids", "positions", "target_bytes"]
   if cfg["name"] == "dna":

@@ -106,6 +106,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
   tok = tokenizers.get_tokenizer(cfg) if spec.kind == "text" else None
   for i in range(min(args.num, len(src))):
     record = src[i]
+    if spec.kind == "audio":
+      print(f"[{args.split} {i}] {module.describe(record, cfg['options'])}")
+      continue
     if spec.kind == "image":
       print(f"[{args.split} {i}] label {int(record['label'])}")
       print(_ascii_image(np.asarray(record["image"])))

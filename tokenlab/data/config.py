@@ -15,6 +15,8 @@ Keys (every experiment has them under `config.data`):
   augment       train-split image augmentations, comma-separated: '' (none), 'flip', 'crop',
                 'flip,crop', 'clutter' (0..2 solid distractor squares: shapes, mnist);
                 each dataset allows those in its registry `augmentations`
+  mel_bins      audio datasets: 0 (no mel), else batches add the log-mel spectrogram with
+                this many bins (tokenlab/nn/audio.py; 25 ms window, 10 ms hop)
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from tokenlab.data import registry
 from tokenlab.errors import ConfigError, nearest
 
 KEYS = ("name", "tokenizer", "vocab_size", "seq_len", "data_dir", "options", "worker_count",
-        "augment", "shards")
+        "augment", "shards", "mel_bins")
 _DEFAULTS = {"tokenizer": "bytes", "vocab_size": 256, "seq_len": 256, "data_dir": "",
-             "worker_count": 0, "augment": "", "shards": 0}
+             "worker_count": 0, "augment": "", "shards": 0, "mel_bins": 0}
 
 
 def default_data_config(name: str) -> ml_collections.ConfigDict:
@@ -124,6 +126,11 @@ def resolve(data_cfg: Any) -> dict[str, Any]:
     raise ConfigError("config.data.worker_count must be >= 0 (0 = no worker processes)")
   if out["shards"] < 0:
     raise ConfigError(f"config.data.shards={out['shards']} must be >= 0 (0 = auto)")
+  if out["mel_bins"] and spec.kind != "audio":
+    raise ConfigError(f"config.data.mel_bins applies to audio datasets (speech), not "
+                      f"'{spec.name}' ({spec.kind}); set config.data.mel_bins=0")
+  if out["mel_bins"] and not 8 <= out["mel_bins"] <= 256:
+    raise ConfigError(f"config.data.mel_bins={out['mel_bins']} must be 0 (no mel) or 8..256")
   spec.load().check_options(options)
   return out
 

@@ -24,6 +24,8 @@ shapes/photos), label int32 (-1 on padding), mask float32 (batch_size,); shapes 
 count (batch_size,) and positions (batch_size, max_count, 2), int32 (0 on padding). Image
 augmentations (`config.data.augment`: flip, crop, clutter) are grain RandomMaps on the train
 split only, seeded per record and epoch, so they too are restored with the iterator state.
+Audio batches (speech): waveform float32 (batch_size, S), lengths, padded word and phoneme
+labels with their masks, optional log-mel; see tokenlab/data/speech.py.
 
 The returned iterator is a grain DatasetIterator: next(), get_state(), set_state().
 """
@@ -305,6 +307,8 @@ def make_dataset(data_cfg: Any, *, split: str, batch_size: int, seed: int,
                                       clutter=CLUTTER_MAX if "clutter" in augs else 0),
                          seed=seed)
     ids = ds.to_iter_dataset(_READ)
+  elif spec.kind == "audio":
+    ids = ds.map(spec.load().Example(src, cfg["options"])).to_iter_dataset(_READ)
   else:
     tok = get_tokenizer(cfg)
     byte_labels = getattr(spec.load(), "byte_labels", None)
@@ -324,6 +328,8 @@ def make_dataset(data_cfg: Any, *, split: str, batch_size: int, seed: int,
       window = max(_MIN_SHUFFLE_WINDOW, _ROW_SHUFFLE_WINDOW // process_count)
       ids = grain.experimental.WindowShuffleIterDataset(ids, window_size=window, seed=seed)
   ids = ids.batch(batch_size, drop_remainder=False, batch_fn=PadBatch(batch_size))
+  if spec.kind == "audio" and cfg["mel_bins"]:
+    ids = ids.map(spec.load().AddMel(cfg["mel_bins"]))  # One jitted call per batch.
   if cfg["worker_count"] > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():

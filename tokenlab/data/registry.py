@@ -19,6 +19,7 @@ class DatasetSpec:
   Attributes:
     name: the name configs use (`config.data.name`).
     kind: 'text' (documents of bytes, tokenized and packed) or 'image' (image + label).
+      Also 'audio' (`speech`: waveform + word and phoneme alignments).
     module: the module holding the record helpers and the tfds builder (`Builder`) of an
       embedded dataset; external tfds datasets have `data_source` instead.
     default_options: builder options and their defaults; the types are the accepted types.
@@ -90,6 +91,14 @@ DATASETS: dict[str, DatasetSpec] = {
                          "num_words": 5000},
         description="Django translation catalogs, Babel CLDR names, wordfreq lists: "
                     "kind monolingual | parallel | dictionary ('en<TAB>target') | words"),
+    "speech": DatasetSpec(
+        name="speech", kind="audio", module="tokenlab.data.speech",
+        default_options={"num_train": 400, "num_validation": 100, "validation_percent": 10,
+                         "seed": 0, "voices": "en-us,en-gb,en-gb-scotland,en-029",
+                         "variants": "base,f3,klatt", "rates": "140,175,210",
+                         "pitches": "35,50,65", "validation_speaker": "", "max_seconds": 4.0},
+        description="English sentences (digits, colours, objects, commands) spoken by espeak-ng "
+                    "(GPL-3, run at build time), 16 kHz, word and phoneme alignments"),
     "tfds": DatasetSpec(
         name="tfds", kind="text", module="tokenlab.data.tfds_text",
         default_options={"tfds_name": "", "text_key": "text", "train_split": "train",
