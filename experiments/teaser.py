@@ -9,7 +9,9 @@ tokens alone, trained with L1 + the token-cycle loss, on `shapes`.
 
 variants: size=tiny (tests) | small (CPU reproduction) | base (accelerators: wider pyramid and
 generator, bfloat16, FSDP); tokens=multi | single; cycle=<weight> (0 = no token-cycle loss;
-default 0.5, the reference's ratio to the L1 weight).
+default 0.5, the reference's ratio to its L1 weight). The paper fine-tunes a pre-trained
+encoder and generator with the cycle loss; to do the same, train with cycle=0 first and pass
+--config.train.init_from=THAT_WORKDIR to the cycle run (the reproduction does this).
 """
 
 from tokenlab.config import (base_config, choose, parse_arg, set_accelerator_defaults,
@@ -19,7 +21,7 @@ from tokenlab.data import default_data_config
 SIZES = {
     #        width token_dim d_model heads batch steps  lr
     "tiny": (4, 4, 16, 2, 8, 3, 3e-3),
-    "small": (16, 16, 64, 4, 32, 600, 2e-3),
+    "small": (16, 16, 64, 4, 32, 750, 3e-3),
     "base": (64, 64, 512, 8, 256, 20000, 1e-3),
 }
 

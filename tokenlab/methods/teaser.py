@@ -24,18 +24,20 @@ The method, in the paper's order:
    token; here the adaLN of the shared DiT block, coarse token first as the paper's coarsest
    generator level takes the 1x1 token), and a final adaLN layer conditioned on all tokens
    to pixels of p x p patches.
-3. Loss (teaser_trainer.py): reconstruction L1 + `cycle_weight` x the token-cycle loss: the
-   reconstruction is encoded again by the same encoder and its tokens are matched to the
+3. Loss (teaser_trainer.py): reconstruction loss + `cycle_weight` x the token-cycle loss:
+   the reconstruction is encoded again by the same encoder and its tokens are matched to the
    original tokens by MSE, summed over scales. Gradients flow into both sides (the reference
    detaches neither); `cycle_weight` = 0.5 is the reference's weight ratio (token cycle 5 :
-   L1 10).
+   L1 10). The paper applies it while fine-tuning a pre-trained encoder and generator (its
+   train config loads both); the reproduction does the same (pre-train with cycle_weight 0,
+   then `init_from`).
 
 Follows the paper exactly: one token per scale from features pooled at 1x1, 2x2, 4x4, 8x8
 (deepest features at the coarsest scale), flattened and linearly projected; per-scale
 token-conditioned adaptive normalisation with the coarsest token at the coarsest stage; the
-token decoder from all tokens to a spatial grid; L1 reconstruction; the token-cycle MSE per
-scale through the same encoder, both sides with gradients, at the reference's relative
-weight.
+token decoder from all tokens to a spatial grid; the token-cycle MSE per scale through the
+same encoder, both sides with gradients, at the reference's relative weight, applied when
+fine-tuning a pre-trained model.
 Simplified, and why: no face model, renderer, landmarks or masked-image input (toy data
 without faces; the generator sees the tokens only, so the tokens carry the whole image); a
 pyramid of 2x2 patch-merging layers (patchify + linear + GELU, as the repo's sample
@@ -44,7 +46,14 @@ generator is a small transformer over an 8x8 patch grid (the shared DiT block's 
 place of the U-Net's AdaIN convolutions; same conditioning idea, repo blocks); no
 perceptual, emotion or region losses (nothing pretrained may be downloaded); linear output
 instead of a sigmoid (pixels of `shapes` are exactly 0 or 1; the sigmoid only slows a short
-run); no augmentation.
+run); no augmentation. Three changes found in development probes (one seed each, before
+any reproduction run): the reconstruction loss is MSE (`recon_loss="l1"`, the paper's, kept
+as an option: on images ~90% black its minimiser at the start is the all-black image, and
+every probe stayed there); the pyramid, token and token-decoder layers use LeCun-normal
+initialisation (with the repo's normal(0.02) the activations shrank ~10x per pyramid level
+and the tokens carried nothing); and each token is normalised to zero mean and unit RMS by
+a parameter-free LayerNorm (`token_norm`; the reference leaves the scale free, so a cycle
+loss with gradients on both sides can be met by shrinking every token).
 """
 
 from __future__ import annotations
@@ -65,6 +74,11 @@ from tokenlab.nn.vision import (DiTBlock, DiTFinalLayer, default_mlp_dim, patchi
 from tokenlab.registry import register_method
 
 TOKENS = ("multi", "single")
+# LeCun normal (untruncated: the truncated normal's inverse erf costs compile time): the
+# pyramid's layers keep unit-scale activations; the repo's default normal(0.02) shrank them
+# ~10x per level, and the tokens carried nothing (a pilot stayed at the mean image).
+_LECUN = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+RECON_LOSSES = ("mse", "l1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +91,9 @@ class TeaserConfig:
   d_model: int = 64               # generator width
   num_heads: int = 4
   patch_size: int = 4             # generator's output patches
-  cycle_weight: float = 0.5       # token-cycle loss weight (0 = off); L1 weight 1
+  cycle_weight: float = 0.5       # token-cycle loss weight (0 = off); reconstruction weight 1
+  recon_loss: str = "mse"         # mse | l1 (the paper's; collapsed to black here, see above)
+  token_norm: bool = True         # parameter-free LayerNorm on each token (scale fixed)
 
 
 def pool(x: jax.Array, rows: int, cols: int | None = None) -> jax.Array:
@@ -120,7 +136,7 @@ class TokenEncoder(nn.Module):
     feats = []
     for i in range(levels):
       x = DenseGeneral((cfg.width * 2 ** i,), (None, "embed"), use_bias=True,
-                       name=f"merge_{i}")(patchify(x, 2).reshape(
+                       kernel_init=_LECUN, name=f"merge_{i}")(patchify(x, 2).reshape(
                            x.shape[0], x.shape[1] // 2, x.shape[2] // 2, -1))
       x = nn.gelu(x)
       feats.append(x)
@@ -130,10 +146,17 @@ class TokenEncoder(nn.Module):
       for s, side in enumerate(cfg.scales):
         f = pool(feats[levels - 1 - s], side).reshape(b, -1)
         tokens.append(DenseGeneral((cfg.token_dim,), ("embed", None), use_bias=True,
-                                   name=f"token_{s}")(f))
-      return jnp.stack(tokens, axis=1)
-    cells = pool(feats[-1], *cell_grid(levels)).reshape(b, levels, -1)
-    return DenseGeneral((cfg.token_dim,), ("embed", None), use_bias=True, name="token")(cells)
+                                   kernel_init=_LECUN, name=f"token_{s}")(f))
+      tokens = jnp.stack(tokens, axis=1)
+    else:
+      cells = pool(feats[-1], *cell_grid(levels)).reshape(b, levels, -1)
+      tokens = DenseGeneral((cfg.token_dim,), ("embed", None), use_bias=True,
+                            kernel_init=_LECUN, name="token")(cells)
+    if cfg.token_norm:
+      # Every token at zero mean and unit RMS: the cycle loss cannot be met by shrinking
+      # all tokens together (the generator would undo any scale).
+      tokens = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False)(tokens)
+    return tokens
 
 
 class TokenGenerator(nn.Module):
@@ -154,7 +177,7 @@ class TokenGenerator(nn.Module):
     gh, gw = self.image_hw[0] // p, self.image_hw[1] // p
     flat = tokens.reshape(b, s * d)
     x = DenseGeneral((gh * gw, cfg.d_model), (None, None, "embed"), use_bias=True,
-                     name="token_decoder")(flat)
+                     kernel_init=_LECUN, name="token_decoder")(flat)
     x = x + sincos_2d(gh, gw, cfg.d_model).astype(x.dtype)
     block = dict(num_heads=cfg.num_heads, head_dim=cfg.d_model // cfg.num_heads,
                  mlp_dim=default_mlp_dim(cfg.d_model))
@@ -212,6 +235,9 @@ class Teaser(Method):
   def __init__(self, config: TeaserConfig):
     if config.tokens not in TOKENS:
       raise ConfigError(f"config.model.tokens='{config.tokens}'; use one of {TOKENS}")
+    if config.recon_loss not in RECON_LOSSES:
+      raise ConfigError(f"config.model.recon_loss='{config.recon_loss}'; use one of "
+                        f"{RECON_LOSSES}")
     scales = tuple(config.scales)
     if list(scales) != sorted(scales) or any(a * 2 != b for a, b in zip(scales, scales[1:])):
       raise ConfigError(f"config.model.scales={scales} must double from coarse to fine, e.g. "
@@ -258,13 +284,16 @@ class Teaser(Method):
     mask = batch.get("mask", jnp.ones(images.shape[:1], jnp.float32)).astype(jnp.float32)
     count = jnp.maximum(jnp.sum(mask), 1.0)
     tokens, recon, cycled = self.module(images.shape[1:3]).apply({"params": params}, images)
-    l1 = jnp.sum(jnp.mean(jnp.abs(recon - images), axis=(1, 2, 3)) * mask) / count
+    err = recon - images
+    per_image = jnp.mean(jnp.abs(err) if self.config.recon_loss == "l1" else jnp.square(err),
+                         axis=(1, 2, 3))
+    recon_loss = jnp.sum(per_image * mask) / count
     cycle = token_cycle_loss(tokens, cycled, mask)
-    loss = l1 + self.config.cycle_weight * cycle
+    loss = recon_loss + self.config.cycle_weight * cycle
     metrics = reconstruction_metrics(images, recon, mask)
-    metrics.update(loss=Average.of(loss * count, count), l1=Average.of(l1 * count, count),
-                   token_cycle=Average.of(cycle * count, count),
-                   token_rms=Average.of(jnp.sqrt(jnp.mean(jnp.square(tokens))) * count, count))
+    metrics.update(loss=Average.of(loss * count, count),
+                   recon_loss=Average.of(recon_loss * count, count),
+                   token_cycle=Average.of(cycle * count, count))
     return loss, metrics
 
   # -------------------------------------------------------------- tokenizer interface
