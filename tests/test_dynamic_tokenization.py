@@ -13,7 +13,7 @@ from tokenlab.method import random_params
 from tokenlab.methods import dynamic_tokenization as dt
 from tokenlab.methods.transformer_lm import lm_loss
 from tokenlab.transfer import get_initializer
-from tokenlab.transfer.initializers import Embeddings, decompositions
+from tokenlab.transfer.initializers import Embeddings, decompositions, shared_tokens
 
 DOCS = [s.encode() for s in (
     "Delete selected items", "Add another item", "the items were deleted", "Select all items",
@@ -95,29 +95,68 @@ def test_new_ids_and_rows(tok):
                                    aux={}) is fresh
 
 
+def test_initialiser_keeps_t0_rows_and_takes_the_others_from_the_hypernetwork(tok):
+  """`--init dynamic_tokenization` on a fixed target: tokens T0 has keep T0's rows exactly,
+  the others get the rows of the initialiser it wraps (here `random`, standing in for the
+  hypernetwork: the fresh rows)."""
+  target = dt.NewTokens([b" items", b"Delete", b"xyz-new", tok.token_bytes(tok.vocab_size - 1)])
+  rng = np.random.default_rng(3)
+  v0 = tok.vocab_size
+  old = Embeddings(rng.normal(size=(v0, 4)), rng.normal(size=(v0, 4)))
+  fresh = Embeddings(rng.normal(size=(4, 4)), rng.normal(size=(4, 4)))
+  made = get_initializer("dynamic_tokenization")(tok, old, target, fresh=fresh,
+                                                  aux={"new_rows": "random"})
+  shared = shared_tokens(tok, target)
+  assert 3 in shared and 2 not in shared
+  for j in range(4):
+    want = (old.input[shared[j]], old.output[shared[j]]) if j in shared else (
+        fresh.input[j], fresh.output[j])
+    np.testing.assert_array_equal(made.input[j], want[0])
+    np.testing.assert_array_equal(made.output[j], want[1])
+
+
+def _scored_chars(batches, db, tok) -> int:
+  """Characters (UTF-8 lead bytes) of the scored targets."""
+  return sum(int(w) * sum(c & 0xC0 != 0x80 for c in db.token_bytes(tok, int(t)))
+             for b in batches for t, w in zip(b["targets"].ravel(), b["loss_mask"].ravel()))
+
+
 def test_packing_scores_the_same_characters_for_every_m(tok):
-  """Every document's tokens come back from the packed rows (inputs + last target, one
-  segment each); the first word is context only, so the scored characters are the same
-  for every merge count."""
+  """'vocabulary': every document's tokens come back from the packed rows (one segment
+  each, positions from 0). 'prefill': one example per word after the first, the dynamic
+  tokens of the words before it then T0's tokens of the word, which alone are scored, and
+  no new token is ever a prediction. Both score the same characters for every m."""
   scored = []
   for m in (0, 8, 10_000):
     db = dt.encode_batch(tok, DOCS, m)
     rows = Embeddings(np.zeros((len(db.new_tokens), 8)), np.zeros((len(db.new_tokens), 8)))
-    batches = dt.pack(db, tok, rows, batch_size=4, seq_len=32, new_slots=128)
-    got, chars = [], 0
+    pack = lambda scoring: dt.pack(db, tok, rows, batch_size=4, seq_len=32, new_slots=128,
+                                   scoring=scoring)
+    batches = pack("vocabulary")
+    got = []
     for b in batches:
-      assert b["new_input"].shape == (4, 32, 8) and b["new_mask"].sum() <= len(db.new_tokens)
+      assert b["new_input"].shape == (4, 32, 8) and b["new_mask"].sum() == len(db.new_tokens)
       for r in range(4):
         for s in sorted(set(b["segment_ids"][r][b["segment_ids"][r] > 0])):
           sel = b["segment_ids"][r] == s
           got.append(np.concatenate([b["inputs"][r][sel], b["targets"][r][sel][-1:]]))
           np.testing.assert_array_equal(b["positions"][r][sel], np.arange(sel.sum()))
-        for t, w in zip(b["targets"][r], b["loss_mask"][r]):
-          chars += int(w) * dt._num_chars(db.token_bytes(tok, int(t)))  # pylint: disable=protected-access
     multi = [ids for ids in db.ids if len(ids) > 1]
     assert len(got) == len(multi) and all(np.array_equal(a, c) for a, c in zip(got, multi))
-    scored.append(chars)
-  assert scored[0] == scored[1] == scored[2] > 0
+    prefill = pack("prefill")
+    for b in prefill:
+      assert b["new_mask"].sum() == 0
+      assert (b["targets"][b["loss_mask"] > 0] < tok.vocab_size).all()
+    # The example of "the items were deleted"'s last word: the dynamic tokens of
+    # "the items were", then T0's " deleted", scored.
+    doc = DOCS.index(b"the items were deleted")
+    ex = [e for e in dt.examples(db, tok, "prefill")
+          if b"".join(db.token_bytes(tok, int(i)) for i in e[0]) == DOCS[doc]][0]
+    word = tok.encode(b" deleted")
+    np.testing.assert_array_equal(ex[0][-len(word):], word)
+    assert ex[1].sum() == len(word) and ex[1][-len(word):].all()
+    scored += [_scored_chars(batches, db, tok), _scored_chars(prefill, db, tok)]
+  assert len(set(scored)) == 1 and scored[0] > 0
 
 
 def test_zero_merges_is_the_identity(tok):
@@ -132,8 +171,10 @@ def test_zero_merges_is_the_identity(tok):
   method = dt.DynamicTokenization(cfg)
   params = random_params(method, {"inputs": np.zeros((1, 4), np.int32)}, seed=1)
   rows = Embeddings(np.zeros((0, 16)), np.zeros((0, 16)))
-  batch = dt.pack(db, tok, rows, batch_size=4, seq_len=32, new_slots=8)[0]
-  dyn = jax.jit(method.logits)(params, batch)
+  batch = dt.pack(db, tok, rows, batch_size=4, seq_len=32, new_slots=8,
+                  scoring="vocabulary")[0]
+  logits = jax.jit(method.logits)
+  dyn = logits(params, batch)
   ref = jax.jit(method.lm.logits)(params, batch)
   # Equal to float32 rounding (the wider output matmul sums in another order: ~1e-7).
   np.testing.assert_allclose(np.asarray(dyn[..., :tok.vocab_size]), np.asarray(ref),
@@ -142,6 +183,14 @@ def test_zero_merges_is_the_identity(tok):
   # The loss as lm_loss takes it from these logits (the same compiled programs).
   loss = lm_loss(dyn, batch)[0]
   assert float(loss) == pytest.approx(float(lm_loss(ref, batch)[0]), rel=1e-6)
+  # Prefill scoring at m = 0 is T0's own: each word after the same T0 context, so its
+  # summed NLL equals one pass over whole documents (same shapes: no new compile).
+
+  def total(scoring):
+    return sum(float(lm_loss(logits(params, b), b)[1]["loss"].total)
+               for b in dt.pack(db, tok, rows, batch_size=4, seq_len=32, new_slots=8,
+                                scoring=scoring))
+  assert total("prefill") == pytest.approx(total("vocabulary"), rel=1e-5)
 
 
 def test_repro_quick(tmp_path):

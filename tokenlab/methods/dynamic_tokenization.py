@@ -23,9 +23,11 @@ The method, in the paper's order:
    hypernet=RUN`: the `zett` initialiser of the transfer harness, tokenlab/methods/zett.py,
    reached through the initialiser registry): each new token is spelt with T0 and the
    hypernetwork predicts its input and output rows (`new_rows`).
+   On a fixed target tokenizer (the harness's table), `--init dynamic_tokenization` applies
+   the same rule: T0's rows for tokens T0 has, the hypernetwork's for the others.
 5. Run the unchanged model over the shorter sequences (`DynamicTokenization`: the
    transformer_lm with the batch's new rows appended to its embedding table and its output
-   layer; the new slots a batch does not use are masked out of the softmax).
+   layer; new slots that may not be predicted are masked out of the softmax).
 
 Follows the paper: batch-level BPE over the batch's subword sequences with pair counts over
 all occurrences, most-frequent-first, m merges, merges confined to words; the hypernetwork
@@ -38,14 +40,18 @@ Simplified or chosen here, and why:
   choice: zero merges is then exactly the original model (tested: same ids, same logits),
   and at toy scale the hypernetwork's rows of T0 tokens are close to but not equal to the
   originals (cosine ~0.95, BUILD_NOTES 'zett').
-- A decoder LM scored by next-token bits per character over the batch's whole vocabulary
-  (input and output rows from the hypernetwork), not an encoder on XNLI (the paper's main
-  table) or decoder prefilling with the original output vocabulary (the paper's Mistral
-  setting): the harness's metric (issue 20) and the only LM on this CPU.
-- Each document's first word is context only (its targets are not scored), so every merge
-  count scores exactly the same characters: merges never cross a word, so the first word's
-  span is the same under any m, and the bits-per-character values of different m are
-  comparable without the harness's 'scored chars' caveat.
+- The evaluation is the paper's decoder use, prefilling: the model reads the dynamic tokens
+  and predicts with its own output vocabulary (`evaluate`, scoring='prefill'): word w of a
+  document is scored as T0's tokens after the dynamic tokens of the words before it, so
+  only the new tokens' input rows are used and m = 0 is T0's own scoring. The paper's main
+  table is an encoder on XNLI; here the harness's metric (issue 20), bits per character of
+  a decoder, is the one this CPU can measure. A first design predicted the dynamic tokens
+  themselves over T0's vocabulary + the batch's new tokens (scoring='vocabulary', kept): the
+  new tokens are the batch's own words, so that vocabulary is made from the very text it
+  scores, and bits per character fell with m even for random rows (BUILD_NOTES).
+- Each document's first word is context only (never scored), so every merge count scores
+  exactly the same characters: merges never cross a word, so the words are the same under
+  any m.
 - A new token is spelt for the hypernetwork by `decompose` (T0's own encoding of its bytes,
   as ZeTT spells every new token), which for a span inside a word is usually, not always,
   the pieces that were merged.
@@ -70,7 +76,8 @@ from tokenlab.errors import ConfigError
 from tokenlab.method import Batch, Method, PyTree
 from tokenlab.methods.transformer_lm import TransformerLM, TransformerLMConfig, lm_loss
 from tokenlab.registry import register_method
-from tokenlab.transfer.initializers import Embeddings, get_initializer
+from tokenlab.transfer.initializers import (Embeddings, get_initializer, register_initializer,
+                                            shared_tokens)
 
 WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
 NEG = -1e9
@@ -137,12 +144,14 @@ class DynamicBatch:
       targets are context only, see `pack`).
     old_vocab: V0.
     merges: the merges made, in order.
+    t0_ids: per document, T0's own ids (n0_i,).
   """
   ids: list[np.ndarray]
   new_tokens: list[bytes]
   first_word: list[int]
   old_vocab: int
   merges: list[tuple[bytes, bytes]]
+  t0_ids: list[np.ndarray] = dataclasses.field(default_factory=list)
 
   def token_bytes(self, old_tok: Tokenizer, i: int) -> bytes:
     return old_tok.token_bytes(i) if i < self.old_vocab else self.new_tokens[i - self.old_vocab]
@@ -184,8 +193,9 @@ def encode_batch(old_tok: Tokenizer, docs: Sequence[bytes], num_merges: int) -> 
   t0 = [np.asarray(old_tok.encode(d), np.int64) for d in docs]
   seqs = [[old_tok.token_bytes(int(i)) for i in ids] for ids in t0]
   if num_merges == 0:   # the identity: T0's ids exactly (byte-fallback twins included)
-    return DynamicBatch([x.astype(np.int32) for x in t0], [],
-                        [_first_word_len(s) for s in seqs], old_tok.vocab_size, [])
+    t0 = [x.astype(np.int32) for x in t0]
+    return DynamicBatch(t0, [], [_first_word_len(s) for s in seqs], old_tok.vocab_size, [],
+                        t0)
   key = id(old_tok)
   if key not in _TABLES:
     _TABLES[key] = _t0_ids(old_tok)
@@ -211,7 +221,7 @@ def encode_batch(old_tok: Tokenizer, docs: Sequence[bytes], num_merges: int) -> 
         pos += 1
     out.append(np.asarray(ids, np.int32))
   return DynamicBatch(out, list(new), [_first_word_len(s) for s in merged], old_tok.vocab_size,
-                      merges)
+                      merges, [x.astype(np.int32) for x in t0])
 
 
 def decode(batch: DynamicBatch, old_tok: Tokenizer, k: int) -> bytes:
@@ -244,6 +254,25 @@ def new_rows(init: str, old_tok: Tokenizer, old: Embeddings, tokens: Sequence[by
   return get_initializer(init)(old_tok, old, NewTokens(tokens), fresh=fresh, aux=aux)
 
 
+@register_initializer("dynamic_tokenization")
+def dynamic_tokenization_init(old_tokenizer: Tokenizer, old: Embeddings,
+                              new_tokenizer: Tokenizer, *, fresh: Embeddings,
+                              aux: Mapping[str, Any]) -> Embeddings:
+  """Dynamic tokenization's rule for a fixed target tokenizer (the transfer harness's
+  comparison table): a token T0 has keeps T0's rows exactly, every other token gets the rows
+  of aux['new_rows'] (default 'zett': the hypernetwork in aux['hypernet'])."""
+  made = get_initializer(str(aux.get("new_rows", "zett")))(old_tokenizer, old, new_tokenizer,
+                                                           fresh=fresh, aux=aux)
+  shared = shared_tokens(old_tokenizer, new_tokenizer)
+  ins = np.array(made.input, copy=True)
+  outs = None if made.output is None else np.array(made.output, copy=True)
+  for j, i in shared.items():
+    ins[j] = old.input[i]
+    if outs is not None:
+      outs[j] = old.output[i]
+  return Embeddings(ins, outs)
+
+
 # --- 5: the model over a dynamic vocabulary -----------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +290,8 @@ class DynamicTokenization(Method):
   dynamic ids (< V0 + new_slots); new_input, new_output (B, S, d) and new_mask (B, S) with
   S = new_slots / B: the batch's new rows spread over the batch rows (every array leads
   with the batch axis, as the trainer's sharding expects); slot j is (j // S, j % S).
+  new_mask is 1 for a new token that may be predicted; 0 (an unused slot, or an input-only
+  row when prefilling) keeps it out of the softmax.
   """
   Config = DynamicTokenizationConfig
 
@@ -279,7 +310,7 @@ class DynamicTokenization(Method):
     return self.lm.init(rng, {"inputs": batch["inputs"]})
 
   def logits(self, params: PyTree, batch: Batch) -> jax.Array:
-    """(B, L, V0 + new_slots); unused new slots at -1e9."""
+    """(B, L, V0 + new_slots); new slots with new_mask 0 at -1e9."""
     s = self.config.new_slots
     d = self.config.d_model
     new_in = batch["new_input"].reshape(s, d).astype(params["embed"]["embedding"].dtype)
@@ -301,12 +332,53 @@ class DynamicTokenization(Method):
     return self.lm_dynamic.flops_per_token(seq_len)
 
 
+SCORINGS = ("prefill", "vocabulary")
+
+
+def _words(tokens: Sequence[bytes]) -> list[int]:
+  """Start index of each word of a token sequence (a token opening with whitespace opens
+  one; the sequence's start opens the first)."""
+  return [0] + [i for i in range(1, len(tokens)) if starts_word(tokens[i])]
+
+
+def examples(batch: DynamicBatch, old_tok: Tokenizer, scoring: str
+             ) -> list[tuple[np.ndarray, np.ndarray]]:
+  """(token ids (n,), scored (n - 1,) float: 1 where target j = token j + 1 is scored) of
+  the batch, as `scoring` reads it (see `evaluate`):
+
+  'prefill': one example per document and word w >= 1: the dynamic tokens of words < w (the
+    context), then T0's tokens of word w, which are scored. The outputs stay T0's.
+  'vocabulary': one example per document, its dynamic tokens; every target after the first
+    word is scored, over the batch's dynamic vocabulary.
+  """
+  if scoring not in SCORINGS:
+    raise ConfigError(f"scoring '{scoring}': use one of {', '.join(SCORINGS)}")
+  out = []
+  for ids, t0, first in zip(batch.ids, batch.t0_ids, batch.first_word):
+    if scoring == "vocabulary":
+      if len(ids) > 1:
+        out.append((ids, (np.arange(1, len(ids)) >= first).astype(np.float32)))
+      continue
+    dyn_words = _words([batch.token_bytes(old_tok, int(i)) for i in ids])
+    t0_words = _words([old_tok.token_bytes(int(i)) for i in t0])
+    # Merges never cross a word, so both spellings have the same words.
+    assert len(dyn_words) == len(t0_words), (dyn_words, t0_words)
+    for w in range(1, len(t0_words)):
+      end = t0_words[w + 1] if w + 1 < len(t0_words) else len(t0)
+      seq = np.concatenate([ids[:dyn_words[w]], t0[t0_words[w]:end]]).astype(np.int32)
+      scored = np.zeros(len(seq) - 1, np.float32)
+      scored[dyn_words[w] - 1:] = 1.0
+      out.append((seq, scored))
+  return out
+
+
 def pack(batch: DynamicBatch, old_tok: Tokenizer, rows: Embeddings, *, batch_size: int,
-         seq_len: int, new_slots: int) -> list[dict[str, np.ndarray]]:
-  """The batch's documents as model batches of `DynamicTokenization` (see its doc): each
-  document whole in one row (cut to seq_len + 1 tokens), segment ids and positions per
-  document, a document's first-word targets context only (loss_mask 0). `rows`: the new
-  tokens' (K, d) rows, K <= new_slots."""
+         seq_len: int, new_slots: int, scoring: str = "prefill"
+         ) -> list[dict[str, np.ndarray]]:
+  """The batch's `examples` as model batches of `DynamicTokenization` (see its doc): each
+  example whole in one row (its last seq_len + 1 tokens), segment ids and positions per
+  example, unscored targets masked. `rows`: the new tokens' (K, d) rows, K <= new_slots;
+  under 'prefill' they are inputs only (new_mask 0: never predicted)."""
   k, d = rows.input.shape
   if k > new_slots:
     raise ConfigError(f"{k} new tokens in a batch do not fit new_slots={new_slots}")
@@ -317,9 +389,12 @@ def pack(batch: DynamicBatch, old_tok: Tokenizer, rows: Embeddings, *, batch_siz
                    for i in range(batch.old_vocab + len(batch.new_tokens))], np.int32)
   new_in = np.zeros((new_slots, d), np.float32)
   new_out = np.zeros((new_slots, d), np.float32)
-  new_in[:k], new_out[:k] = rows.input, rows.output
+  new_in[:k] = rows.input
+  if rows.output is not None:
+    new_out[:k] = rows.output
   new_mask = np.zeros((new_slots,), np.float32)
-  new_mask[:k] = 1.0
+  if scoring == "vocabulary":
+    new_mask[:k] = 1.0
   spread = {"new_input": new_in.reshape(batch_size, -1, d),
             "new_output": new_out.reshape(batch_size, -1, d),
             "new_mask": new_mask.reshape(batch_size, -1)}
@@ -329,11 +404,9 @@ def pack(batch: DynamicBatch, old_tok: Tokenizer, rows: Embeddings, *, batch_siz
     return {key: np.zeros((batch_size, seq_len), np.float32 if key == "loss_mask"
                           else np.int32) for key in keys}
   out, cur, row, col, seg = [], empty(), 0, 0, 1
-  for ids, first in zip(batch.ids, batch.first_word):
-    ids = ids[:seq_len + 1]
+  for ids, scored in examples(batch, old_tok, scoring):
+    ids, scored = ids[-(seq_len + 1):], scored[-seq_len:]
     n = len(ids) - 1
-    if n < 1:
-      continue
     if col + n > seq_len:
       row, col, seg = row + 1, 0, 1
       if row == batch_size:
@@ -343,8 +416,7 @@ def pack(batch: DynamicBatch, old_tok: Tokenizer, rows: Embeddings, *, batch_siz
     cur["inputs"][row, sl], cur["targets"][row, sl] = ids[:-1], ids[1:]
     cur["segment_ids"][row, sl], cur["positions"][row, sl] = seg, np.arange(n)
     cur["target_bytes"][row, sl] = lens[ids[1:]]
-    # Target j is token j + 1: context only while it is still in the first word.
-    cur["loss_mask"][row, sl] = (np.arange(1, n + 1) >= first).astype(np.float32)
+    cur["loss_mask"][row, sl] = scored
     col, seg = col + n, seg + 1
   if col or row:
     out.append({**cur, **spread})
@@ -357,12 +429,21 @@ _EVAL: dict[Any, Any] = {}
 def evaluate(config: DynamicTokenizationConfig, params: PyTree, old_tok: Tokenizer,
              docs: Sequence[bytes], *, num_merges: int, init: str, batch_docs: int,
              batch_size: int, seq_len: int, aux: Mapping[str, Any] | None = None,
-             fresh: Embeddings | None = None) -> dict[str, float]:
+             fresh: Embeddings | None = None, scoring: str = "prefill") -> dict[str, float]:
   """Bits per character and byte of `docs` under dynamic tokenization.
 
   Documents are taken `batch_docs` at a time; each group is one merge batch (its own m
-  merges, its own new tokens and rows by `init`), scored by the source LM `params`
-  (transformer_lm at T0's vocabulary) with the group's dynamic vocabulary.
+  merges, its own new tokens and rows by `init`), read by the source LM `params`
+  (transformer_lm at T0's vocabulary) with the group's new rows. Every document's words
+  after the first are scored (the same characters for every m), as `scoring` says:
+
+  'prefill' (the paper's decoder use: dynamic tokens for the text the model reads): word w
+    is scored as T0's tokens, over T0's output vocabulary, after the dynamic tokens of the
+    words before it. Only the new input rows are used; m = 0 is T0's own scoring.
+  'vocabulary' (the first design, kept for its record): the dynamic tokens themselves are
+    predicted over T0's vocabulary + the batch's new tokens. The batch's new tokens are its
+    own words, so the vocabulary is built from the very text it scores; the bits it
+    reports do not count describing that vocabulary (see BUILD_NOTES).
 
   Args:
     config: the model's shape (vocab_size = V0, new_slots >= the new tokens of a group).
@@ -397,7 +478,7 @@ def evaluate(config: DynamicTokenizationConfig, params: PyTree, old_tok: Tokeniz
     cpt = np.array([_num_chars(db.token_bytes(old_tok, i))
                     for i in range(db.old_vocab + k)], np.float64)
     for b in pack(db, old_tok, rows, batch_size=batch_size, seq_len=seq_len,
-                  new_slots=config.new_slots):
+                  new_slots=config.new_slots, scoring=scoring):
       m = step(params, b, jax.random.key(0))
       nats += float(m["loss"].total)
       mask = b["loss_mask"]
