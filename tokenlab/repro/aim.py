@@ -55,7 +55,7 @@ LR = 3e-3
 N = 64                      # visual tokens of a 32x32 image in 4x4 patches
 KEEPS = (32, 16, 4)         # visual tokens entering the LLM
 AIM_KEEP = 16               # AIM's default: two ToMe rounds keep 25%
-TIMING_ROUNDS = 3
+TIMING_ROUNDS = 2
 
 ACC, FLOPS, RATIO, TOKENS, QPS = ("accuracy", "prefill MFLOPs", "FLOPs reduction vs full",
                                   "visual tokens in", "queries/s")
