@@ -1,5 +1,5 @@
 """The `tokenlab` command: train | eval | sample | plot | data | plan | scale | repro |
-bench | grow | transfer | tokenizer-report.
+bench | grow | transfer | tokenizer-report | needle.
 
   tokenlab train --config experiments/transformer_lm.py:size=tiny --workdir runs/x \\
       --config.optimizer.lr=3e-4
@@ -253,6 +253,20 @@ def _cmd_tokenizer_report(args: argparse.Namespace, rest: list[str]) -> int:
   return 0
 
 
+def _cmd_needle(args: argparse.Namespace, rest: list[str]) -> int:
+  from tokenlab.evals import needle
+  if args.per_cell < 1 or args.hops < 1:
+    raise TokenlabError("--per-cell and --hops must be at least 1")
+  try:
+    lengths = tuple(int(x) for x in args.lengths.split(",") if x.strip())
+  except ValueError:
+    raise TokenlabError(f"--lengths {args.lengths}: give context lengths in tokens, "
+                        f"comma-separated, e.g. 32,64,128") from None
+  needle.main(args.run, lengths=lengths, per_cell=args.per_cell, hops=args.hops,
+              key_len=args.key_len, out_dir=args.out, step=args.step)
+  return 0
+
+
 _TOKENIZER_REPORT_EPILOG = """\
 TOKENIZER: bytes; KIND:VOCAB[@LANG] with KIND bpe, sentencepiece, lzw or lib, trained on the
 multilingual monolingual train split of LANG (default en), e.g. bpe:1024@ru; a run directory
@@ -387,6 +401,21 @@ def build_parser() -> Parser:
   p.add_argument("--out", default="tokenizer_report", help="directory for report.md, "
                  "report.json, report.png (default tokenizer_report)")
   p.set_defaults(func=_cmd_tokenizer_report, parser=p, strict=True)
+
+  p = _sub(sub, "needle", "needle threading (Roberts et al.): exact match of a trained LM "
+           "run on key-value haystacks over context length x needle depth and x hops "
+           "(single needle, threading, multi-threading); a table, needle.json and a heat map",
+           "tokenlab needle --run runs/needle --lengths 32,64,128")
+  p.add_argument("--run", required=True, help="a workdir written by `tokenlab train` (a "
+                 "next-token LM, e.g. transformer_lm or needle_threading)")
+  p.add_argument("--lengths", default="", help="context lengths in tokens, comma-separated "
+                 "(default: the run's seq_len / 4, / 2 and itself)")
+  p.add_argument("--per-cell", type=int, default=32, help="haystacks per cell (default 32)")
+  p.add_argument("--hops", type=int, default=3, help="thread lengths 1..HOPS (default 3)")
+  p.add_argument("--key-len", type=int, default=1, help="characters per key (default 1)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--out", default="", help="output directory (default RUN/needle)")
+  p.set_defaults(func=_cmd_needle, parser=p, strict=True)
 
   for name, help_, func in (
       ("data", "build, list and show the embedded datasets (`tokenlab data --help`)",
