@@ -405,7 +405,7 @@ def build_parser() -> Parser:
   p = _sub(sub, "needle", "needle threading (Roberts et al.): exact match of a trained LM "
            "run on key-value haystacks over context length x needle depth and x hops "
            "(single needle, threading, multi-threading); a table, needle.json and a heat map",
-           "tokenlab needle --run runs/needle --lengths 32,64,128")
+           "tokenlab needle --run RUN --lengths 32,64,128 --per-cell 16")
   p.add_argument("--run", required=True, help="a workdir written by `tokenlab train` (a "
                  "next-token LM, e.g. transformer_lm or needle_threading)")
   p.add_argument("--lengths", default="", help="context lengths in tokens, comma-separated "
