@@ -19,7 +19,7 @@ from tokenlab.config import base_config, choose, parse_arg, set_accelerator_defa
 SIZES = {
     #        d_model layers heads  seq  batch  steps   lr
     "tiny": (32, 2, 2, 64, 4, 3, 3e-3),
-    "small": (64, 2, 2, 128, 16, 1200, 3e-3),
+    "small": (64, 2, 2, 128, 16, 1000, 3e-3),
     "base": (512, 8, 8, 4096, 64, 20000, 5e-4),
 }
 

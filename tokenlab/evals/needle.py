@@ -257,7 +257,8 @@ class HaystackStream(StepIterator):
   then queries on it until the row is full.
 
   The haystack has a number of pairs uniform from min_pairs up to what leaves room for one
-  query (so every context length up to seq_len is trained), every value is also one of its
+  single-needle query (so every context length up to seq_len is trained; a longer query at
+  the end of a row is cut off, its visible answer tokens still trained), every value is also one of its
   keys (a random map, so threads of any length exist from every key); each query line draws
   a task from `mix` and hops uniform in 1..max_hops. Several queries per row give the model
   several answers to learn from per haystack. The loss mask keeps the answer tokens and
@@ -274,7 +275,7 @@ class HaystackStream(StepIterator):
     """(tokens, per-token loss weight) of one row, at most seq_len + 1 tokens."""
     m, L = self.mix, self.seq_len + 1
     weights = np.asarray(m.weights) / sum(m.weights)
-    room = 2 * m.threads * (m.max_hops + 1) * (m.key_len + 1) + 2   # the longest query
+    room = 2 * m.key_len + 2   # one single-needle query line; longer ones may be cut off
     most = min(max((L - 1 - room) // pair_len(m.key_len), m.min_pairs),
                len(ALPHABET) ** m.key_len)
     n = int(rng.integers(m.min_pairs, most + 1))
