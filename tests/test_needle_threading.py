@@ -31,7 +31,7 @@ def test_haystack_answers_are_exact(task, key_len):
     elif task == "multiple":
       assert ex.answer == ",".join(table[k] for k in query.split(","))
     elif task == "conditional":
-      assert ex.answer == ",".join(v for k, v in pairs if k[0] == query[0])
+      assert ex.answer == ",".join(v for k, v in pairs if query[1] in k)
     else:
       want = []
       for key in query.split(","):

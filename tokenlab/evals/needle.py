@@ -6,9 +6,9 @@ and the tasks ask for values by key:
 
   single            one key              -> its value
   multiple          several keys         -> their values, in the order asked
-  conditional       a condition on keys  -> the values of every key meeting it (here: keys
-                                            that start with a given character), in context
-                                            order
+  conditional       a condition on keys  -> the values of every key meeting it (keys that
+                                            contain a given character, as in the paper), in
+                                            context order
   threading         a start key          -> follow the thread: each value is the next key;
                                             h hops
   multi_threading   several start keys   -> every thread, each h hops
@@ -22,7 +22,7 @@ query and the answer:
   3f:a1,07:c2,a1:5e,...,c9:07,\\n      haystack (num_pairs pairs, keys distinct)
   07:                                  single: query `key:`      answer `c2`
   07,c9:                               multiple                  answer `c2,07`
-  a*:                                  conditional               answer `5e` (all keys a.)
+  *a*:                                 conditional               answer `5e` (keys with an a)
   3f>                                  threading                 answer `a1>5e` (2 hops)
   3f,c9>                               multi_threading           answer `a1>5e,07>c2`
 
@@ -166,9 +166,10 @@ def make_haystack(task: str, num_pairs: int, rng: np.random.Generator, *, key_le
     elif task == "multiple":
       needle_at = [int(i) for i in rng.choice(num_pairs, min(needles, num_pairs),
                                               replace=False)]
-    else:   # conditional: the keys starting with the first character of a random pair's key
-      first = pairs[int(rng.integers(num_pairs))][0][0]
-      needle_at = [i for i, (k, _) in enumerate(pairs) if k[0] == first]
+    else:   # conditional: the keys containing a character (one of a random pair's key)
+      key = pairs[int(rng.integers(num_pairs))][0]
+      char = key[int(rng.integers(key_len))]
+      needle_at = [i for i, (k, _) in enumerate(pairs) if char in k]
   context = "".join(f"{k}:{v}," for k, v in pairs) + "\n"
   if task == "single":
     k, v = pairs[needle_at[0]]
@@ -177,7 +178,7 @@ def make_haystack(task: str, num_pairs: int, rng: np.random.Generator, *, key_le
     prompt = ",".join(pairs[i][0] for i in needle_at) + ":"
     answer = ",".join(pairs[i][1] for i in needle_at)
   elif task == "conditional":
-    prompt = pairs[needle_at[0]][0][0] + "*:"
+    prompt = f"*{char}*:"
     answer = ",".join(pairs[i][1] for i in needle_at)
   else:
     prompt = ",".join(c[0] for c in chains) + ">"
