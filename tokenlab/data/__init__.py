@@ -12,7 +12,7 @@ Public API:
   DATASETS                            name -> DatasetSpec (kind, default options)
 
 Datasets (`tokenlab data list`): markov, pysrc, dna, digits, mnist, shapes, photos,
-multilingual are embedded: each is built on first use into the data dir (`config.data.data_dir`, else
+moving_digits, moving_shapes, pulse (video), multilingual are embedded: each is built on first use into the data dir (`config.data.data_dir`, else
 $TOKENLAB_DATA_DIR, else ~/.cache/tokenlab/tfds). `tfds` reads any text dataset already prepared there by tfds
 (array_record), e.g. `data_dir=gs://bucket/tfds`, through the same pipeline.
 Heavy imports (tfds, grain) happen on first use, not on `import tokenlab.data`.
@@ -58,6 +58,8 @@ def batch_spec(data_cfg: Any, batch_size: int) -> dict[str, Any]:
   (batch_size, seq_len), plus labels int32 for dna. Images: image float32
   (batch_size, height, width, channels), label int32 and mask float32 (batch_size,), plus
   the dataset's `batch_fields` (shapes: colour, count, positions) int32.
+  Video: video float32 (batch_size, T, height, width, channels), mask float32 (batch_size,),
+  and the dataset's `label_fields` (name -> per-clip shape and dtype).
   Audio: the module's `batch_spec` (speech: waveform, lengths, word and phoneme labels
   with masks, optional mel).
   """
@@ -80,6 +82,14 @@ def batch_spec(data_cfg: Any, batch_size: int) -> dict[str, Any]:
     module = DATASETS[cfg["name"]].load()
     return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in
             module.batch_spec(cfg["options"], batch_size, cfg["mel_bins"]).items()}
+  if DATASETS[cfg["name"]].kind == "video":
+    module = DATASETS[cfg["name"]].load()
+    spec = {"video": jax.ShapeDtypeStruct((batch_size, *module.video_shape(cfg["options"])),
+                                          np.float32),
+            "mask": jax.ShapeDtypeStruct((batch_size,), np.float32)}
+    for key, (field_shape, dtype) in module.label_fields(cfg["options"]).items():
+      spec[key] = jax.ShapeDtypeStruct((batch_size, *field_shape), dtype)
+    return spec
   shape = (batch_size, cfg["seq_len"])
   ints = ["inputs", "targets", "segment_ids", "positions", "target_bytes"]
   if cfg["name"] == "dna":

@@ -104,8 +104,21 @@ def _cmd_show(args: argparse.Namespace) -> int:
   spec = registry.DATASETS[cfg["name"]]
   module = spec.load()
   tok = tokenizers.get_tokenizer(cfg) if spec.kind == "text" else None
+  if args.out and spec.kind != "video":
+    raise ConfigError(f"--out writes video clips; '{cfg['name']}' is {spec.kind} data "
+                      "(drop --out, or show moving_digits, moving_shapes or pulse)")
+  clips = []
   for i in range(min(args.num, len(src))):
     record = src[i]
+    if spec.kind == "video":
+      clip = np.asarray(record["video"])
+      clips.append(clip)
+      print(f"[{args.split} {i}] video {clip.shape} {clip.dtype}; {module.describe(record)}")
+      print(f"  frames 0 and {len(clip) - 1}:")
+      pair = np.concatenate([clip[0], clip[-1]], axis=1)
+      every = -(-pair.shape[1] // 64)  # At most 64 characters wide.
+      print(_ascii_image(pair[::every, ::every]))
+      continue
     if spec.kind == "audio":
       print(f"[{args.split} {i}] {module.describe(record, cfg['options'])}")
       continue
@@ -122,6 +135,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if hasattr(module, "byte_labels"):
       labels = module.byte_labels(record)[:len(doc)]
       print(f"  labels: {''.join(str(int(v)) for v in labels)}")
+  if args.out:
+    from tokenlab.evals import video  # pylint: disable=g-import-not-at-top
+    save = video.save_video_gif if args.out.endswith(".gif") else video.save_video_strip
+    print(f"wrote {save(np.stack(clips), args.out)}")
   return 0
 
 
@@ -148,6 +165,8 @@ def build_parser() -> Parser:
       p.add_argument("--tokenizer", default="bytes", choices=registry.TOKENIZERS)
       p.add_argument("--vocab-size", type=int, default=0,
                      help="vocabulary of a trained tokenizer (default 512)")
+      p.add_argument("--out", default="", help="video data: write the clips shown as a PNG "
+                     "strip (one row of frames per clip), or a GIF if it ends in .gif")
   return parser
 
 

@@ -23,7 +23,9 @@ float32 (batch_size, height, width, channels) in [0, 1] (channels 1 for digits/m
 shapes/photos), label int32 (-1 on padding), mask float32 (batch_size,); shapes adds colour,
 count (batch_size,) and positions (batch_size, max_count, 2), int32 (0 on padding). Image
 augmentations (`config.data.augment`: flip, crop, clutter) are grain RandomMaps on the train
-split only, seeded per record and epoch, so they too are restored with the iterator state.
+split only, seeded per record and epoch, so they too are restored with the iterator state. Video batches
+(moving_digits, moving_shapes, pulse): video float32 (batch_size, T, height, width, channels)
+in [0, 1], mask float32 (batch_size,), and the dataset's `label_fields` (0 on padding).
 Audio batches (speech): waveform float32 (batch_size, S), lengths, padded word and phoneme
 labels with their masks, optional log-mel; see tokenlab/data/speech.py.
 
@@ -131,6 +133,28 @@ class ImageExample(grain.transforms.Map):
     out = {"image": image, "label": np.int32(record["label"]), "mask": np.float32(1.0)}
     for key in self.extra:
       out[key] = np.asarray(record[key], np.int32)
+    return out
+
+
+@dataclasses.dataclass
+class VideoExample(grain.transforms.Map):
+  """Record index -> {video float32 (T, H, W, C) in [0, 1], mask float32 1.0, labels}.
+
+  `fields` is the dataset module's `label_fields`: name -> (per-clip shape, dtype); a text
+  field (moving_shapes' caption) becomes its bytes, zero-padded to the field's length.
+  """
+  source: Any
+  fields: dict[str, tuple[tuple[int, ...], Any]] = dataclasses.field(default_factory=dict)
+
+  def map(self, index: int) -> dict[str, np.ndarray]:
+    record = self.source[int(index)]
+    out = {"video": np.asarray(record["video"], np.float32) / 255.0, "mask": np.float32(1.0)}
+    for key, (shape, dtype) in self.fields.items():
+      value = record[key]
+      if isinstance(value, (bytes, str)):
+        raw = value.encode() if isinstance(value, str) else value
+        value = np.frombuffer(raw.ljust(shape[0], b"\0")[:shape[0]], np.uint8)
+      out[key] = np.asarray(value, dtype)
     return out
 
 
@@ -309,6 +333,9 @@ def make_dataset(data_cfg: Any, *, split: str, batch_size: int, seed: int,
     ids = ds.to_iter_dataset(_READ)
   elif spec.kind == "audio":
     ids = ds.map(spec.load().Example(src, cfg["options"])).to_iter_dataset(_READ)
+  elif spec.kind == "video":
+    ids = ds.map(VideoExample(src, spec.load().label_fields(cfg["options"]))).to_iter_dataset(
+        _READ)
   else:
     tok = get_tokenizer(cfg)
     byte_labels = getattr(spec.load(), "byte_labels", None)

@@ -18,7 +18,8 @@ class DatasetSpec:
 
   Attributes:
     name: the name configs use (`config.data.name`).
-    kind: 'text' (documents of bytes, tokenized and packed) or 'image' (image + label).
+    kind: 'text' (documents of bytes, tokenized and packed), 'image' (image + label) or
+      'video' (clip + the module's `label_fields`).
       Also 'audio' (`speech`: waveform + word and phoneme alignments).
     module: the module holding the record helpers and the tfds builder (`Builder`) of an
       embedded dataset; external tfds datasets have `data_source` instead.
@@ -85,6 +86,24 @@ DATASETS: dict[str, DatasetSpec] = {
         description="random RGB crops of the 16 photos in the scikit-image wheel (BSD; photos "
                     "CC0/public domain); validation from held-out photos",
         augmentations=("flip", "crop")),
+    "moving_digits": DatasetSpec(
+        name="moving_digits", kind="video", module="tokenlab.data.moving_digits",
+        default_options={"size": 64, "num_frames": 16, "num_digits": 2, "num_train": 1000,
+                         "num_validation": 200, "seed": 0},
+        description="MNIST digits (the mnist dataset's, disjoint per split) bouncing in a "
+                    "frame; labels per-frame positions and velocities"),
+    "moving_shapes": DatasetSpec(
+        name="moving_shapes", kind="video", module="tokenlab.data.moving_shapes",
+        default_options={"size": 32, "num_frames": 16, "num_events": 2, "num_train": 2000,
+                         "num_validation": 200, "seed": 0},
+        description="coloured shapes that move, appear, vanish, turn and reshape; template "
+                    "captions, events read back exactly by moving_shapes.read_events"),
+    "pulse": DatasetSpec(
+        name="pulse", kind="video", module="tokenlab.data.pulse",
+        default_options={"size": 32, "num_frames": 16, "fps": 12.0, "num_train": 2000,
+                         "num_validation": 200, "seed": 0},
+        description="a blob whose radius follows a synthetic ECG-like signal (random heart "
+                    "rate, amplitude); the per-frame signal is the condition"),
     "multilingual": DatasetSpec(
         name="multilingual", kind="text", module="tokenlab.data.multilingual",
         default_options={"lang": "de", "kind": "monolingual", "validation_percent": 10,
