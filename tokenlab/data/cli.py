@@ -115,7 +115,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
       clips.append(clip)
       print(f"[{args.split} {i}] video {clip.shape} {clip.dtype}; {module.describe(record)}")
       print(f"  frames 0 and {len(clip) - 1}:")
-      pair = np.concatenate([clip[0], clip[-1]], axis=1)
+      gap = np.full((clip.shape[1], 1, clip.shape[3]), 128, clip.dtype)  # a grey column
+      pair = np.concatenate([clip[0], gap, clip[-1]], axis=1)
       every = -(-pair.shape[1] // 64)  # At most 64 characters wide.
       print(_ascii_image(pair[::every, ::every]))
       continue
