@@ -66,7 +66,7 @@ _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctype
 
 
 class _Espeak:
-  """This process's espeak-ng (see `_engine`)."""
+  """This process's espeak-ng, initialised once (see `synth_here`)."""
 
   def __init__(self) -> None:
     try:
@@ -106,9 +106,12 @@ class _Espeak:
       i += 1
     return 0  # Continue synthesis.
 
-  def synth(self, text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, list[Event]]:
+  def synth(self, text: str, voice: str, rate: int,
+            pitch: int) -> tuple[np.ndarray, list[Event]]:
+    """Returns (int16 samples at `self.rate`, events) of one utterance."""
     if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-      raise ConfigError(f"espeak-ng has no voice '{voice}'")
+      raise ConfigError(f"espeak-ng has no voice '{voice}'; see speech.VOICES and "
+                        "speech.variants()")
     for param, value in ((_RATE, rate), (_PITCH, pitch), (_RANGE, 50), (_VOLUME, 100),
                          (_WORDGAP, 0)):
       self.lib.espeak_SetParameter(param, value, 0)

@@ -1,31 +1,36 @@
 """`speech`: English utterances synthesised locally with espeak-ng, with exact alignments.
 
-Every utterance is a sentence from a small grammar (spoken digit strings such as "seven three
-five", "the red ball is to the left", "pick up the green cup", "three blue boxes"), so
-downstream tasks (spoken digit and word recognition, phoneme probes) have exact labels. It is
-spoken by one of several espeak-ng speakers (an English voice such as en-us or en-gb-x-rp
-plus a voice variant such as m3, f2 or klatt; none needs mbrola) at one of a few rates and
-pitches, resampled from espeak-ng's 22,050 Hz to 16 kHz mono. espeak-ng's synthesis
-callback reports the start of every word and phoneme (in ms, i.e. multiples of 16 samples);
-a phoneme ends where the next phoneme or pause starts (a pause within the utterance is part
-of the phoneme before it), a word spans its phonemes. Phonemes are espeak-ng's IPA names
-with the stress mark split off (`stress`: 0 none, 1 primary, 2 secondary), stored both as
-strings and as ids into the fixed inventory `PHONEMES`; words are ids into `WORDS`.
+Every utterance is a sentence from a small grammar (spoken digit strings such as "seven
+three five", "the red ball is to the left", "pick up the green cup", "three blue boxes"), so
+downstream tasks (spoken digit and word recognition, phoneme probes) have exact labels. It
+is spoken by one of several espeak-ng speakers (an English voice such as en-us or en-gb-x-rp
+plus a voice variant such as f3, m3 or klatt, or 'base', the voice's own; none needs mbrola)
+at one of a few rates and pitches, resampled from espeak-ng's 22,050 Hz to 16 kHz mono.
+espeak-ng's synthesis callback reports the start of every word and phoneme (in ms, i.e.
+multiples of 16 samples); a phoneme ends where the next phoneme or pause starts (a pause
+within the utterance is part of the phoneme before it), a word spans its phonemes. A phoneme
+that espeak-ng realises inside the one before it has zero length (start == end): word-final
+r or l after a long vowel ("chair" in en-gb-scotland, "ball" in some voices), 19 of 2,313
+phonemes in 160 default records. Phonemes are espeak-ng's IPA names with the stress mark
+split off (`stress`: 0 none, 1 primary, 2 secondary), stored both as strings and as ids into
+the fixed inventory `PHONEMES`; words are ids into `WORDS`.
 
-Records: {'index', 'text', 'template' (id into TEMPLATES), 'words' int64 (W,), 'word_starts',
-'word_ends' int64 (W,) in samples, 'phonemes' str (P,), 'phoneme_ids', 'stress',
-'phoneme_word' (the word each phoneme belongs to), 'phoneme_starts', 'phoneme_ends' int64
-(P,), 'waveform' int16 (S,) at 16 kHz, 'speaker' (id into `speakers(options)`), 'rate'
-(words per minute), 'pitch' (espeak-ng's 0..100)}. A record is a pure function of (options,
-split, index): the sentence, speaker, rate and pitch are drawn from
-`np.random.default_rng([seed, split, index])`, and synthesis of a fixed sentence by a fixed
-speaker is bit-identical (tested). A sentence goes to validation when a hash of its text
-falls under `validation_percent`, so train and validation never share a sentence; with
-`validation_speaker` set, that speaker is also held out (it speaks only validation).
+Records: {'index', 'text', 'template' (id into TEMPLATES), 'words' (ids into WORDS),
+'word_starts', 'word_ends' int64 (W,) in samples, 'phonemes' (the P IPA names, space-
+separated), 'phoneme_ids', 'stress', 'phoneme_word' (the word each phoneme belongs to),
+'phoneme_starts', 'phoneme_ends' int64 (P,), 'waveform' int16 (S,) at 16 kHz, 'speaker' (id
+into `speakers(options)`), 'rate' (words per minute), 'pitch' (espeak-ng's 0..100)}. A
+record is a pure function of (options, split, index): the sentence, speaker, rate and pitch
+are drawn from `np.random.default_rng([seed, split, index])`, and synthesis of a fixed
+sentence by a fixed speaker is bit-identical in any order and process (each utterance is
+spoken by a fresh process, see `tokenlab.data.espeak`; tested). A sentence goes to
+validation when a hash of its text falls under `validation_percent`, so train and validation
+never share a sentence; with `validation_speaker` set, that speaker is also held out (it
+speaks only validation).
 
-Batches (`pipeline`, kind 'audio'): waveform float32 (B, S) in [-1, 1) with S =
-max_seconds * 16000, zero-padded, and `lengths` int32 (B,); words / word_starts / word_ends /
-word_mask (B, MAX_WORDS) and phonemes / stress / phoneme_starts / phoneme_ends /
+Batches (`pipeline`, kind 'audio'): waveform float32 (B, S) in [-1, 1) with S = max_seconds
+* 16000, zero-padded, and `lengths` int32 (B,); words / word_starts / word_ends / word_mask
+(B, MAX_WORDS) and phonemes (ids) / stress / phoneme_word / phoneme_starts / phoneme_ends /
 phoneme_mask (B, MAX_PHONEMES), padding 0 (id 0 is '<pad>' in both inventories); speaker,
 rate, pitch, template int32 (B,); mask float32 (B,) (0 on rows that pad a last batch). With
 `config.data.mel_bins` > 0 also mel float32 (B, frames, mel_bins), the log-mel spectrogram
@@ -34,7 +39,9 @@ of `tokenlab.nn.audio` (25 ms Hann window, 10 ms hop), and mel_lengths int32 (B,
 Licences. espeak-ng is GPL-3.0-or-later (its speak_lib.h says so); the `espeakng-loader`
 wheel (0.2.4, which declares no licence in its metadata) bundles the compiled library and its
 data. tokenlab loads that library with ctypes as a tool at build time only: it ships no
-espeak-ng code and no speech data; the audio is generated on the user's machine.
+espeak-ng code (the ctypes structures follow speak_lib.h's declarations) and no speech data;
+the audio is generated on the user's machine. The grammar and the phoneme inventory are
+tokenlab's (Apache-2.0).
 """
 
 from __future__ import annotations
@@ -85,8 +92,8 @@ WORDS = ("<pad>",) + _words_of_grammar()  # Word ids; 0 pads.
 _WORD_ID = {w: i for i, w in enumerate(WORDS)}
 MAX_WORDS = 8  # The longest sentences ("the yellow chair is next to the door") have 8 words.
 
-# The phoneme inventory: every IPA phoneme (stress mark split off) that the espeak-ng of espeakng-loader 0.2.4 speaks
-# for the grammar's sentences in the eight VOICES, found by synthesising every "where",
+# The phoneme inventory: every IPA phoneme (stress mark split off) that the espeak-ng of
+# espeakng-loader 0.2.4 speaks for the grammar's sentences in the eight VOICES, found by synthesising every "where",
 # "command" and "count" sentence and 300 digit strings per voice at rates 120..300. Ids are
 # positions; 0 pads. A build that meets another phoneme stops with an error naming it.
 PHONEMES = ("<pad>",
@@ -121,8 +128,8 @@ def synthesize(text: str, speaker: str = "en-us", rate: int = 175,
   Returns:
     {'waveform': int16 (S,) at 16 kHz, 'words': str (W,), 'word_starts' / 'word_ends':
      int64 (W,), 'phonemes': str (P,), 'stress', 'phoneme_word', 'phoneme_starts' /
-     'phoneme_ends': int64 (P,)}; times in samples at 16 kHz, each phoneme in [start, end),
-     phonemes in order and contiguous within a word.
+     'phoneme_ends': int64 (P,)}; times in samples at 16 kHz, each phoneme in [start, end)
+     (empty for a phoneme spoken inside the one before it), in order, never overlapping.
 
   Raises:
     TokenlabError: espeak-ng's word events do not match the text's words.
@@ -177,7 +184,8 @@ def _aligned(text: str, native_rate: int, native: np.ndarray,
   owner_arr = np.array(owner, np.int64)
   if sorted(set(owner)) != list(range(len(words))):
     raise TokenlabError(f"espeak-ng gave no phonemes to some word of {text!r}; use words "
-                        "without digits or punctuation")
+                        "without digits or punctuation, and no pair it speaks as one word "
+                        "(such as 'on the')")
   first = np.searchsorted(owner_arr, np.arange(len(words)), side="left")
   last = np.searchsorted(owner_arr, np.arange(len(words)), side="right") - 1
   return {"waveform": wave, "words": np.array(words, object),
@@ -191,7 +199,10 @@ def _aligned(text: str, native_rate: int, native: np.ndarray,
 def sentence(rng: np.random.Generator) -> tuple[int, str]:
   """Draws (template id, text): a template uniformly, then its words uniformly."""
   template = int(rng.integers(len(TEMPLATES)))
-  pick = lambda seq: seq[int(rng.integers(len(seq)))]  # pylint: disable=unnecessary-lambda-assignment
+
+  def pick(seq: Sequence[str]) -> str:
+    return seq[int(rng.integers(len(seq)))]
+
   if TEMPLATES[template] == "digits":
     n = int(rng.integers(3, MAX_DIGITS + 1))
     text = " ".join(pick(DIGITS) for _ in range(n))
@@ -347,7 +358,9 @@ class Builder(storage.OptionsBuilder):
   VERSION = tfds.core.Version("1.0.0")
 
   def features(self, options):
-    seq = lambda dtype: tfds.features.Tensor(shape=(None,), dtype=dtype)  # pylint: disable=unnecessary-lambda-assignment
+    def seq(dtype) -> tfds.features.Tensor:
+      return tfds.features.Tensor(shape=(None,), dtype=dtype)
+
     return tfds.features.FeaturesDict({
         "index": np.int64, "text": tfds.features.Text(), "template": np.int64,
         "words": seq(np.int64), "word_starts": seq(np.int64), "word_ends": seq(np.int64),
