@@ -176,10 +176,12 @@ class ExtensibleTokenization(Method):
     'lm': the plain LM loss)."""
     if self.config.stage == "lm":
       return lm_loss(self.lm_logits(params, batch["inputs"]), batch)
-    scales = tuple(self.config.scales)
-    i = jax.random.randint(rng, (), 0, len(scales))
-    branches = [lambda p, b, k=k: self.logits(p, b, k) for k in scales]
-    return lm_loss(jax.lax.switch(i, branches, params, batch), batch)
+    branches = [lambda p, b, k=k: self.logits(p, b, k) for k in self.config.scales]
+    return lm_loss(jax.lax.switch(self.draw_scale(rng), branches, params, batch), batch)
+
+  def draw_scale(self, rng: jax.Array) -> jax.Array:
+    """The index into `scales` of this batch's k: uniform, one draw per batch."""
+    return jax.random.randint(rng, (), 0, len(self.config.scales))
 
   def eval_metrics(self, params: PyTree, batch: Batch, rng: jax.Array) -> dict:
     if self.config.stage == "lm":
