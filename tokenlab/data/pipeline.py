@@ -355,14 +355,15 @@ def make_dataset(data_cfg: Any, *, split: str, batch_size: int, seed: int,
       window = max(_MIN_SHUFFLE_WINDOW, _ROW_SHUFFLE_WINDOW // process_count)
       ids = grain.experimental.WindowShuffleIterDataset(ids, window_size=window, seed=seed)
   ids = ids.batch(batch_size, drop_remainder=False, batch_fn=PadBatch(batch_size))
-  if spec.kind == "audio" and cfg["mel_bins"]:
-    ids = ids.map(spec.load().AddMel(cfg["mel_bins"]))  # One jitted call per batch.
   if cfg["worker_count"] > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():
       # grain's workers read absl flags; tokenlab's CLI does not parse absl flags.
       flags.FLAGS.mark_as_parsed()
     ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg["worker_count"]))
+  if spec.kind == "audio" and cfg["mel_bins"]:
+    # One jitted call per batch, in this process: after the prefetch, never in a worker.
+    ids = ids.map(spec.load().AddMel(cfg["mel_bins"]))
   return _RestorableDataset(ids)
 
 
