@@ -263,32 +263,35 @@ def test_repro_patch_masks_and_kept_fraction():
   assert kept_fraction(gid, obj) == 1.0 and kept_fraction(gid, dis) == 0.0
 
 
-@pytest.fixture(scope="module")
-def reducing_vit():
+def test_method_config_and_token_counts():
+  from tokenlab.errors import ConfigError
   from tokenlab.methods.token_reduction import TokenReduction, TokenReductionConfig
-  method = TokenReduction(TokenReductionConfig(d_model=16, num_layers=2, num_heads=2,
-                                               mlp_dim=32, r=3))
-  images = jnp.asarray(_rng(11).uniform(size=(2, 16, 16, 3)).astype(np.float32))
-  params = jax.jit(method.init)(jax.random.key(0), {"image": images})
-  return method, params, images
-
-
-def test_method_reduces_in_training_and_shares_weights_with_test_time(reducing_vit):
-  import flax.linen as nn
-  method, params, images = reducing_vit
-  assert method.token_counts(16) == [14, 11]
-  batch = {"image": images, "label": jnp.asarray([0, 3], jnp.int32)}
-  loss, metrics = jax.jit(method.loss)(params, batch, jax.random.key(1))
-  assert np.isfinite(float(loss)) and metrics["final_tokens"] == 11.0
-  # One set of weights runs with any reduction (test-time use) through the same blocks;
-  # "window" removes r exactly (2 windows of 8, then of 8 and 6 tokens: one pair each).
-  for name, r, left in (("window", 2, 13), ("pagerank", 3, 11)):
-    logits, sizes, gid = jax.jit(method.variant(reduction=name, r=r).forward)(
-        nn.unbox(params), images)
-    assert logits.shape == (2, 4) and sizes.shape == (2, left) and gid.shape == (2, 17)
-    assert set(np.unique(np.asarray(gid)[:, 1:])) <= set(range(-1, left)) - {0}
-  with pytest.raises(Exception, match="reduction"):
+  method = TokenReduction(TokenReductionConfig(num_layers=4, r=8))
+  assert method.token_counts(64) == [57, 49, 41, 33]      # the reproduction's schedule
+  assert method.variant(r=0).token_counts(64) == [65] * 4
+  assert method.variant(reduction="window", r=4).token_counts(64) == [61, 57, 53, 49]
+  with pytest.raises(ConfigError, match="reduction"):
     method.variant(reduction="prune")
+  with pytest.raises(ConfigError, match="r >= 0"):
+    method.variant(r=-1)
+
+
+def test_pagerank_and_window_run_inside_a_block_with_shared_weights():
+  # The method trains and tests any reduction through ToMeBlock; the two entries new there.
+  x = jnp.asarray(_rng(11).normal(size=(2, 17, 16)).astype(np.float32))
+  block = tr.ToMeBlock(num_heads=2, mlp_dim=32, r=4, protected=1, reduction="window", window=8)
+  params = jax.jit(block.init)(jax.random.key(0), x)
+  y, sizes, gid = jax.jit(block.apply)(params, x)
+  # 16 unprotected tokens = 2 windows of 8, 2 pairs merged in each; sizes count members.
+  g = np.asarray(gid)
+  assert y.shape == (2, 13, 16) and np.all(g[:, 0] == 0)
+  np.testing.assert_array_equal(np.asarray(sizes).sum(1), [17, 17])
+  assert all(len({(t - 1) // 8 for t in np.flatnonzero(g[b] == k)}) == 1
+             for b in range(2) for k in range(1, 13))
+  pr = tr.ToMeBlock(num_heads=2, mlp_dim=32, r=4, protected=1, reduction="pagerank")
+  y2, _, kept = jax.jit(pr.apply)(params, x)          # same parameters, another reduction
+  k = np.asarray(kept)
+  assert y2.shape == (2, 13, 16) and np.all(k[:, 0] == 0) and np.all(np.diff(k, axis=1) > 0)
 
 
 def test_repro_quick(tmp_path):
