@@ -2,7 +2,8 @@
 
 Paper: Liu et al., "TEASER: Token Enhanced Spatial Modeling for Expressions Reconstruction"
 (ICLR 2025; arXiv 2502.10982); reference code Pixel-Talk/TEASER (`src/teaser_encoder.py`
-TokenEncoder, `src/teaser_generator.py`, `src/teaser_trainer.py`; read, not copied). TEASER
+TokenEncoder, `src/teaser_generator.py`, `src/teaser_trainer.py`, `configs/config_train.yaml`,
+read in the julia-cherry/Teaser_official copy; not copied). TEASER
 reconstructs a face through a 3-D face model and a neural renderer; its multi-scale tokens
 carry the appearance the renderer's geometry lacks. Only the token part runs here, on
 `shapes`: an image is encoded into a few tokens and decoded back from them alone.
@@ -42,8 +43,9 @@ Simplified, and why: no face model, renderer, landmarks or masked-image input (t
 without faces; the generator sees the tokens only, so the tokens carry the whole image); a
 pyramid of 2x2 patch-merging layers (patchify + linear + GELU, as the repo's sample
 classifier; XLA:CPU convolution gradients are slow) instead of a pretrained MobileNetV3; the
-generator is a small transformer over an 8x8 patch grid (the shared DiT block's adaLN in
-place of the U-Net's AdaIN convolutions; same conditioning idea, repo blocks); no
+generator is a small transformer over a grid of p x p-pixel cells (4x4 cells of 8x8 pixels
+at size=small; the shared DiT block's adaLN in place of the U-Net's AdaIN convolutions:
+the same conditioning idea, with the repo's blocks); no
 perceptual, emotion or region losses (nothing pretrained may be downloaded); linear output
 instead of a sigmoid (pixels of `shapes` are exactly 0 or 1; the sigmoid only slows a short
 run); no augmentation. Three changes found in development probes (one seed each, before
@@ -60,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
