@@ -312,6 +312,9 @@ class AIM(Method):
     if not 0 <= config.merge_keep <= num_patches(config):
       raise ConfigError(f"config.model.merge_keep={config.merge_keep}; keep between 1 and "
                         f"{num_patches(config)} visual tokens (0 = all)")
+    if config.prune != "none" and config.num_layers < 2:
+      raise ConfigError(f"config.model.prune='{config.prune}' needs num_layers >= 2 (a cut "
+                        "reads the previous layer's attention); use prune='none'")
     if config.prune != "none" and config.prune_start == 0:
       raise ConfigError("config.model.prune_start=0: pruning reads the previous layer's "
                         "attention, so it starts at layer 1 or later (-1 = half depth)")
