@@ -5,8 +5,12 @@ and PageRank pruning inside it during prefill.
 
   tokenlab train --config experiments/aim.py --workdir runs/aim           # the VLM, no reduction
   tokenlab train --config experiments/aim.py:image=false --workdir W      # text-only baseline
-  tokenlab eval --config experiments/aim.py:keep=16,prune=pagerank --workdir runs/aim  # AIM
-  tokenlab repro aim     # accuracy vs visual tokens and prefill FLOPs, vs random / pooling
+  tokenlab eval --workdir runs/aim                                        # all 4 questions
+  tokenlab repro aim     # AIM on the trained VLM: accuracy vs visual tokens and prefill FLOPs,
+                         # vs random keeping / pooling / random pruning at equal counts
+
+AIM itself has no parameters: `method.variant(merge_keep=16, prune="pagerank")` applies it to a
+model trained with the default (keep=0, prune=none), as tokenlab/repro/aim.py does.
 
 variants: size=tiny (tests) | small (CPU reproduction) | base (accelerators: bfloat16, FSDP,
 64x64 shapes); keep (visual tokens entering the LLM, 0 = all), pre=tome | random | pool,
