@@ -15,7 +15,8 @@ model trained with the default (keep=0, prune=none), as tokenlab/repro/aim.py do
 variants: size=tiny (tests) | small (CPU reproduction) | base (accelerators: bfloat16, FSDP,
 64x64 shapes); keep (visual tokens entering the LLM, 0 = all), pre=tome | random | pool,
 prune=none | pagerank | random (inside the LLM, the retain schedule of the paper),
-image=true | false (false: the question alone).
+image=true | false (false: the question alone), keep_pos=false | true (reduced tokens keep
+their trained RoPE positions).
 """
 
 from tokenlab.config import (base_config, choose, parse_arg, set_accelerator_defaults,
@@ -31,7 +32,8 @@ SIZES = {
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, size="small", keep=0, pre="tome", prune="none", image=True)
+  arg = parse_arg(arg, size="small", keep=0, pre="tome", prune="none", image=True,
+                  keep_pos=False)
   vd, vl, d, layers, heads, mlp, image, batch, steps, lr = choose("size", arg.size, SIZES)
   c = base_config()
   set_schedule(c, steps=steps, batch_size=batch, lr=lr, logs=10, evals=1, checkpoints=1)
@@ -54,6 +56,7 @@ def get_config(arg=None):
   c.model.merge_keep = arg.keep
   c.model.pre = arg.pre
   c.model.prune = arg.prune
+  c.model.keep_positions = arg.keep_pos
   c.data = default_data_config("shapes")
   c.data.options.size = image
   return c

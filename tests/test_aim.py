@@ -67,17 +67,22 @@ def test_pre_llm_reductions_at_equal_counts():
       A.reduce_visual(x, 4, "pool", key, (4, 4)), A.reduce_visual(x, 8, "pool", key, (4, 4)),
       A.reduce_visual(x, 8, "random", key, (4, 4)), A.reduce_visual(pairs, 8, "tome", key,
                                                                    (4, 4))))
-  pool4, pool8, kept, merged = map(np.asarray, run(x, pairs, jax.random.key(0)))
-  # Average pooling: 2x2 squares of the 4x4 grid for 4 tokens, row pairs for 8.
+  (pool4, f4), (pool8, f8), (kept, fk), (merged, fm) = jax.tree.map(
+      np.asarray, run(x, pairs, jax.random.key(0)))
+  # Average pooling: 2x2 squares of the 4x4 grid for 4 tokens, row pairs for 8; each token's
+  # first patch (the RoPE position with keep_positions) is its square's / pair's first.
   want = x.reshape(4, 4, 4).reshape(2, 2, 2, 2, 4).mean(axis=(1, 3)).reshape(1, 4, 4)
   np.testing.assert_allclose(pool4, want, rtol=1e-6)
+  np.testing.assert_array_equal(f4, [[0, 2, 8, 10]])
   np.testing.assert_allclose(pool8, x.reshape(1, 8, 2, 4).mean(2), rtol=1e-6)
-  # Random keeping: 8 of the rows, in order.
+  np.testing.assert_array_equal(f8, [np.arange(0, 16, 2)])
+  # Random keeping: 8 of the rows, in order, at their own indices.
   idx = [int(np.flatnonzero((x[0] == row).all(1))[0]) for row in kept[0]]
-  assert len(set(idx)) == 8 and idx == sorted(idx)
+  assert len(set(idx)) == 8 and idx == sorted(idx) and list(fk[0]) == idx
   # ToMe merging: one round of r = 8 merges each identical pair exactly: the 8 distinct tokens
-  # remain, in order.
+  # remain, in order, each first at the pair's A token.
   np.testing.assert_allclose(merged, x[:, :8], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(fm, [np.arange(0, 16, 2)])
 
 
 @pytest.fixture(scope="module")
@@ -96,20 +101,27 @@ def sharded():
 def test_aim_prefill_on_a_sharded_batch_protects_text_and_keeps_order(sharded):
   """AIM (merging to 8 of 16, then PageRank pruning 8 / 4 / 0 in the 3 layers) and its random-
   pruning baseline, jitted on a batch split 4 ways: every layer reads the scheduled number of
-  tokens, the 3 question tokens always, survivors in their original order and positions."""
+  tokens, the 3 question tokens always, survivors keep their positions (PageRank with
+  keep_positions: question at 16-18, merged tokens at patches < 16; random: renumbered)."""
   assert jax.device_count() == 4
   method, params, images, qtypes = sharded
-  for prune in ("pagerank", "random"):
-    v = method.variant(merge_keep=8, prune=prune)
+  for prune, keep_pos, text in (("pagerank", True, [16, 17, 18]), ("random", False, [8, 9, 10])):
+    v = method.variant(merge_keep=8, prune=prune, keep_positions=keep_pos)
     assert v.visual_counts() == [8, 4, 0]
     fn = jax.jit(v.trace)
     logits, seen = fn(params, images, qtypes, jax.random.key(1))
     assert logits.shape == (8, len(A.VOCAB)) and len(logits.sharding.device_set) == 4
     assert np.isfinite(np.asarray(logits)).all()
     assert [s.shape for s in seen] == [(8, 11), (8, 7), (8, 3)]
+    first = np.asarray(seen[0])
     for s in map(np.asarray, seen):
-      np.testing.assert_array_equal(s[:, -3:], np.broadcast_to([8, 9, 10], (8, 3)))
-      assert (np.diff(s, axis=1) > 0).all() and (s[:, :-3] < 8).all()
+      np.testing.assert_array_equal(s[:, -3:], np.broadcast_to(text, (8, 3)))
+      assert (s[:, :-3] < text[0]).all()
+      for row, row0 in zip(s, first):   # a subsequence of the first layer's tokens, in order
+        where = [list(row0).index(p) for p in row]
+        assert len(set(row)) == len(row) and where == sorted(where)
+    if not keep_pos:
+      np.testing.assert_array_equal(first, np.broadcast_to(np.arange(11), (8, 11)))
     again = np.asarray(fn(params, images, qtypes, jax.random.key(2))[1][1])
     if prune == "pagerank":   # a function of the attention, not of the rng
       np.testing.assert_array_equal(again, np.asarray(seen[1]))

@@ -19,7 +19,10 @@ The model, in the paper's order:
 2. Merging before the LLM (AIM Sec. 3.2): rounds of ToMe bipartite soft matching on the
    visual tokens' own embeddings, each round halving at most, until `merge_keep` tokens are
    left (AIM keeps 25% with two rounds); merged tokens are size-weighted averages and keep
-   the order of the survivors. Per image, like AIM per frame.
+   the order of the survivors. Per image, like AIM per frame. The LLM numbers the shorter
+   sequence from 0 (RoPE positions 0..M+2, as the LLaVA-based AIM does); `keep_positions`
+   instead keeps each reduced token at its first patch's position and the question at
+   N..N+2, the positions a model trained on one sequence length has seen.
 3. The LLM: [visual tokens, question tokens] -> causal pre-norm transformer blocks
    (`nn.transformer.TransformerBlock`: RMSNorm, RoPE attention, SwiGLU) -> final RMSNorm ->
    the next-token logits at the last question token: the answer is one token of the vocab.
@@ -152,6 +155,9 @@ class AIMConfig:
   prune: str = "none"         # none | pagerank (AIM) | random: inside the LLM, prefill
   prune_start: int = -1       # first layer with fewer visual tokens (-1: half depth)
   prune_end_ratio: float = 0.0  # retain ratio of the last layer
+  keep_positions: bool = False  # True: reduced visual tokens keep their first patch's RoPE
+                                # position and the question keeps N..N+2 (False: the LLM
+                                # numbers the shorter sequence 0..M+2, as AIM's LLaVA does)
   temperature: float = 0.1    # PageRank's softmax temperature
   pagerank_iters: int = 5
 
@@ -203,27 +209,35 @@ def prefill_flops(cfg: AIMConfig) -> float:
 
 
 def reduce_visual(x: jax.Array, keep: int, kind: str, rng: jax.Array,
-                  grid: tuple[int, int]) -> jax.Array:
-  """Pre-LLM reduction of visual tokens (B, N, D) -> (B, keep, D): AIM's ToMe rounds, or the
-  baselines random keep / average pooling (2-D squares when keep = N / f^2, else runs of
-  N / keep consecutive patches along rows)."""
-  n = x.shape[1]
+                  grid: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+  """Pre-LLM reduction of visual tokens (B, N, D) -> ((B, keep, D), first (B, keep) int32):
+  AIM's ToMe rounds, or the baselines random keep / average pooling (2-D squares when keep =
+  N / f^2, else runs of N / keep consecutive patches along rows). `first` is the smallest
+  original patch index among the patches each output token stands for."""
+  b, n, _ = x.shape
   if keep <= 0 or keep >= n:
-    return x
-  if kind == "tome":
-    return tome_reduce(x, merge_rounds(n, keep))[0]
+    return x, jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
   if kind == "random":
-    return random_prune(x, keep, rng)[0]
-  f = int(round(np.sqrt(n / keep)))
-  if f * f * keep == n and grid[0] % f == 0 and grid[1] % f == 0:
-    return avg_pool_tokens(x, f, grid=grid)[0]
-  return avg_pool_tokens(x, n // keep)[0]
+    x, kept = random_prune(x, keep, rng)
+    return x, kept
+  if kind == "tome":
+    x, _, group_ids = tome_reduce(x, merge_rounds(n, keep))
+  else:
+    f = int(round(np.sqrt(n / keep)))
+    if f * f * keep == n and grid[0] % f == 0 and grid[1] % f == 0:
+      x, group_ids, _ = avg_pool_tokens(x, f, grid=grid)
+    else:
+      x, group_ids, _ = avg_pool_tokens(x, n // keep)
+  rows = jnp.arange(b)[:, None]
+  first = jnp.full((b, keep), n, jnp.int32).at[rows, group_ids].min(
+      jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n)))
+  return x, first
 
 
 class AIMVLM(nn.Module):
   """(images (B, H, W, 3), qtypes (B,)) -> (answer logits (B, vocab) at the last question
-  token, positions: per LLM layer the original positions (B, n_i) int32 of the tokens it
-  reads, visual first, the 3 question tokens last). `rng` feeds the random baselines only."""
+  token, positions: per LLM layer the RoPE positions (B, n_i) int32 of the tokens it reads,
+  visual first, the 3 question tokens last). `rng` feeds the random baselines only."""
   cfg: AIMConfig
 
   @nn.compact
@@ -240,12 +254,19 @@ class AIMVLM(nn.Module):
       v = DenseGeneral((cfg.d_model,), (None, "embed"), use_bias=True, name="projector")(v)
       g = cfg.image_size // cfg.patch_size
       pre_rng, prune_rng = jax.random.split(rng)
-      v = reduce_visual(v, counts[0], cfg.pre, pre_rng, (g, g))               # (B, M, D)
+      v, first = reduce_visual(v, counts[0], cfg.pre, pre_rng, (g, g))        # (B, M, D)
       x = jnp.concatenate([v.astype(text.dtype), text], axis=1)
     else:
       x, prune_rng = text, rng
     n = x.shape[1]
     pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+    if cfg.use_image and cfg.keep_positions:
+      # Each reduced visual token at its first patch's position, the question where it sits
+      # without reduction (N, N + 1, N + 2): the LLM sees the positions it was trained on.
+      n_patches = num_patches(cfg)
+      pos = jnp.concatenate([first, jnp.broadcast_to(
+          jnp.arange(n_patches, n_patches + QUESTION_LEN, dtype=jnp.int32), (b, QUESTION_LEN))],
+          axis=1)
     block = dict(num_heads=cfg.num_heads, head_dim=head_dim, mlp_dim=cfg.mlp_dim)
     seen = []
     for i in range(cfg.num_layers):
@@ -339,8 +360,8 @@ class AIM(Method):
 
   def trace(self, params: PyTree, images: jax.Array, qtypes: jax.Array,
             rng: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    """(answer logits (B, vocab), per LLM layer the original positions (B, n_i) of the
-    tokens it reads): which visual tokens survived where."""
+    """(answer logits (B, vocab), per LLM layer the RoPE positions (B, n_i) of the tokens
+    it reads): which visual tokens survived where."""
     rng = jax.random.key(0) if rng is None else rng
     return self.module.apply({"params": params}, images, qtypes, rng)
 
