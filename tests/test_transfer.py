@@ -129,12 +129,15 @@ def test_cli_transfer_end_to_end_and_embeddings_only_adaptation(base_run, tmp_pa
   src = base_run
   out = str(tmp_path / "transfer")
   assert main(["transfer", "--from", src, "--tokenizer", "bpe:300", "--init",
-               "mean_subtokens", "--workdir", out, "--steps", "2", "--mode", "embeddings",
-               "--lr", "1e-2"]) == 0
+               "mean_subtokens,identity", "--workdir", out, "--steps", "2", "--mode",
+               "embeddings", "--lr", "1e-2"]) == 0
   with open(os.path.join(out, "results.json")) as f:
     rows = json.load(f)["rows"]
-  assert [r["init"] for r in rows] == ["T0", "mean_subtokens"]
-  t0, row = rows
+  assert [r["init"] for r in rows] == ["T0", "mean_subtokens", "identity"]
+  t0, row, refused = rows
+  # identity refuses another vocabulary: a row saying why, no adaptation, the rest ran.
+  assert "own tokenizer" in refused["zero_shot"]["error"] and "embeddings" not in refused
+  assert "| bpe:300 | identity | 2 |" in open(os.path.join(out, "results.md")).read()
   assert row["new_vocab"] == 300 and row["embeddings"]["bits_per_char"] > 0
   assert row["length_ratio"] == pytest.approx(row["tokens_per_char"] / t0["tokens_per_char"])
   assert "| bpe:300 | mean_subtokens | 2 |" in open(os.path.join(out, "results.md")).read()

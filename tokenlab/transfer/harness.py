@@ -417,7 +417,9 @@ def run_transfer(source: str, targets: Sequence[str], inits: Sequence[str], work
 
   Writes WORKDIR/<target>/<init>/{swapped, adapt_<mode>_<k>} runs and the table
   WORKDIR/results.{json,md} (after each row; rows of earlier invocations are kept unless this
-  one replaces them). Returns this invocation's rows.
+  one replaces them). An initialiser that refuses a target (a TokenlabError from it, e.g.
+  wechsel on an English target) gets a row with zero_shot = {'error': why} ('n/a' in the
+  table) and no adaptation. Returns this invocation's rows.
   """
   from tokenlab.data import get_tokenizer
   from tokenlab.train.inference import load_config_from_workdir
@@ -452,8 +454,18 @@ def run_transfer(source: str, targets: Sequence[str], inits: Sequence[str], work
     log(_row_line(rows[-1]))
     for init in inits:
       where = os.path.join(workdir, spec.slug, init)
-      new_config, new_params = swap_tokenizer(config, params, new_data, init, seed=seed,
-                                              aux=aux)
+      try:
+        new_config, new_params = swap_tokenizer(config, params, new_data, init, seed=seed,
+                                                aux=aux)
+      except TokenlabError as e:
+        # An initialiser that refuses this target (wechsel on the source's own language,
+        # identity on another vocabulary) leaves a row saying why; the table goes on.
+        tpc = tokens_per_char(new_tok, docs)
+        rows.append(_save_row(workdir, {**common, "init": init, "tokens_per_char": tpc,
+                                        "length_ratio": tpc / base_tpc,
+                                        "zero_shot": {"error": str(e)}}))
+        log(_row_line(rows[-1]) + f": refused: {e}")
+        continue
       save_run(new_config, new_params, os.path.join(where, "swapped"))
       row = {**common, "init": init, "tokens_per_char": tokens_per_char(new_tok, docs),
              "zero_shot": evaluate(new_config, new_params, new_tok, docs)}
