@@ -489,7 +489,7 @@ def summarize(cells: dict[tuple, np.ndarray]) -> dict[str, float]:
 
 
 def heatmaps(results: dict[str, dict[tuple, np.ndarray]], path: str, title: str = "",
-             window: dict[str, int] | None = None) -> str:
+             window: dict[str, int] | None = None, dpi: int = 90) -> str:
   """One row of heat maps per model: context length x needle depth (single needle) and
   context length x hops (threading, multi-threading), exact match in [0, 1]."""
   import matplotlib
@@ -525,7 +525,7 @@ def heatmaps(results: dict[str, dict[tuple, np.ndarray]], path: str, title: str 
   fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="exact match")
   if title:
     fig.suptitle(title, fontsize=10)
-  fig.savefig(path, dpi=90)
+  fig.savefig(path, dpi=dpi)
   plt.close(fig)
   return path
 

@@ -217,7 +217,7 @@ def finish(ctx: Context, trials: list[Trial]) -> tuple[list[str], str]:
                 for key in cells} for arm, cells in first.items()}
   path = heatmaps(mean, ctx.out("needle_threading.png"),
                   title=f"needle threading: exact match, mean over {len(trials)} seed(s)",
-                  window={WINDOWED: WINDOW})
+                  window={WINDOWED: WINDOW}, dpi=30 if ctx.quick else 90)
   notes = (f"Trained arms: {ctx.steps(STEPS, 3)} steps each, batch 16 rows of 128 bytes, "
            "the same optimizer and initialisation seed; evaluation haystacks are the same "
            "for every arm and seed. 'beyond the window' = the needle pair starts more than "
