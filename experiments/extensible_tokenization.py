@@ -2,13 +2,14 @@
 frozen LM the far context it cannot fit (tokenlab/methods/extensible_tokenization.py).
 
   tokenlab train --config experiments/extensible_tokenization.py:stage=lm --workdir runs/et_lm
-  tokenlab train --config experiments/extensible_tokenization.py:stage=embedder,init_from=runs/et_lm \\
-      --workdir runs/et_embedder
+  tokenlab train --workdir runs/et_embedder \\
+      --config experiments/extensible_tokenization.py:stage=embedder,init_from=runs/et_lm
   tokenlab repro extensible_tokenization
 
 variants: size=tiny (tests) | small (2-core CPU, the reproduction) | base (accelerator);
-stage=lm (the LM on rows that fit its window, every parameter trains) | embedder (rows with a far part beyond the window; only the embedder trains:
-config.train.freeze = '^lm/'; init_from = an lm run); steps (0 = the size's budget).
+stage=lm (the LM on rows that fit its window, every parameter trains) | embedder (rows with
+a far part beyond the window; only the embedder trains: config.train.freeze = '^lm/';
+init_from = an lm run); steps (0 = the size's budget).
 The data are key-value facts (tokenlab/data/kv_facts.py) served by the method's
 iterator_fns (config.data.name = 'method').
 """

@@ -19,9 +19,10 @@ no recall circuit after 1,500 steps (the masked loss was not tried on them).
   row:   f F f f F ... f | F F | Q(k) V(v) Q(k) V(v) ...
   kind:  0 0 0 0 0 ... 0 | 0 0 |  0    K     0    K      (K = FAR / NEAR on the answers)
 
-Vocabulary: PAD 0, filler f = FILL0 .. FILL0 + num_filler - 1 (after the facts), keys Q(k) = KEY0 + k, values V(v) = val0 + v, facts F(k, v) = fact0 +
-k * num_values + v. A short row (inside an LM's window) trains recall; a long far part
-(beyond the window) is what a context-extension method must bring back.
+Vocabulary: PAD 0, keys Q(k) = KEY0 + k, values V(v) = val0 + v, facts F(k, v) = fact0 +
+k * num_values + v, filler f = fill0 .. fill0 + num_filler - 1. A short row (inside an LM's
+window) trains recall; a long far part (beyond the window) is what a context-extension
+method must bring back.
 """
 
 from __future__ import annotations
