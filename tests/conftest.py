@@ -29,3 +29,21 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"tokenlab-test-jax-cache-{_RUN}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+# The longest tests first. xdist hands tests to its workers in collection order, by count, not
+# by time: when a minute-long test (README's commands, a quick reproduction, the multi-process
+# run) is among the last ones handed out, one worker runs it alone at the end while the other
+# idles. Started first, the long ones overlap with each other and the many short tests fill
+# the end evenly. Order only: every test still runs, the same way.
+_LONG_FIRST = ("test_readme.py::", "test_multiprocess.py::", "test_install.py::",
+               "::test_repro_quick", "test_end_to_end.py::")
+
+
+def pytest_collection_modifyitems(session, config, items):
+  def rank(item) -> int:
+    for i, pattern in enumerate(_LONG_FIRST):
+      if pattern in item.nodeid:
+        return i
+    return len(_LONG_FIRST)
+  items.sort(key=rank)   # stable: the original order within each rank
