@@ -14,9 +14,11 @@ from tokenlab.method import random_params
 from tokenlab.methods import aim as A
 
 # 16x16 images of 4x4 patches: 16 visual tokens; 3 LLM layers, so the paper's schedule (full
-# until half depth, then linear to 0) keeps 8 / 4 / 0 of the 8 merged tokens.
-CFG = A.AIMConfig(image_size=16, vision_dim=16, d_model=16, num_layers=3, num_heads=2,
-                  mlp_dim=32)
+# until half depth, then linear to 0) keeps 8 / 4 / 0 of the 8 merged tokens. No vision
+# encoder layer (patch embedding and projector only): what these tests check happens in the
+# LLM and in the reductions, and one fewer block is less to trace and compile.
+CFG = A.AIMConfig(image_size=16, vision_dim=16, vision_layers=0, d_model=16, num_layers=3,
+                  num_heads=2, mlp_dim=32)
 
 
 def test_answers_are_the_labels_read_back_from_the_pixels():
@@ -105,11 +107,15 @@ def test_aim_prefill_on_a_sharded_batch_protects_text_and_keeps_order(sharded):
   keep_positions: question at 16-18, merged tokens at patches < 16; random: renumbered)."""
   assert jax.device_count() == 4
   method, params, images, qtypes = sharded
-  for prune, keep_pos, text in (("pagerank", True, [16, 17, 18]), ("random", False, [8, 9, 10])):
-    v = method.variant(merge_keep=8, prune=prune, keep_positions=keep_pos)
+  arms = (("pagerank", True, [16, 17, 18]), ("random", False, [8, 9, 10]))
+  variants = [method.variant(merge_keep=8, prune=prune, keep_positions=keep_pos)
+              for prune, keep_pos, _ in arms]
+  # Both variants in one program (one compile), run with two keys.
+  both = jax.jit(lambda p, x, q, key: [v.trace(p, x, q, key) for v in variants])
+  first_run, second_run = (both(params, images, qtypes, jax.random.key(s)) for s in (1, 2))
+  for (prune, keep_pos, text), v, (logits, seen), (_, seen2) in zip(arms, variants, first_run,
+                                                                    second_run):
     assert v.visual_counts() == [8, 4, 0]
-    fn = jax.jit(v.trace)
-    logits, seen = fn(params, images, qtypes, jax.random.key(1))
     assert logits.shape == (8, len(A.VOCAB)) and len(logits.sharding.device_set) == 4
     assert np.isfinite(np.asarray(logits)).all()
     assert [s.shape for s in seen] == [(8, 11), (8, 7), (8, 3)]
@@ -122,7 +128,7 @@ def test_aim_prefill_on_a_sharded_batch_protects_text_and_keeps_order(sharded):
         assert len(set(row)) == len(row) and where == sorted(where)
     if not keep_pos:
       np.testing.assert_array_equal(first, np.broadcast_to(np.arange(11), (8, 11)))
-    again = np.asarray(fn(params, images, qtypes, jax.random.key(2))[1][1])
+    again = np.asarray(seen2[1])
     if prune == "pagerank":   # a function of the attention, not of the rng
       np.testing.assert_array_equal(again, np.asarray(seen[1]))
       pagerank_kept = np.asarray(seen[1])
