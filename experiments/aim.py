@@ -25,7 +25,7 @@ from tokenlab.data import default_data_config
 
 SIZES = {
     #  vision_dim v_layers d_model layers heads mlp image batch steps  lr
-    "tiny": (16, 1, 16, 2, 2, 32, 32, 8, 3, 3e-3),
+    "tiny": (16, 0, 16, 2, 2, 32, 32, 8, 3, 3e-3),   # no vision encoder block: less to compile
     "small": (32, 1, 64, 4, 4, 128, 32, 32, 800, 3e-3),
     "base": (384, 6, 768, 12, 12, 3072, 64, 256, 20000, 5e-4),
 }

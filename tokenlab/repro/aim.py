@@ -245,9 +245,12 @@ def finish(ctx: Context, trials: list[Trial]) -> tuple[list[str], str]:
   res = [t.data["res"] for t in trials]
   mean = lambda name, k: float(np.mean([r[name][k] for r in res if name in r]))
   std = lambda name, k: float(np.std([r[name][k] for r in res if name in r]))
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-  for ax, xkey, xlabel in ((axes[0], TOKENS, "visual tokens entering the LLM"),
-                           (axes[1], FLOPS, "prefill MFLOPs per query (counted)")):
+  panels = ((TOKENS, "visual tokens entering the LLM"),
+            (FLOPS, "prefill MFLOPs per query (counted)"))
+  if ctx.quick:   # a smoke test: one panel, no layout pass (the plotting code is the same)
+    panels = panels[1:]
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+  for ax, (xkey, xlabel) in zip(axes[0], panels):
     for kind, fmt in (("tome", "o-"), ("random", "s--"), ("pool", "^--")):
       names = [FULL] + [pre_arm(kind, k) for k in KEEPS]
       names = [n for n in names if n in res[0]]
@@ -270,7 +273,8 @@ def finish(ctx: Context, trials: list[Trial]) -> tuple[list[str], str]:
     ax.legend(fontsize=7)
   fig.suptitle(f"AIM on shapes questions, training-free on a VLM trained with all 64 visual "
                f"tokens, positions kept (mean +- std, {len(trials)} seeds)", fontsize=9)
-  fig.tight_layout()
+  if not ctx.quick:
+    fig.tight_layout()
   path = ctx.out("aim_tradeoff.png")
   fig.savefig(path, dpi=100)
   plt.close(fig)
