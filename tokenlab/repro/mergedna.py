@@ -192,7 +192,7 @@ def _run_seed(ctx: Context) -> Trial:
   steps = ctx.steps(STEPS, 3)
   common = [f"--config.train.steps={steps}", f"--config.train.eval_every={steps}",
             f"--config.checkpoint.every_steps={steps}",
-            f"--config.train.eval_batches={2 if ctx.quick else 10}"]
+            f"--config.train.eval_batches={1 if ctx.quick else 10}"]
   # --quick trains only the mergedna arm (the kmer and mlm paths are unit-tested): compiles
   # dominate a quick run.
   arms = {a: e for a, e in ARMS.items() if not ctx.quick or a == "mergedna"}
