@@ -85,13 +85,16 @@ def test_loss_metrics_and_byte_distribution(model):
 def test_greedy_sampling_keeps_the_prompt_and_follows_the_byte_distribution(model):
   m, params = model
   buf = _tokens()[:, :16]
-  out = jax.jit(lambda p, b, r: m.sample(p, b, jnp.array([5, 8]), r, temperature=0.0))(
-      params, buf, jax.random.key(0))
+  t = 5
+
+  def sample_and_score(p, b, r):   # one compiled program: the sampler and the byte law
+    out = m.sample(p, b, jnp.array([5, 8]), r, temperature=0.0)
+    return out, m.byte_logprobs(p, out, jnp.array([t, t]))
+
+  out, lp = jax.jit(sample_and_score)(params, buf, jax.random.key(0))
   chex.assert_shape(out, (2, 16))
   np.testing.assert_array_equal(out[0, :5], buf[0, :5])
   np.testing.assert_array_equal(out[1, :8], buf[1, :8])
-  t = 5
-  lp = m.byte_logprobs(params, out, jnp.array([t, t]))
   assert int(out[0, t]) == int(jnp.argmax(lp[0, t - 1]))
 
 
