@@ -274,7 +274,7 @@ def _counts(lcfg, quick: bool, budget: int):
   from tokenlab.repro.baselines import NGram
   train = _texts(lcfg, "train")
   if quick:    # the smoke test counts a slice of the training split
-    train = train[:100]
+    train = train[:20]
   freq, uni, bi = collections.Counter(), collections.Counter(), collections.defaultdict(
       collections.Counter)
   for d in train:
@@ -306,11 +306,12 @@ def run_seed(ctx: Context) -> Trial:
   steps = ctx.steps(lcfg.train.steps, 3)
   common = [f"--config.train.steps={steps}", f"--config.train.eval_every={steps}",
             f"--config.checkpoint.every_steps={steps}",
-            f"--config.train.eval_batches={2 if ctx.quick else 10}",
+            f"--config.train.eval_batches={1 if ctx.quick else 10}",
             f"--config.train.batch_size={lcfg.train.batch_size}",
             f"--config.optimizer.lr={lcfg.optimizer.lr}",
             f"--config.optimizer.warmup_steps={lcfg.optimizer.warmup_steps}"]
-  layers = m.encoder_layers + m.main_layers + m.decoder_layers
+  # Matched depth; --quick smoke-tests the baseline arms with one block (compiles dominate).
+  layers = 1 if ctx.quick else m.encoder_layers + m.main_layers + m.decoder_layers
   lm = [f"--config.model.d_model={m.d_model}", f"--config.model.num_heads={m.num_heads}",
         f"--config.model.num_layers={layers}"]
   bpe_data = dict(lcfg.data.to_dict(), tokenizer="bpe", vocab_size=BPE_VOCAB)
