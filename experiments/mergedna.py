@@ -18,7 +18,7 @@ from tokenlab.data import default_data_config
 
 SIZES = {
     #        d_model heads merge_layers r window kmer lat_enc lat_dec loc_dec length batch steps lr
-    "tiny": (32, 2, 1, 2, 8, 4, 1, 1, 1, 64, 4, 20, 3e-3),
+    "tiny": (16, 2, 1, 2, 8, 4, 1, 1, 1, 64, 4, 20, 3e-3),
     "small": (64, 4, 3, 6, 16, 4, 2, 1, 1, 128, 16, 200, 2e-3),
     "repro": (32, 2, 3, 6, 16, 4, 1, 1, 1, 128, 16, 200, 3e-3),   # `tokenlab repro` arms (CPU)
     "base": (512, 8, 3, 6, 16, 4, 12, 2, 2, 1024, 256, 50000, 5e-4),   # accelerators
