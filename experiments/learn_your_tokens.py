@@ -13,7 +13,7 @@ from tokenlab.data import default_data_config
 
 SIZES = {
     #        d_model heads enc main dec  K  words  seq  batch steps   lr
-    "tiny": (32, 2, 1, 1, 1, 8, 0.5, 64, 4, 20, 3e-3),
+    "tiny": (16, 2, 1, 1, 1, 8, 0.5, 64, 4, 20, 3e-3),
     "small": (64, 4, 1, 2, 1, 12, 0.25, 128, 16, 250, 2e-3),   # CPU repro arm
     "base": (768, 12, 2, 12, 2, 16, 0.3, 2048, 256, 20000, 6e-4),   # accelerators
 }
