@@ -31,7 +31,7 @@ import dataclasses
 
 import numpy as np
 
-from tokenlab.data.synthetic import StepIterator
+from tokenlab.data.synthetic import SplitStreamIterator
 
 PAD = 0
 KEY0 = 1
@@ -100,27 +100,19 @@ class KVFactsTask:
     return np.array(tokens, np.int32), np.array(kinds, np.int32)
 
 
-class KVFactsIterator(StepIterator):
+class KVFactsIterator(SplitStreamIterator):
   """Checkpointable batches of whole rows: {tokens (B, far_len + near_len) int32, kinds
-  (same) int32}; `to_batch` turns them into a method's batch.
-
-  split 'train' draws rows from (data_seed, 0, seed, step); 'validation' from
-  (data_seed, 1, step), a stream disjoint from training.
+  (same) int32}; `to_batch` turns them into a method's batch. Streams: SplitStreamIterator.
   """
 
   def __init__(self, task: KVFactsTask, batch_size: int, seed: int, to_batch=None, *,
                split: str = "train", data_seed: int = 0, num_batches: int | None = None):
-    self.task, self.batch_size, self.seed, self.to_batch = task, batch_size, seed, to_batch
-    self.split, self.data_seed, self.num_batches = split, data_seed, num_batches
-    self.step = 0
+    super().__init__(batch_size, seed, split=split, data_seed=data_seed,
+                     num_batches=num_batches)
+    self.task, self.to_batch = task, to_batch
 
   def __next__(self):
-    if self.num_batches is not None and self.step >= self.num_batches:
-      raise StopIteration
-    key = ((self.data_seed, 0, self.seed, self.step) if self.split == "train"
-           else (self.data_seed, 1, self.step))
-    rng = np.random.default_rng(key)
-    self.step += 1
+    rng = self.next_rng()
     rows = [self.task.sample(rng) for _ in range(self.batch_size)]
     out = {"tokens": np.stack([r[0] for r in rows]), "kinds": np.stack([r[1] for r in rows])}
     return self.to_batch(out) if self.to_batch else out

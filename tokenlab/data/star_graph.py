@@ -28,7 +28,7 @@ import dataclasses
 
 import numpy as np
 
-from tokenlab.data.synthetic import StepIterator
+from tokenlab.data.synthetic import SplitStreamIterator
 
 PAD, SEP, MASK, CLS, EDGE = 0, 1, 2, 3, 4
 NODE0 = 5   # token id of node 0
@@ -96,26 +96,18 @@ def is_valid_path(row: np.ndarray, task: StarGraphTask) -> bool:
           and all((a, b) in edges for a, b in zip(path[:-1], path[1:])))
 
 
-class StarGraphIterator(StepIterator):
-  """Checkpointable batches {inputs (B, seq_len) int32, answer_mask (B, seq_len) float32}.
-
-  split 'train' draws fresh graphs from (data_seed, 0, seed, step); 'validation' from
-  (data_seed, 1, step), a stream disjoint from training (held-out graphs).
-  """
+class StarGraphIterator(SplitStreamIterator):
+  """Checkpointable batches {inputs (B, seq_len) int32, answer_mask (B, seq_len) float32};
+  streams as SplitStreamIterator (validation: held-out graphs)."""
 
   def __init__(self, task: StarGraphTask, batch_size: int, seed: int, *,
                split: str = "train", data_seed: int = 0, num_batches: int | None = None):
-    self.task, self.batch_size, self.seed = task, batch_size, seed
-    self.split, self.data_seed, self.num_batches = split, data_seed, num_batches
-    self.step = 0
+    super().__init__(batch_size, seed, split=split, data_seed=data_seed,
+                     num_batches=num_batches)
+    self.task = task
 
   def __next__(self):
-    if self.num_batches is not None and self.step >= self.num_batches:
-      raise StopIteration
-    key = ((self.data_seed, 0, self.seed, self.step) if self.split == "train"
-           else (self.data_seed, 1, self.step))
-    rng = np.random.default_rng(key)
-    self.step += 1
+    rng = self.next_rng()
     rows = np.stack([self.task.sample(rng) for _ in range(self.batch_size)])
     mask = np.broadcast_to(self.task.answer_mask(), rows.shape).copy()
     return {"inputs": rows, "answer_mask": mask}
