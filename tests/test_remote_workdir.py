@@ -67,12 +67,15 @@ def fake_gcs(tmp_path, monkeypatch):
   assert not any(cwd.iterdir()), list(cwd.iterdir())   # nothing written to a local "gs:"
 
 
-def _train(workdir, data_dir, steps):
-  argv = ["train", "--config", EXP, "--workdir", workdir, f"--config.train.steps={steps}",
+def _train_argv(workdir, data_dir, steps):
+  return ["train", "--config", EXP, "--workdir", workdir, f"--config.train.steps={steps}",
           f"--config.data.data_dir={data_dir}", "--config.train.progress=false",
           "--config.train.log_every=2", "--config.checkpoint.every_steps=4",
           "--config.checkpoint.async_save=false", "--config.train.eval_every=0"]
-  assert cli.main(argv) == 0
+
+
+def _train(workdir, data_dir, steps):
+  assert cli.main(_train_argv(workdir, data_dir, steps)) == 0
 
 
 def test_workdir_metrics_and_plot_in_a_gs_workdir(fake_gcs):
@@ -99,13 +102,21 @@ def test_workdir_metrics_and_plot_in_a_gs_workdir(fake_gcs):
   assert (run / "plots" / "summary.png").stat().st_size > 0
 
 
-@pytest.mark.xfail(strict=True, reason="orbax's save into the test double fails: TensorStore's "
-                   "file driver has no CopyRange, which its gcs path uses; untested end to "
-                   "end until a double (or a bucket) supports it")
-def test_train_resume_and_plot_in_a_gs_workdir(fake_gcs, tmp_path):
+def test_train_resume_and_plot_in_a_gs_workdir(fake_gcs, tmp_path, capsys):
   data_dir = str(tmp_path / "tfds")
   run = fake_gcs / "bucket" / "run"
-  _train("gs://bucket/run", data_dir, 4)
+  rc = cli.main(_train_argv("gs://bucket/run", data_dir, 4))
+  err = capsys.readouterr().err
+  if rc != 0 and "CopyRange not supported" in err:
+    # The known gap, reported as an expected failure while it lasts (and the rest of this test
+    # runs, unchanged, the day the double supports it). Raised without a traceback: pytest
+    # parsing source for one raced orbax's threads on CPython 3.11.7 ("AST constructor
+    # recursion depth mismatch", an internal error of the whole run).
+    raise pytest.xfail.Exception(
+        "orbax's save into the test double fails: TensorStore's file driver has no CopyRange, "
+        "which its gcs path uses; untested end to end until a double (or a bucket) supports "
+        "it", pytrace=False)
+  assert rc == 0, err
   assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "tb",
                                               "checkpoints"}
   assert not (run / "train.lock").exists()       # released at the end
