@@ -51,10 +51,9 @@ import jax
 import jax.numpy as jnp
 
 from tokenlab.errors import ConfigError
-from tokenlab.method import Batch, Method, PyTree
 from tokenlab.nn.layers import DenseGeneral, param_with_axes
-from tokenlab.nn.losses import classification_loss
-from tokenlab.nn.token_reduction import REDUCTIONS, ToMeEncoder, token_counts
+from tokenlab.nn.token_reduction import (REDUCTIONS, ReducingClassifier, ToMeEncoder,
+                                         token_counts)
 from tokenlab.nn.vision import PatchEmbed
 from tokenlab.registry import register_method
 
@@ -96,7 +95,7 @@ class ReducingViT(nn.Module):
 
 
 @register_method("token_reduction")
-class TokenReduction(Method):
+class TokenReduction(ReducingClassifier):
   """See the module docstring. Batches: {'image' (B, H, W, C) float32, 'label' (B,) int32,
   optional 'mask' (B,) (padding rows of eval batches weigh 0)}."""
   Config = TokenReductionConfig
@@ -120,17 +119,3 @@ class TokenReduction(Method):
     if self.config.reduction == "window":
       return [num_patches + 1 - self.config.r * (i + 1) for i in range(self.config.num_layers)]
     return token_counts(num_patches + 1, [self.config.r] * self.config.num_layers, protected=1)
-
-  def forward(self, params: PyTree, images: jax.Array, rng: jax.Array | None = None):
-    """(logits, sizes, group_ids); `rng` drives random pruning (a fixed key when None)."""
-    rng = jax.random.key(0) if rng is None else rng
-    return self.module.apply({"params": params}, images, rngs={"reduction": rng})
-
-  def init(self, rng: jax.Array, batch: Batch) -> PyTree:
-    return self.module.init({"params": rng, "reduction": rng}, batch["image"])["params"]
-
-  def loss(self, params: PyTree, batch: Batch, rng: jax.Array):
-    logits, sizes, _ = self.forward(params, batch["image"], rng)
-    loss, metrics = classification_loss(logits, batch["label"], batch.get("mask"),
-                                        self.config.label_smoothing)
-    return loss, {**metrics, "final_tokens": float(sizes.shape[1])}

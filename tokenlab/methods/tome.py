@@ -57,11 +57,9 @@ import jax
 import jax.numpy as jnp
 
 from tokenlab.errors import ConfigError
-from tokenlab.method import Batch, Method, PyTree
 from tokenlab.nn.layers import DenseGeneral, param_with_axes
-from tokenlab.nn.losses import classification_loss
-from tokenlab.nn.token_reduction import (REDUCTIONS, ToMeEncoder, decreasing_r, parse_r,
-                                         token_counts)
+from tokenlab.nn.token_reduction import (REDUCTIONS, ReducingClassifier, ToMeEncoder,
+                                         decreasing_r, parse_r, token_counts)
 from tokenlab.nn.vision import PatchEmbed
 from tokenlab.registry import register_method
 
@@ -117,7 +115,7 @@ def schedule(cfg: ToMeConfig) -> list[int]:
 
 
 @register_method("tome")
-class ToMe(Method):
+class ToMe(ReducingClassifier):
   """See the module docstring. Batches: {'image' (B, H, W, C) float32, 'label' (B,) int32,
   optional 'mask' (B,) (padding rows of eval batches weigh 0)}."""
   Config = ToMeConfig
@@ -145,18 +143,3 @@ class ToMe(Method):
   def token_counts(self, num_patches: int) -> list[int]:
     """Tokens (class token included) after each block for images of num_patches patches."""
     return token_counts(num_patches + 1, schedule(self.config), protected=1)
-
-  def forward(self, params: PyTree, images: jax.Array, rng: jax.Array | None = None):
-    """(logits (B, C), sizes (B, M), group_ids (B, N + 1) or None); `rng` feeds random
-    pruning (a fixed key when None)."""
-    rng = jax.random.key(0) if rng is None else rng
-    return self.module.apply({"params": params}, images, rngs={"reduction": rng})
-
-  def init(self, rng: jax.Array, batch: Batch) -> PyTree:
-    return self.module.init({"params": rng, "reduction": rng}, batch["image"])["params"]
-
-  def loss(self, params: PyTree, batch: Batch, rng: jax.Array):
-    logits, sizes, _ = self.forward(params, batch["image"], rng)
-    loss, metrics = classification_loss(logits, batch["label"], batch.get("mask"),
-                                        self.config.label_smoothing)
-    return loss, {**metrics, "final_tokens": float(sizes.shape[1])}

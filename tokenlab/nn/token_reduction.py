@@ -33,11 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokenlab.errors import TokenlabError
+from tokenlab.method import Batch, Method, PyTree
 from tokenlab.kernels.token_merge import (bipartite_soft_matching, local_window_merge,
                                           merge_by_boundaries, merge_tokens)
 from tokenlab.kernels.token_merge.reference import effective_r
 from tokenlab.nn.attention import dot_product_attention
 from tokenlab.nn.layers import DenseGeneral
+from tokenlab.nn.losses import classification_loss
 
 __all__ = ["proportional_attention_bias", "compose_group_ids", "kept_to_group_ids", "ToMeBlock",
            "ToMeEncoder", "parse_r", "decreasing_r", "token_counts", "plain_tome_merge",
@@ -560,3 +562,27 @@ def reduce_tokens(name: str, x: jax.Array, r: int, *, metric: jax.Array | None =
   else:
     out, kept = random_prune(x, n - r, rng, protected=protected)
   return out, jnp.take_along_axis(sizes, kept, axis=1), kept_to_group_ids(kept, n)
+
+
+class ReducingClassifier(Method):
+  """An image classifier whose ViT reduces tokens in its blocks (ToMe, token_reduction):
+  the method half they share. Subclasses set `self.module`, a flax module mapping images
+  (B, H, W, C) -> (logits (B, C), sizes (B, M), group_ids (B, N + 1) or None) that draws
+  random pruning from the 'reduction' rng stream; their config has `label_smoothing`.
+  Batches: {'image' (B, H, W, C) float32, 'label' (B,) int32, optional 'mask' (B,)}."""
+  module: nn.Module
+
+  def forward(self, params: PyTree, images: jax.Array, rng: jax.Array | None = None):
+    """(logits (B, C), sizes (B, M), group_ids (B, N + 1) or None); `rng` feeds random
+    pruning (a fixed key when None)."""
+    rng = jax.random.key(0) if rng is None else rng
+    return self.module.apply({"params": params}, images, rngs={"reduction": rng})
+
+  def init(self, rng: jax.Array, batch: Batch) -> PyTree:
+    return self.module.init({"params": rng, "reduction": rng}, batch["image"])["params"]
+
+  def loss(self, params: PyTree, batch: Batch, rng: jax.Array):
+    logits, sizes, _ = self.forward(params, batch["image"], rng)
+    loss, metrics = classification_loss(logits, batch["label"], batch.get("mask"),
+                                        self.config.label_smoothing)
+    return loss, {**metrics, "final_tokens": float(sizes.shape[1])}
