@@ -51,3 +51,39 @@ class SplitStreamIterator(StepIterator):
     self.step += 1
     return np.random.default_rng(key)
 
+
+
+class ArrayIterator(StepIterator):
+  """Checkpointable batches of in-memory arrays (e.g. codes a frozen tokenizer encoded once).
+
+  train: random rows drawn with (seed, step), endless; eval: the split in order, the last
+  batch padded with 'mask' 0. `extra` (train only): fn(rng, rows) -> more batch entries.
+  Batches: {name: array[rows] for each array, 'mask' float32 (B,)}.
+  """
+
+  def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int, train: bool,
+               extra=None):
+    self.arrays, self.batch_size, self.seed, self.train = arrays, batch_size, seed, train
+    self.extra = extra
+    self.n = len(next(iter(arrays.values())))
+    self.step = 0
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    b = self.batch_size
+    if self.train:
+      rng = np.random.default_rng((self.seed, 7, self.step))
+      rows = rng.integers(0, self.n, b)
+      mask = np.ones(b, np.float32)
+    else:
+      if self.step * b >= self.n:
+        raise StopIteration
+      rows = np.arange(self.step * b, (self.step + 1) * b)
+      mask = (rows < self.n).astype(np.float32)
+      rows = np.minimum(rows, self.n - 1)
+      rng = None
+    self.step += 1
+    out = {k: v[rows] for k, v in self.arrays.items()}
+    if self.extra is not None and rng is not None:
+      out.update(self.extra(rng, rows))
+    out["mask"] = mask
+    return out

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tokenlab.data.synthetic import StepIterator
+from tokenlab.data.synthetic import ArrayIterator  # noqa: F401 (seit.ArrayIterator, teaser)
 from tokenlab.errors import ConfigError
 from tokenlab.method import Average, Batch, Method, PyTree, dataclass_from_config
 from tokenlab.nn.corruption import random_subset
@@ -453,38 +453,6 @@ def labeled_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray
     idx = np.flatnonzero(labels == c)
     keep.append(rng.choice(idx, max(1, round(fraction * len(idx))), replace=False))
   return np.sort(np.concatenate(keep))
-
-
-class ArrayIterator(StepIterator):
-  """Checkpointable batches of in-memory arrays. train: random rows drawn with (seed, step);
-  eval: the split in order, the last batch padded with 'mask' 0."""
-
-  def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int, train: bool,
-               extra=None):
-    self.arrays, self.batch_size, self.seed, self.train = arrays, batch_size, seed, train
-    self.extra = extra          # fn(rng, rows) -> more batch entries (train only)
-    self.n = len(next(iter(arrays.values())))
-    self.step = 0
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    b = self.batch_size
-    if self.train:
-      rng = np.random.default_rng((self.seed, 7, self.step))
-      rows = rng.integers(0, self.n, b)
-      mask = np.ones(b, np.float32)
-    else:
-      if self.step * b >= self.n:
-        raise StopIteration
-      rows = np.arange(self.step * b, (self.step + 1) * b)
-      mask = (rows < self.n).astype(np.float32)
-      rows = np.minimum(rows, self.n - 1)
-      rng = None
-    self.step += 1
-    out = {k: v[rows] for k, v in self.arrays.items()}
-    if self.extra is not None and rng is not None:
-      out.update(self.extra(rng, rows))
-    out["mask"] = mask
-    return out
 
 
 def iterator_fns(config):
