@@ -53,10 +53,15 @@ CLASS_COUNTS = {"mnist": 10, "digits": 10, "shapes": 4, "photos": None}
 
 def dataset_options(dataset: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """The dataset's default options (tokenlab.data.registry) updated by `options`."""
-  from tokenlab.data.registry import DATASETS
   if dataset not in CLASS_COUNTS:
     raise TokenlabError(f"no sample classifier for dataset '{dataset}'; use one of "
                         f"{sorted(CLASS_COUNTS)}")
+  return merged_options(dataset, options)
+
+
+def merged_options(dataset: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Any registered dataset's default options updated by `options` (unknown keys raise)."""
+  from tokenlab.data.registry import DATASETS
   merged = dict(DATASETS[dataset].default_options)
   unknown = set(options or {}) - set(merged)
   if unknown:
@@ -65,19 +70,27 @@ def dataset_options(dataset: str, options: Mapping[str, Any] | None = None) -> d
   return merged
 
 
+def generate_records(dataset: str, split: str, options: Mapping[str, Any],
+                     limit: int | None = None) -> dict[str, np.ndarray]:
+  """The first `limit` (default all) records of a split, each field stacked (N, ...), made
+  in memory by the dataset's own record generator (no tfds build); `options` complete."""
+  import importlib
+  import itertools
+  from tokenlab.data.registry import DATASETS
+  module = importlib.import_module(DATASETS[dataset].module)
+  # The builders' record generators need no builder state (no tfds set-up): a bare instance
+  # reuses each dataset's own generation code (the records `tokenlab data build` writes).
+  bare = object.__new__(module.Builder)
+  records = [r for _, r in itertools.islice(bare.examples(split, options), limit)]
+  return {k: np.stack([r[k] for r in records]) for k in records[0]}
+
+
 def load_split(dataset: str, split: str, options: Mapping[str, Any] | None = None
                ) -> dict[str, np.ndarray]:
   """Every record of a split as arrays, generated in memory (no tfds build): {'image' float32
   (N, H, W, C) in [0, 1], 'label' int64 (N,), and any other per-record fields (shapes:
   colour, count, positions)}."""
-  import importlib
-  from tokenlab.data.registry import DATASETS
-  options = dataset_options(dataset, options)
-  module = importlib.import_module(DATASETS[dataset].module)
-  # The builders' record generators need no builder state; calling them unbound reuses each
-  # dataset's own generation code (the same records `tokenlab data build` writes).
-  records = [r for _, r in module.Builder.examples(None, split, options)]
-  out = {k: np.stack([r[k] for r in records]) for k in records[0]}
+  out = generate_records(dataset, split, dataset_options(dataset, options))
   image = out["image"]
   out["image"] = (image.astype(np.float32) / 255.0 if image.dtype == np.uint8
                   else image.astype(np.float32))
@@ -175,10 +188,43 @@ class SampleClassifier:
     return self.logits_and_features(images)[1]
 
 
-def _cache_key(dataset: str, options: Mapping[str, Any], hparams: Mapping[str, Any]) -> str:
+def _cache_key(dataset: str, options: Mapping[str, Any], hparams: Mapping[str, Any],
+               version: int = CLASSIFIER_VERSION) -> str:
   blob = json.dumps({"dataset": dataset, "options": dict(options), "hparams": dict(hparams),
-                     "version": CLASSIFIER_VERSION}, sort_keys=True, default=str)
+                     "version": version}, sort_keys=True, default=str)
   return f"{dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def cache_stem(cache_dir: str | None, dataset: str, options: Mapping[str, Any],
+               hparams: Mapping[str, Any], version: int = CLASSIFIER_VERSION) -> str:
+  """The path (without suffix) of a cached trained net: one per (dataset, options,
+  hyper-parameters, version) under `cache_dir` (default DEFAULT_CACHE_DIR)."""
+  return os.path.join(cache_dir or DEFAULT_CACHE_DIR,
+                      _cache_key(dataset, options, hparams, version))
+
+
+def read_cached(stem: str, params_like: Any = None) -> tuple[dict, Any] | None:
+  """(metadata, params) of a complete cache entry at `stem`, or None. `params_like`: a
+  callable meta -> abstract params tree (shapes) to restore the weights into."""
+  if not (os.path.exists(stem + ".json") and os.path.exists(stem + ".msgpack")):
+    return None
+  with open(stem + ".json") as f:
+    meta = json.load(f)
+  with open(stem + ".msgpack", "rb") as f:
+    params = flax.serialization.from_bytes(params_like(meta), f.read())
+  return meta, params
+
+
+def write_cached(stem: str, params: Any, meta: Mapping[str, Any]) -> None:
+  """Writes a cache entry: weights first, then the metadata that marks it complete; each
+  file atomically (a temporary file renamed), so concurrent writers never expose a part."""
+  os.makedirs(os.path.dirname(stem), exist_ok=True)
+  for suffix, data, mode in ((".msgpack", flax.serialization.to_bytes(params), "wb"),
+                             (".json", json.dumps(dict(meta), indent=1, default=str), "w")):
+    tmp = f"{stem}{suffix}.tmp{os.getpid()}"
+    with open(tmp, mode) as f:
+      f.write(data)
+    os.replace(tmp, stem + suffix)
 
 
 def _train_data(dataset: str, options: Mapping[str, Any]):
@@ -192,6 +238,28 @@ def _train_data(dataset: str, options: Mapping[str, Any]):
             train["label"][cut:], len(PHOTOS))
   val = load_split(dataset, "validation", options)
   return train["image"], train["label"], val["image"], val["label"], CLASS_COUNTS[dataset]
+
+
+def adam_fit(loss_fn, params: Any, arrays: tuple, *, steps: int, batch_size: int,
+             learning_rate: float, rng: jax.Array) -> Any:
+  """`steps` Adam steps on `loss_fn(params, *batch)`, each batch `batch_size` rows drawn
+  uniformly (with replacement) from the leading axis of every array in `arrays`; one
+  compiled scan, the data passed as arguments (no large constants in the program)."""
+  import optax
+  opt = optax.adam(learning_rate)
+
+  @jax.jit
+  def train(p, arrays, rng):
+    def body(carry, r):
+      p, s = carry
+      idx = jax.random.randint(r, (batch_size,), 0, arrays[0].shape[0])
+      g = jax.grad(loss_fn)(p, *(a[idx] for a in arrays))
+      u, s = opt.update(g, s, p)
+      return (optax.apply_updates(p, u), s), None
+    (p, _), _ = jax.lax.scan(body, (p, opt.init(p)), jax.random.split(rng, steps))
+    return p
+
+  return train(params, tuple(arrays), rng)
 
 
 def train_classifier(dataset: str, *, options: Mapping[str, Any] | None = None,
@@ -209,21 +277,16 @@ def train_classifier(dataset: str, *, options: Mapping[str, Any] | None = None,
   Returns:
     a `SampleClassifier` (val_accuracy measured after training, stored with the weights).
   """
-  import optax
   options = dataset_options(dataset, options)
   hparams = dict(steps=steps, batch_size=batch_size, learning_rate=learning_rate,
                  features=features, seed=seed)
-  cache_dir = cache_dir or DEFAULT_CACHE_DIR
-  stem = os.path.join(cache_dir, _cache_key(dataset, options, hparams))
+  stem = cache_stem(cache_dir, dataset, options, hparams)
   module_for = lambda classes: ConvClassifier(classes, features)
-  if os.path.exists(stem + ".json") and os.path.exists(stem + ".msgpack"):
-    with open(stem + ".json") as f:
-      meta = json.load(f)
-    module = module_for(meta["num_classes"])
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(
-        (1, *meta["image_shape"]), jnp.float32))["params"])
-    with open(stem + ".msgpack", "rb") as f:
-      params = flax.serialization.from_bytes(shapes, f.read())
+  cached = read_cached(stem, lambda meta: jax.eval_shape(
+      lambda: module_for(meta["num_classes"]).init(jax.random.key(0), jnp.zeros(
+          (1, *meta["image_shape"]), jnp.float32))["params"]))
+  if cached is not None:
+    meta, params = cached
     return SampleClassifier(dataset, options, meta["num_classes"], features,
                             tuple(meta["image_shape"]), params, meta["val_accuracy"],
                             meta["train_seconds"], from_cache=True)
@@ -232,40 +295,23 @@ def train_classifier(dataset: str, *, options: Mapping[str, Any] | None = None,
   x_train, y_train, x_check, y_check, classes = _train_data(dataset, options)
   module = module_for(classes)
   params = jax.jit(module.init)(jax.random.key(seed), x_train[:1])["params"]
-  opt = optax.adam(learning_rate)
 
   def loss_fn(p, x, y):
+    import optax
     logits, _ = module.apply({"params": p}, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  @jax.jit
-  def train(p, x, y, rng):   # the data as arguments: no large constants in the program
-    def body(carry, r):
-      p, s = carry
-      idx = jax.random.randint(r, (batch_size,), 0, x.shape[0])
-      g = jax.grad(loss_fn)(p, x[idx], y[idx])
-      u, s = opt.update(g, s, p)
-      return (optax.apply_updates(p, u), s), None
-    (p, _), _ = jax.lax.scan(body, (p, opt.init(p)), jax.random.split(rng, steps))
-    return p
-
-  params = train(params, x_train, y_train.astype(np.int32), jax.random.key(seed + 1))
+  params = adam_fit(loss_fn, params, (x_train, y_train.astype(np.int32)), steps=steps,
+                    batch_size=batch_size, learning_rate=learning_rate,
+                    rng=jax.random.key(seed + 1))
   clf = SampleClassifier(dataset, options, classes, features, tuple(x_train.shape[1:]),
                          params, 0.0, 0.0)
   clf.val_accuracy = class_accuracy(clf, x_check, y_check)
   clf.train_seconds = round(time.time() - start, 2)
-  os.makedirs(cache_dir, exist_ok=True)
-  meta = {"dataset": dataset, "options": options, "hparams": hparams,
-          "num_classes": classes, "image_shape": list(clf.image_shape),
-          "val_accuracy": clf.val_accuracy, "train_seconds": clf.train_seconds,
-          "version": CLASSIFIER_VERSION}
-  # Weights first, then the metadata that marks the entry complete; each written atomically.
-  for suffix, data, mode in ((".msgpack", flax.serialization.to_bytes(params), "wb"),
-                             (".json", json.dumps(meta, indent=1, default=str), "w")):
-    tmp = f"{stem}{suffix}.tmp{os.getpid()}"
-    with open(tmp, mode) as f:
-      f.write(data)
-    os.replace(tmp, stem + suffix)
+  write_cached(stem, params, {
+      "dataset": dataset, "options": options, "hparams": hparams, "num_classes": classes,
+      "image_shape": list(clf.image_shape), "val_accuracy": clf.val_accuracy,
+      "train_seconds": clf.train_seconds, "version": CLASSIFIER_VERSION})
   return clf
 
 
