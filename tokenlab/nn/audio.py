@@ -12,13 +12,22 @@ of librosa's filterbank, which the tests check against independent formulas):
   (linear below 1 kHz, logarithmic above) or HTK's (2595 log10(1 + f / 700)); with
   `norm`, each filter is divided by its width in Hz / 2 (Slaney's equal-area norm);
 - log-mel = ln(max(mel power, eps)).
+
+The way back (for codecs that decode to log-mel): `istft` (windowed overlap-add),
+`mel_to_linear_power` (non-negative least squares through the filterbank), `griffin_lim`
+(phase from magnitude) and `mel_to_waveform`, all three chained. Codec blocks: `Conv1D`,
+`ResBlock1D`, `ConvEncoder1D` (stride-2 stages down to a token frame rate) and
+`ConvDecoder1D` (upsampling back), over (B, frames, channels).
 """
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from tokenlab.nn.layers import RMSNorm
 
 _SLANEY_F_SP = 200.0 / 3  # Hz per mel below 1 kHz on the Slaney scale.
 _SLANEY_MIN_LOG_HZ = 1000.0
@@ -127,3 +136,200 @@ def log_mel_spectrogram(x: jnp.ndarray, sample_rate: int = 16_000, n_fft: int = 
   # HIGHEST: on TPU/GPU the default matmul precision (bf16 passes) would cost ~1e-2 in log.
   mel = jnp.matmul(power, filters, precision=jax.lax.Precision.HIGHEST)
   return jnp.log(jnp.maximum(mel, eps))
+
+
+# --- inversion: log-mel -> linear power -> waveform (Griffin-Lim) ---------------------------
+
+def istft(spec: jnp.ndarray, n_fft: int = 400, hop: int = 160, center: bool = True,
+          length: int | None = None) -> jnp.ndarray:
+  """Inverse of `stft` by windowed overlap-add (least squares for a consistent spectrogram).
+
+  Args:
+    spec: complex (..., frames, n_fft // 2 + 1), e.g. `stft(x)`.
+    n_fft, hop, center: as in `stft`.
+    length: samples to return (cropped or zero-padded); default hop * (frames - 1), the
+      length whose centred STFT has `frames` frames again.
+
+  Returns:
+    float32 (..., length); istft(stft(x), length=len(x)) == x up to float error.
+  """
+  frames = spec.shape[-2]
+  window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)   # hann_window, numpy
+  chunks = jnp.fft.irfft(spec, n=n_fft, axis=-1).astype(jnp.float32) * window.astype(np.float32)
+  total = n_fft + hop * (frames - 1)
+  idx = (np.arange(frames)[:, None] * hop + np.arange(n_fft)[None, :]).reshape(-1)
+  out = jnp.zeros(chunks.shape[:-2] + (total,), jnp.float32).at[..., idx].add(
+      chunks.reshape(chunks.shape[:-2] + (-1,)))
+  # Sum of squared windows at each sample (a constant): dividing by it undoes the analysis
+  # and synthesis windows. Near the ends (inside the centring pad) it falls to ~0; a floor
+  # keeps those samples finite instead of amplifying inconsistent phase there.
+  norm = np.zeros(total)
+  np.add.at(norm, idx, np.tile(window ** 2, frames))
+  out = out / np.maximum(norm, 1e-3 * norm.max()).astype(np.float32)
+  if center:
+    out = out[..., n_fft // 2:]
+  length = hop * (frames - 1) if length is None else length
+  if out.shape[-1] >= length:
+    return out[..., :length]
+  return jnp.pad(out, [(0, 0)] * (out.ndim - 1) + [(0, length - out.shape[-1])])
+
+
+def griffin_lim(magnitude: jnp.ndarray, n_fft: int = 400, hop: int = 160,
+                length: int | None = None, n_iter: int = 32, momentum: float = 0.99,
+                rng: jax.Array | None = None) -> jnp.ndarray:
+  """A waveform whose STFT magnitude approaches `magnitude`: fast Griffin-Lim (Griffin & Lim
+  1984; the momentum of Perraudin et al. 2013), centred Hann STFT as `stft`.
+
+  Args:
+    magnitude: float (..., frames, n_fft // 2 + 1), |STFT| (not power).
+    n_fft, hop: as in `stft`.
+    length: samples to return (default hop * (frames - 1)).
+    n_iter: projections (each one istft + stft).
+    momentum: 0 = plain Griffin-Lim; 0.99 converges much faster.
+    rng: a key for random initial phases; None starts from zero phase.
+
+  Returns:
+    float32 (..., length). Phase is estimated, not known: a waveform from a magnitude alone
+    differs from the original in phase, so waveform metrics such as SI-SNR against the
+    original stay low even when the magnitude matches (spectral convergence is the fair
+    measure of the inversion itself).
+  """
+  magnitude = jnp.asarray(magnitude, jnp.float32)
+  frames = magnitude.shape[-2]
+  inner = hop * (frames - 1)   # stft of this many samples has exactly `frames` frames
+  if rng is None:
+    angles = jnp.ones(magnitude.shape, jnp.complex64)
+  else:
+    angles = jnp.exp(2j * jnp.pi * jax.random.uniform(rng, magnitude.shape)).astype(
+        jnp.complex64)
+  beta = momentum / (1.0 + momentum)
+
+  def step(_, carry):
+    angles, previous = carry
+    rebuilt = stft(istft(magnitude * angles, n_fft, hop, True, inner), n_fft, hop, True)
+    accelerated = rebuilt - beta * previous
+    return accelerated / (jnp.abs(accelerated) + 1e-8), rebuilt
+
+  angles, _ = jax.lax.fori_loop(0, n_iter, step,
+                                (angles, jnp.zeros(magnitude.shape, jnp.complex64)))
+  return istft(magnitude * angles, n_fft, hop, True, inner if length is None else length)
+
+
+def mel_to_linear_power(mel_power: jnp.ndarray, filters: np.ndarray,
+                        n_iter: int = 30) -> jnp.ndarray:
+  """Non-negative least squares inverse of the mel filterbank: (..., T, n_mels) mel power ->
+  (..., T, F) linear power x >= 0 minimising |x @ filters - mel_power|^2.
+
+  Starts from each frequency's filter-weighted mean of the mel bands' flat-spectrum levels
+  (mel_m / sum_f filters[f, m]) and refines with multiplicative updates (Lee & Seung), which
+  keep x non-negative. The filterbank has fewer bands than frequencies, so detail inside a
+  band is not recoverable: the result is the smooth spectrum the bands imply.
+  """
+  f = jnp.asarray(filters, jnp.float32)                       # (F, M)
+  mel_power = jnp.asarray(mel_power, jnp.float32)
+  hp = jax.lax.Precision.HIGHEST
+  level = mel_power / jnp.maximum(jnp.sum(f, axis=0), 1e-12)  # (..., T, M) flat levels
+  x = jnp.matmul(level, f.T, precision=hp) / jnp.maximum(jnp.sum(f, axis=1), 1e-12)
+  gram = jnp.matmul(f, f.T, precision=hp)                     # (F, F)
+  target = jnp.matmul(mel_power, f.T, precision=hp)           # (..., T, F)
+
+  def step(_, x):
+    return x * target / (jnp.matmul(x, gram, precision=hp) + 1e-12)
+
+  return jax.lax.fori_loop(0, n_iter, step, x)
+
+
+def mel_to_waveform(log_mel: jnp.ndarray, sample_rate: int = 16_000, n_fft: int = 400,
+                    hop: int = 160, length: int | None = None, n_iter: int = 32,
+                    rng: jax.Array | None = None, **filter_kw) -> jnp.ndarray:
+  """Log-mel (..., T, n_mels) as `log_mel_spectrogram` makes it -> waveform (..., length):
+  exp, `mel_to_linear_power`, square root, `griffin_lim`. `filter_kw`: fmin, fmax, scale,
+  norm of the filterbank (must match the forward transform's)."""
+  n_mels = log_mel.shape[-1]
+  filters = mel_filterbank(sample_rate, n_fft, n_mels, **filter_kw)
+  power = mel_to_linear_power(jnp.exp(jnp.asarray(log_mel, jnp.float32)), filters)
+  return griffin_lim(jnp.sqrt(power), n_fft, hop, length, n_iter, rng=rng)
+
+
+# --- 1-D convolution blocks for codecs and speech encoders ----------------------------------
+
+def _conv_init(axes: tuple):
+  # LeCun normal, untruncated (the truncated normal's inverse erf costs compile time).
+  return nn.with_logical_partitioning(
+      nn.initializers.variance_scaling(1.0, "fan_in", "uniform"), axes)
+
+
+class Conv1D(nn.Module):
+  """A convolution over time: (B, T, C) -> (B, ceil(T / stride), features), 'SAME' padding.
+  Kernel (kernel, C, features) with the output channels on the logical axis `out_axis`."""
+  features: int
+  kernel: int = 3
+  stride: int = 1
+  out_axis: str | None = "embed"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.Conv(self.features, (self.kernel,), strides=(self.stride,), padding="SAME",
+                   kernel_init=_conv_init((None, None, self.out_axis)),
+                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                          (self.out_axis,)))(x)
+
+
+class ResBlock1D(nn.Module):
+  """x + conv(silu(norm(conv(silu(norm(x)))))), a 1x1 projection when channels change.
+
+  The norm is RMSNorm per frame, never a statistic over time (no batch or group norm): a
+  frame's output depends on its receptive field only, not on how much padding follows."""
+  features: int
+  kernel: int = 3
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = Conv1D(self.features, self.kernel)(nn.silu(RMSNorm()(x)))
+    h = Conv1D(self.features, self.kernel)(nn.silu(RMSNorm()(h)))
+    if x.shape[-1] != self.features:
+      x = Conv1D(self.features, kernel=1)(x)
+    return x + h
+
+
+class ConvEncoder1D(nn.Module):
+  """(B, T, C) -> (B, T / 2^S, out_dim), S = len(mults): an input conv, then per stage
+  `res_blocks` residual blocks and a stride-2 conv (kernel 4) to width * mult channels
+  (SoundStream / EnCodec's encoder shape, on frames instead of samples). T must divide by
+  2^S."""
+  width: int
+  mults: tuple
+  out_dim: int
+  res_blocks: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = Conv1D(self.width, kernel=7)(x)
+    for mult in self.mults:
+      for _ in range(self.res_blocks):
+        x = ResBlock1D(self.width * mult)(x)
+      x = Conv1D(self.width * mult, kernel=4, stride=2)(x)
+    for _ in range(self.res_blocks):
+      x = ResBlock1D(self.width * self.mults[-1])(x)
+    return Conv1D(self.out_dim, kernel=1, out_axis=None)(nn.silu(RMSNorm()(x)))
+
+
+class ConvDecoder1D(nn.Module):
+  """(B, t, D) -> (B, t 2^S, out_dim): the encoder mirrored, each stage a nearest-neighbour
+  2x upsampling in time, a conv and `res_blocks` residual blocks."""
+  width: int
+  mults: tuple
+  out_dim: int
+  res_blocks: int = 1
+
+  @nn.compact
+  def __call__(self, z: jax.Array) -> jax.Array:
+    x = Conv1D(self.width * self.mults[-1], kernel=7)(z)
+    for _ in range(self.res_blocks):
+      x = ResBlock1D(self.width * self.mults[-1])(x)
+    for mult in reversed(self.mults):
+      x = jnp.repeat(x, 2, axis=-2)
+      x = Conv1D(self.width * mult, kernel=3)(x)
+      for _ in range(self.res_blocks):
+        x = ResBlock1D(self.width * mult)(x)
+    return Conv1D(self.out_dim, kernel=7, out_axis=None)(nn.silu(RMSNorm()(x)))

@@ -80,18 +80,24 @@ def straight_through(z: jax.Array, q: jax.Array) -> jax.Array:
   return jax.lax.stop_gradient(q) + (z - jax.lax.stop_gradient(z))
 
 
-def code_metrics(codes: jax.Array, codebook_size: int, bits_per_token: float) -> dict[str, jax.Array]:
+def code_metrics(codes: jax.Array, codebook_size: int, bits_per_token: float,
+                 weights: jax.Array | None = None) -> dict[str, jax.Array]:
   """Usage and perplexity of a batch of codes.
 
   codes: (..., G) ints in [0, codebook_size), G independent code streams. Returns ``usage``
   (fraction of the codebook's entries used at least once), ``perplexity`` (exp of the entropy
   in nats of the empirical code distribution: 1 when one code is used, codebook_size when all
-  are used equally), each a mean over the G streams, and ``bits_per_token``.
+  are used equally), each a mean over the G streams, and ``bits_per_token``. ``weights``
+  (...,) (e.g. a 0/1 mask of valid positions; None = all 1) weigh each position's codes, so
+  a position of weight 0 (padding) neither counts as used nor enters the distribution.
   """
   g = codes.shape[-1]
   flat = codes.reshape(-1, g)
-  counts = jnp.zeros((g, codebook_size), jnp.float32).at[jnp.arange(g)[None, :], flat].add(1.0)
-  p = counts / jnp.maximum(flat.shape[0], 1)
+  w = (jnp.ones((flat.shape[0], 1), jnp.float32) if weights is None
+       else jnp.asarray(weights, jnp.float32).reshape(-1, 1))
+  counts = jnp.zeros((g, codebook_size), jnp.float32).at[jnp.arange(g)[None, :], flat].add(
+      jnp.broadcast_to(w, flat.shape))
+  p = counts / jnp.maximum(jnp.sum(w), 1e-12)
   entropy = -jnp.sum(xlogy(p, p), axis=-1)
   return {"usage": jnp.mean(counts > 0, dtype=jnp.float32),
           "perplexity": jnp.mean(jnp.exp(entropy)),
@@ -137,7 +143,7 @@ def nearest_code(z: jax.Array, codebook: jax.Array) -> jax.Array:
 
 
 def ema_update(state: VQState, z: jax.Array, codes: jax.Array, *, decay: float = 0.99,
-               epsilon: float = 1e-5) -> VQState:
+               epsilon: float = 1e-5, weights: jax.Array | None = None) -> VQState:
   """One EMA codebook update from a batch z (..., D) assigned to codes (...,).
 
   With n_k the batch count and s_k the batch sum of code k:
@@ -146,13 +152,17 @@ def ema_update(state: VQState, z: jax.Array, codes: jax.Array, *, decay: float =
     codebook_k     <- embed_sum_k / smoothed_k,
   smoothed = (cluster_size + eps) / (N + K eps) * N with N = sum(cluster_size): Laplace
   smoothing, which keeps a code with a tiny count finite. Under pjit the sums are global.
+  `weights` (...,) (None = all 1) weigh each vector in n_k and s_k: weight-0 vectors
+  (padding) leave the codebook as if they were not in the batch.
   """
   k, d = state.codebook.shape
   dt = state.cluster_size.dtype
   flat_z = jax.lax.stop_gradient(z).reshape(-1, d).astype(dt)
   flat_c = codes.reshape(-1)
-  counts = jax.ops.segment_sum(jnp.ones(flat_c.shape, dt), flat_c, num_segments=k)
-  sums = jax.ops.segment_sum(flat_z, flat_c, num_segments=k)
+  w = (jnp.ones(flat_c.shape, dt) if weights is None
+       else jnp.asarray(weights, dt).reshape(-1))
+  counts = jax.ops.segment_sum(w, flat_c, num_segments=k)
+  sums = jax.ops.segment_sum(flat_z * w[:, None], flat_c, num_segments=k)
   cluster_size = decay * state.cluster_size + (1.0 - decay) * counts
   embed_sum = decay * state.embed_sum + (1.0 - decay) * sums
   total = jnp.sum(cluster_size)
@@ -164,8 +174,10 @@ def ema_update(state: VQState, z: jax.Array, codes: jax.Array, *, decay: float =
 
 
 def restart_dead_codes(state: VQState, z: jax.Array, rng: jax.Array, *, dead_after: int = 0,
-                       threshold: float = 0.0) -> tuple[VQState, jax.Array]:
-  """Resets dead codes to encoder outputs drawn uniformly (with replacement) from z (..., D).
+                       threshold: float = 0.0,
+                       weights: jax.Array | None = None) -> tuple[VQState, jax.Array]:
+  """Resets dead codes to encoder outputs drawn uniformly (with replacement) from z (..., D)
+  (with `weights` (...,): only from vectors of weight > 0, e.g. not from padding).
 
   Dead: unused for at least `dead_after` updates (if > 0), or EMA count below `threshold`
   (if > 0). A restarted code gets count c = max(1, threshold) and embed_sum = c * vector, so
@@ -178,7 +190,14 @@ def restart_dead_codes(state: VQState, z: jax.Array, rng: jax.Array, *, dead_aft
   if threshold > 0:
     dead = dead | (state.cluster_size < threshold)
   flat = jax.lax.stop_gradient(z).reshape(-1, d)
-  picks = flat[jax.random.randint(rng, (k,), 0, flat.shape[0])].astype(state.codebook.dtype)
+  if weights is None:
+    index = jax.random.randint(rng, (k,), 0, flat.shape[0])
+  else:
+    valid = jnp.asarray(weights).reshape(-1) > 0
+    # Uniform over the valid vectors (over all when none is valid: nothing better to pick).
+    logits = jnp.where(valid | ~jnp.any(valid), 0.0, -jnp.inf)
+    index = jax.random.categorical(rng, logits, shape=(k,))
+  picks = flat[index].astype(state.codebook.dtype)
   count = max(1.0, threshold)
   new = VQState(
       codebook=jnp.where(dead[:, None], picks, state.codebook),
@@ -196,6 +215,14 @@ def _rng(module: nn.Module, rng: jax.Array | None, what: str) -> jax.Array:
   if module.scope is None:
     raise TokenlabError(f"{type(module).__name__}: {what} needs randomness: pass rng=")
   return module.make_rng("quantizer")
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Mean of x (..., D) over the positions where mask (...,) is nonzero (all if None)."""
+  if mask is None:
+    return jnp.mean(x)
+  m = jnp.asarray(mask, x.dtype)[..., None]
+  return jnp.sum(x * m) / jnp.maximum(jnp.sum(m) * x.shape[-1], 1e-12)
 
 
 class _VQOptions(nn.Module):
@@ -230,6 +257,9 @@ class VectorQuantizer(_VQOptions):
     (:func:`restart_dead_codes`, if dead_after or dead_threshold > 0);
     loss = commitment_cost |z - sg(q)|^2. ``values`` always use the codebook before the update.
   codes: (...,) int32; metrics also hold ``restarted`` (codes reset by this call).
+  ``mask`` (...,) (z.shape[:-1]; None = all valid) marks valid positions: the losses are
+  means over valid positions only, and padding enters neither the EMA update, nor the
+  restart picks, nor usage / perplexity.
   """
 
   @property
@@ -266,27 +296,28 @@ class VectorQuantizer(_VQOptions):
     return jnp.take(self.codebook(), codes, axis=0)
 
   def __call__(self, z: jax.Array, *, train: bool = False,
-               rng: jax.Array | None = None) -> Quantized:
+               rng: jax.Array | None = None, mask: jax.Array | None = None) -> Quantized:
     if z.shape[-1] != self.dim:
       raise TokenlabError(f"VectorQuantizer(dim={self.dim}) got z of shape {z.shape}")
     codebook = self.codebook()
     codes = nearest_code(z, codebook)
     q = jnp.take(codebook, codes, axis=0).astype(z.dtype)
     dt = _float(z.dtype)
-    commit = jnp.mean(jnp.square((z - jax.lax.stop_gradient(q)).astype(dt)))
+    commit = _masked_mean(jnp.square((z - jax.lax.stop_gradient(q)).astype(dt)), mask)
     loss = self.commitment_cost * commit
     if not self.ema:
-      loss = loss + jnp.mean(jnp.square((jax.lax.stop_gradient(z) - q).astype(dt)))
-    metrics = code_metrics(codes[..., None], self.codebook_size, self.bits_per_token)
+      loss = loss + _masked_mean(jnp.square((jax.lax.stop_gradient(z) - q).astype(dt)), mask)
+    metrics = code_metrics(codes[..., None], self.codebook_size, self.bits_per_token, mask)
     restart = self.dead_after > 0 or self.dead_threshold > 0
     if (self.ema and train and self.is_mutable_collection(STATS)
         and not self.is_initializing()):
-      new = ema_update(self.state(), z, codes, decay=self.decay, epsilon=self.epsilon)
+      new = ema_update(self.state(), z, codes, decay=self.decay, epsilon=self.epsilon,
+                       weights=mask)
       restarted = jnp.zeros((), jnp.int32)
       if restart:
         new, restarted = restart_dead_codes(new, z, _rng(self, rng, "dead-code restart"),
                                             dead_after=self.dead_after,
-                                            threshold=self.dead_threshold)
+                                            threshold=self.dead_threshold, weights=mask)
       self._codebook.value, self._cluster_size.value = new.codebook, new.cluster_size
       self._embed_sum.value, self._unused.value = new.embed_sum, new.unused
       metrics["restarted"] = restarted.astype(jnp.float32)
@@ -298,7 +329,8 @@ class VectorQuantizer(_VQOptions):
 class ResidualVQ(_VQOptions):
   """L VQ levels on successive residuals: r_0 = z, q_l = VQ_l(r_l), r_{l+1} = r_l - q_l;
   values = sum_l q_l (straight-through to z). codes (..., L); loss = sum of the levels' losses
-  (each level's commitment term reaches z through r_l). Options as VectorQuantizer, per level.
+  (each level's commitment term reaches z through r_l). Options and ``mask`` as
+  VectorQuantizer, per level.
 
   Nearest-neighbour assignment alone does not shrink the residual (a random codebook can
   have no entry closer to r_l than the origin); fitted codebooks (EMA / codebook loss) do.
@@ -321,10 +353,11 @@ class ResidualVQ(_VQOptions):
     return out
 
   def __call__(self, z: jax.Array, *, train: bool = False,
-               rng: jax.Array | None = None) -> Quantized:
+               rng: jax.Array | None = None, mask: jax.Array | None = None) -> Quantized:
     residual, total, codes, loss, restarted = z, jnp.zeros_like(z), [], 0.0, 0.0
     for i, vq in enumerate(self.quantizers):
-      out = vq(residual, train=train, rng=None if rng is None else jax.random.fold_in(rng, i))
+      out = vq(residual, train=train, rng=None if rng is None else jax.random.fold_in(rng, i),
+               mask=mask)
       q = jax.lax.stop_gradient(out.values)     # exactly the level's codebook vector
       residual = residual - q
       total = total + q
@@ -332,7 +365,7 @@ class ResidualVQ(_VQOptions):
       loss = loss + out.loss
       restarted = restarted + out.metrics["restarted"]
     codes = jnp.stack(codes, axis=-1)
-    metrics = code_metrics(codes, self.codebook_size, self.bits_per_token)
+    metrics = code_metrics(codes, self.codebook_size, self.bits_per_token, mask)
     metrics["restarted"] = restarted
     return Quantized(straight_through(z, total), codes, jnp.asarray(loss), metrics)
 
@@ -346,7 +379,8 @@ class FSQ(nn.Module):
 
   Dimension i is bounded to about (-L_i/2, L_i/2) by a shifted tanh, rounded (straight-through)
   to one of L_i integers and divided by L_i // 2; code = sum_i digit_i * prod_{j<i} L_j with
-  digit_i in [0, L_i). No parameters, loss 0.
+  digit_i in [0, L_i). No parameters, loss 0; ``mask`` (...,) only keeps padding out of
+  usage / perplexity.
   """
   levels: Sequence[int]
   epsilon: float = 1e-3
@@ -390,7 +424,7 @@ class FSQ(nn.Module):
     return ((digits - half_width) / half_width).astype(jnp.float32)
 
   def __call__(self, z: jax.Array, *, train: bool = False,
-               rng: jax.Array | None = None) -> Quantized:
+               rng: jax.Array | None = None, mask: jax.Array | None = None) -> Quantized:
     del train, rng
     if z.shape[-1] != self.dim:
       raise TokenlabError(f"FSQ(levels={tuple(self.levels)}) got z of shape {z.shape}")
@@ -401,7 +435,8 @@ class FSQ(nn.Module):
     codes = jnp.sum(digits * basis, axis=-1).astype(jnp.int32)
     values = straight_through(bounded, rounded) / half_width.astype(z.dtype)
     return Quantized(values, codes, jnp.zeros((), jnp.float32),
-                     code_metrics(codes[..., None], self.codebook_size, self.bits_per_token))
+                     code_metrics(codes[..., None], self.codebook_size, self.bits_per_token,
+                                  mask))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,31 +91,41 @@ def load_trained(workdir: str, example_batch: dict[str, np.ndarray],
 
 @dataclasses.dataclass
 class FrozenTokenizer:
-  """A trained image (or other) tokenizer bound to its weights, for other experiments.
+  """A trained tokenizer (image, video, audio) bound to its weights, for other experiments.
 
-  `encode(images) -> codes` and `decode(codes) -> images` call the method's
-  `encode(variables, x)` / `decode(variables, codes)` with the run's variables (numpy arrays,
-  so a jitted caller embeds them as constants, and gradients never reach them). `config` is
-  the tokenizer run's config; `method` exposes e.g. `bits_per_token`, `codebook_size`, `grid`.
+  `encode(x) -> codes` and `decode(codes) -> x` call the method's `encode(variables, x)` /
+  `decode(variables, codes)` with the run's variables (numpy arrays, so a jitted caller
+  embeds them as constants, and gradients never reach them). What x is depends on the
+  method: images (B, H, W, C) in [0, 1] -> codes (B, h, w[, G]) for image_tokenizer; a
+  `speech` batch or log-mel (B, T, M) -> codes (B, t[, K]) for audio_codec, whose decode
+  gives log-mel back. `config` is the tokenizer run's config; `method` exposes e.g.
+  `bits_per_token`, `codebook_size`, `grid`, `frame_rate_hz`.
   """
   config: ConfigDict
   method: Method
   variables: Any
   step: int
 
-  def encode(self, images: Any) -> jax.Array:
-    """images (B, H, W, C) in [0, 1] -> int32 codes (B, h, w[, G])."""
-    return self.method.encode(self.variables, images)
+  def encode(self, x: Any) -> jax.Array:
+    """The method's input (images (B, H, W, C) in [0, 1], a speech batch, ...) -> int32
+    codes (B, h, w[, G]), (B, t[, K]), ..."""
+    return self.method.encode(self.variables, x)
 
   def decode(self, codes: Any) -> jax.Array:
-    """codes (B, h, w[, G]) -> images (B, H, W, C) in [0, 1]."""
+    """codes -> the method's output space (images in [0, 1], log-mel, ...)."""
     return self.method.decode(jax.tree.map(jax.lax.stop_gradient, self.variables), codes)
 
 
-def load_frozen_tokenizer(workdir: str, step: int | None = None) -> FrozenTokenizer:
+def load_frozen_tokenizer(workdir: str, step: int | None = None,
+                          **options: Any) -> FrozenTokenizer:
   """The tokenizer trained in `workdir` (its latest or given checkpoint), frozen: what an
   experiment's `tokenizer_workdir` key names. Raises TokenlabError when the run's method has
-  no encode/decode."""
+  no encode/decode.
+
+  A method whose tokenizer needs more than the checkpoint (e.g. speech_ssl's k-means units,
+  fitted after training and saved next to the checkpoints) defines
+  `frozen_variables(workdir, variables, **options) -> variables`; `options` (e.g. units=100)
+  go to it, and to no other method (a TokenlabError names them)."""
   from tokenlab import data as data_lib
   from tokenlab.method import as_variables
   config = load_config_from_workdir(workdir)
@@ -127,4 +137,9 @@ def load_frozen_tokenizer(workdir: str, step: int | None = None) -> FrozenTokeni
   spec = data_lib.batch_spec(config.data, 1)
   run = load_trained(workdir, {k: np.zeros(s.shape, s.dtype) for k, s in spec.items()}, step)
   variables = jax.device_get(as_variables(run.params, run.model_state))
+  if hasattr(run.method, "frozen_variables"):
+    variables = run.method.frozen_variables(workdir, variables, **options)
+  elif options:
+    raise TokenlabError(f"load_frozen_tokenizer({', '.join(sorted(options))}=...): a "
+                        f"'{config.model.name}' tokenizer takes no options")
   return FrozenTokenizer(config, run.method, variables, run.step)
