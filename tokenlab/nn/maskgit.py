@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tokenlab.nn.corruption import random_subset
 from tokenlab.nn.generate import guided_logits, sample_logits
 
 SCHEDULES = ("cosine", "linear")
@@ -127,3 +128,62 @@ def maskgit_decode(logits_fn: Callable[[jax.Array], jax.Array], batch_shape: tup
 
   (tokens, _), history = jax.lax.scan(step, (tokens, rng), (jnp.arange(num_steps), plan))
   return (tokens, history) if return_history else tokens
+
+
+def training_mask(rng: jax.Array, batch: int, num_tokens: int,
+                  schedule: str = "cosine") -> jax.Array:
+  """MaskGIT training masks (B, N) bool, True = masked: per row r ~ U(0, 1), then
+  ceil(N * gamma(r)) positions (at least 1) chosen uniformly at random, gamma the decoding
+  schedule (`mask_ratio`), so training sees the mask ratios decoding visits."""
+  r_ratio, r_pos = jax.random.split(rng)
+  u = jax.random.uniform(r_ratio, (batch,))
+  if schedule == "cosine":
+    gamma = jnp.cos(0.5 * jnp.pi * u)
+  else:
+    mask_ratio(0.0, schedule)   # ValueError for an unknown schedule
+    gamma = 1.0 - u
+  count = jnp.clip(jnp.ceil(num_tokens * gamma), 1, num_tokens).astype(jnp.int32)
+  return random_subset(r_pos, jnp.ones((batch, num_tokens), bool), count)
+
+
+def ordered_decode(logits_fn: Callable[[jax.Array], jax.Array], batch_shape: tuple[int, int],
+                   *, mask_id: int, rng: jax.Array, tokens_per_step: int = 1,
+                   order: jax.Array | np.ndarray | None = None, temperature: float = 1.0,
+                   top_k: int = 0, cfg_scale: float | jax.Array | None = None) -> jax.Array:
+  """Fills a fully masked grid in a fixed order, `tokens_per_step` positions per network call:
+  the token-by-token (autoregressive-order) decoding of a masked model, MaskGIT's baseline.
+
+  Step s runs the model on the grid so far and samples positions order[s k : (s + 1) k]
+  from their predictions (the rest stay masked), so the grid is done in N / k network
+  evaluations (k = tokens_per_step; MaskGIT needs its T steps). `order` (N,) is a
+  permutation of positions (default: raster order 0..N-1); `logits_fn`, `cfg_scale`,
+  `temperature` and `top_k` as in `maskgit_decode`.
+
+  Returns (B, N) int32 tokens with no mask left.
+  """
+  batch, length = batch_shape
+  k = tokens_per_step
+  if k < 1 or length % k:
+    raise ValueError(f"tokens_per_step={k} must divide the {length} grid positions")
+  order = np.arange(length) if order is None else np.asarray(order)
+  if sorted(order.tolist()) != list(range(length)):
+    raise ValueError(f"order must be a permutation of 0..{length - 1}")
+  slots = jnp.asarray(order.reshape(length // k, k), jnp.int32)        # (steps, k)
+  tokens = jnp.full((batch, length), mask_id, jnp.int32)
+
+  def step(carry, positions):
+    tokens, rng = carry
+    rng, r_sample = jax.random.split(rng)
+    if cfg_scale is None:
+      logits = logits_fn(tokens).astype(jnp.float32)
+    else:
+      logits = guided_logits(logits_fn(jnp.concatenate([tokens, tokens], 0)), cfg_scale)
+    logits = jnp.take(logits, positions, axis=1)                         # (B, k, vocab)
+    if mask_id < logits.shape[-1]:
+      logits = logits.at[..., mask_id].set(-jnp.inf)
+    sampled = sample_logits(logits.reshape(batch * k, -1), r_sample, temperature=temperature,
+                            top_k=top_k).reshape(batch, k)
+    return (tokens.at[:, positions].set(sampled.astype(jnp.int32)), rng), None
+
+  (tokens, _), _ = jax.lax.scan(step, (tokens, rng), slots)
+  return tokens
