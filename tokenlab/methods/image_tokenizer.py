@@ -48,8 +48,11 @@ from tokenlab.errors import ConfigError
 from tokenlab.evals.image import reconstruction_metrics
 from tokenlab.method import Average, Batch, Method, PyTree, as_variables
 from tokenlab.nn.layers import DenseGeneral
-from tokenlab.nn.quantizers import (FSQ, LFQ, STATS, BinaryQuantizer, Quantized, ResidualVQ,
-                                    VectorQuantizer)
+# The quantizer wiring (and the KL bottleneck) live in nn/quantizers.py, shared with the video
+# tokenizer; the names stay importable from here.
+from tokenlab.nn.quantizers import GaussianPosterior  # noqa: F401  (re-exported)
+from tokenlab.nn.quantizers import STATS, Quantized, make_quantizer
+from tokenlab.nn.quantizers import quantizer_latent_size as latent_size
 from tokenlab.nn.transformer import TransformerStack
 from tokenlab.nn.vision import ViT, default_mlp_dim, sincos_2d, unpatchify
 from tokenlab.registry import register_method
@@ -239,65 +242,6 @@ class ImageTokenizerModule(nn.Module):
     """-> (unclipped reconstruction (B, H, W, C), the quantizer's Quantized)."""
     q = self.quantizer(self.encode_latents(images), train=train)
     return self.decode_values(q.values), q
-
-
-class GaussianPosterior(nn.Module):
-  """The continuous bottleneck of a KL autoencoder, behind the quantizers' interface.
-
-  z (..., 2 dim) = (mean, log variance) -> `Quantized` with values = mean + std * eps in
-  training (eps on the "quantizer" rng) and the mean at eval, codes = the mean (float: the
-  continuous latent is the token), loss = KL(N(mean, var) || N(0, 1)) averaged over latent
-  elements, no code metrics. bits_per_token counts float32 numbers (32 per channel).
-  """
-  dim: int
-
-  @property
-  def codebook_size(self) -> int:
-    return 0
-
-  @property
-  def bits_per_token(self) -> float:
-    return 32.0 * self.dim
-
-  def decode(self, codes: jax.Array) -> jax.Array:
-    return codes
-
-  def __call__(self, z: jax.Array, *, train: bool = False,
-               rng: jax.Array | None = None) -> Quantized:
-    mean, logvar = jnp.split(z.astype(jnp.float32), 2, axis=-1)
-    logvar = jnp.clip(logvar, -30.0, 20.0)
-    values = mean
-    if train:
-      rng = rng if rng is not None else self.make_rng("quantizer")
-      values = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
-    kl = 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
-    return Quantized(values, mean, kl, {})
-
-
-def latent_size(cfg: ImageTokenizerConfig) -> int:
-  """The encoder's output size per position for the configured quantizer."""
-  return {"fsq": len(cfg.fsq_levels), "lfq": cfg.num_bits, "binary": cfg.num_bits,
-          "kl": 2 * cfg.latent_dim}.get(cfg.quantizer, cfg.latent_dim)
-
-
-def make_quantizer(cfg: ImageTokenizerConfig) -> nn.Module:
-  vq = dict(codebook_size=cfg.codebook_size, dim=cfg.latent_dim,
-            commitment_cost=cfg.commitment_cost, decay=cfg.ema_decay,
-            dead_after=cfg.dead_after)
-  if cfg.quantizer == "vq_ema":
-    return VectorQuantizer(**vq, ema=True)
-  if cfg.quantizer == "vq":
-    return VectorQuantizer(**vq, ema=False)
-  if cfg.quantizer == "rvq":
-    return ResidualVQ(**vq, ema=True, levels=cfg.rvq_levels)
-  if cfg.quantizer == "fsq":
-    return FSQ(tuple(cfg.fsq_levels))
-  if cfg.quantizer == "kl":
-    return GaussianPosterior(cfg.latent_dim)
-  if cfg.quantizer == "lfq":
-    return LFQ(cfg.num_bits, commitment_cost=cfg.commitment_cost,
-               entropy_weight=cfg.lfq_entropy_weight)
-  return BinaryQuantizer(cfg.num_bits)
 
 
 @register_method("image_tokenizer")

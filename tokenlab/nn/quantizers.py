@@ -31,6 +31,10 @@ takes) and ``bits_per_token`` (bits of all codes at one position). ``__call__`` 
 - :class:`GaussianQuantile`: TokenBridge's post-training per-dimension quantization (arXiv
   2503.16430): B bins with standard-normal-quantile edges, reconstruction at the truncated-
   normal mean of each bin (or the bin's median).
+- :class:`GaussianPosterior`: no quantizer, the continuous diagonal-Gaussian latent of a KL
+  autoencoder behind the same interface; :func:`make_quantizer` builds any of them from a
+  tokenizer config's `quantizer` name (image and video tokenizers), and
+  :func:`quantizer_latent_size` gives the encoder output size it needs.
 
 EMA state. The EMA codebook lives in the flax collection ``vq_stats`` (``codebook``,
 ``cluster_size``, ``embed_sum``, ``unused`` per VQ), which a loop that holds it updates with
@@ -59,7 +63,8 @@ from tokenlab.nn.layers import param_with_axes
 __all__ = ["Quantized", "straight_through", "code_metrics", "VQState", "init_vq_state",
            "nearest_code", "ema_update", "restart_dead_codes", "VectorQuantizer", "ResidualVQ",
            "FSQ", "LFQ", "BinaryQuantizer", "GaussianQuantile", "bits_to_code", "code_to_bits",
-           "split_code", "merge_codes", "gaussian_quantile_bins"]
+           "split_code", "merge_codes", "gaussian_quantile_bins", "GaussianPosterior",
+           "QUANTIZER_NAMES", "STATEFUL_QUANTIZERS", "quantizer_latent_size", "make_quantizer"]
 
 Dtype = Any
 STATS = "vq_stats"
@@ -649,3 +654,78 @@ class GaussianQuantile(nn.Module):
     q = jnp.take(jnp.asarray(mids, z.dtype), codes)
     return Quantized(straight_through(z, q), codes, jnp.zeros((), jnp.float32),
                      code_metrics(codes, self.bins, self.bits_per_token))
+
+
+# ------------------------------------------------------------- a quantizer from a config
+
+
+class GaussianPosterior(nn.Module):
+  """The continuous bottleneck of a KL autoencoder, behind the quantizers' interface.
+
+  z (..., 2 dim) = (mean, log variance) -> `Quantized` with values = mean + std * eps in
+  training (eps on the "quantizer" rng) and the mean at eval, codes = the mean (float: the
+  continuous latent is the token), loss = KL(N(mean, var) || N(0, 1)) averaged over latent
+  elements, no code metrics. bits_per_token counts float32 numbers (32 per channel).
+  """
+  dim: int
+
+  @property
+  def codebook_size(self) -> int:
+    return 0
+
+  @property
+  def bits_per_token(self) -> float:
+    return 32.0 * self.dim
+
+  def decode(self, codes: jax.Array) -> jax.Array:
+    return codes
+
+  def __call__(self, z: jax.Array, *, train: bool = False,
+               rng: jax.Array | None = None) -> Quantized:
+    mean, logvar = jnp.split(z.astype(jnp.float32), 2, axis=-1)
+    logvar = jnp.clip(logvar, -30.0, 20.0)
+    values = mean
+    if train:
+      rng = rng if rng is not None else self.make_rng("quantizer")
+      values = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
+    kl = 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+    return Quantized(values, mean, kl, {})
+
+
+# The `quantizer` names a tokenizer config may take (`make_quantizer`); the two EMA ones keep
+# their codebooks in the STATS collection (the method is then stateful).
+QUANTIZER_NAMES = ("vq_ema", "vq", "rvq", "fsq", "lfq", "binary", "kl")
+STATEFUL_QUANTIZERS = ("vq_ema", "rvq")
+
+
+def quantizer_latent_size(cfg: Any) -> int:
+  """The encoder's output size per position for `cfg.quantizer` (cfg: a tokenizer config with
+  the fields `make_quantizer` reads)."""
+  return {"fsq": len(cfg.fsq_levels), "lfq": cfg.num_bits, "binary": cfg.num_bits,
+          "kl": 2 * cfg.latent_dim}.get(cfg.quantizer, cfg.latent_dim)
+
+
+def make_quantizer(cfg: Any) -> nn.Module:
+  """The quantizer a tokenizer config names (the image and video tokenizers share it).
+
+  cfg fields: quantizer (one of QUANTIZER_NAMES), codebook_size, latent_dim, commitment_cost,
+  ema_decay, dead_after (vq / vq_ema / rvq), rvq_levels, fsq_levels, num_bits (lfq / binary),
+  lfq_entropy_weight.
+  """
+  vq = dict(codebook_size=cfg.codebook_size, dim=cfg.latent_dim,
+            commitment_cost=cfg.commitment_cost, decay=cfg.ema_decay,
+            dead_after=cfg.dead_after)
+  if cfg.quantizer == "vq_ema":
+    return VectorQuantizer(**vq, ema=True)
+  if cfg.quantizer == "vq":
+    return VectorQuantizer(**vq, ema=False)
+  if cfg.quantizer == "rvq":
+    return ResidualVQ(**vq, ema=True, levels=cfg.rvq_levels)
+  if cfg.quantizer == "fsq":
+    return FSQ(tuple(cfg.fsq_levels))
+  if cfg.quantizer == "kl":
+    return GaussianPosterior(cfg.latent_dim)
+  if cfg.quantizer == "lfq":
+    return LFQ(cfg.num_bits, commitment_cost=cfg.commitment_cost,
+               entropy_weight=cfg.lfq_entropy_weight)
+  return BinaryQuantizer(cfg.num_bits)
