@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokenlab.errors import ConfigError
-from tokenlab.evals.image import psnr_per_image
+from tokenlab.evals.video_metrics import per_frame_psnr
 from tokenlab.method import Average, Batch, Method, PyTree, as_variables
 from tokenlab.nn.layers import DenseGeneral, param_with_axes
 from tokenlab.nn.quantizers import (STATEFUL_QUANTIZERS, STATS, Quantized, make_quantizer,
@@ -239,7 +239,7 @@ class VideoTokenizer(Method):
 
   def _loss_and_metrics(self, batch: Batch, recon: jax.Array, q: Quantized):
     video = batch["video"]
-    b, frames = video.shape[:2]
+    b = video.shape[0]
     mask = batch.get("mask", jnp.ones((b,), jnp.float32)).astype(jnp.float32)
     count = jnp.maximum(jnp.sum(mask), 1.0)
     axes = (1, 2, 3, 4)
@@ -249,8 +249,7 @@ class VideoTokenizer(Method):
       per_clip = per_clip + self.config.l1_weight * jnp.mean(jnp.abs(recon - video), axis=axes)
     loss = jnp.sum(per_clip * mask) / count + self.config.quantizer_weight * q.loss
     # Mean per-frame PSNR: each frame's PSNR, averaged over the frames of the real clips.
-    frame_psnr = psnr_per_image(video.reshape(b * frames, *video.shape[2:]),
-                                recon.reshape(b * frames, *video.shape[2:])).reshape(b, frames)
+    frame_psnr = per_frame_psnr(video, recon)
     total = jnp.sum(mask)
     metrics = {
         "loss": Average.of(loss * total, total),

@@ -96,7 +96,8 @@ class FrozenTokenizer:
   `encode(x) -> codes` and `decode(codes) -> x` call the method's `encode(variables, x)` /
   `decode(variables, codes)` with the run's variables (numpy arrays, so a jitted caller
   embeds them as constants, and gradients never reach them). What x is depends on the
-  method: images (B, H, W, C) in [0, 1] -> codes (B, h, w[, G]) for image_tokenizer; a
+  method: images (B, H, W, C) in [0, 1] -> codes (B, h, w[, G]) for image_tokenizer; video
+  (B, T, H, W, C) in [0, 1] -> codes (B, t, h, w[, G]) for video_tokenizer; a
   `speech` batch or log-mel (B, T, M) -> codes (B, t[, K]) for audio_codec, whose decode
   gives log-mel back. `config` is the tokenizer run's config; `method` exposes e.g.
   `bits_per_token`, `codebook_size`, `grid`, `frame_rate_hz`.
@@ -107,12 +108,12 @@ class FrozenTokenizer:
   step: int
 
   def encode(self, x: Any) -> jax.Array:
-    """The method's input (images (B, H, W, C) in [0, 1], a speech batch, ...) -> int32
-    codes (B, h, w[, G]), (B, t[, K]), ..."""
+    """The method's input (images (B, H, W, C) or video (B, T, H, W, C) in [0, 1], a speech
+    batch, ...) -> int32 codes (B, h, w[, G]), (B, t, h, w[, G]), (B, t[, K]), ..."""
     return self.method.encode(self.variables, x)
 
   def decode(self, codes: Any) -> jax.Array:
-    """codes -> the method's output space (images in [0, 1], log-mel, ...)."""
+    """codes -> the method's output space (images or video in [0, 1], log-mel, ...)."""
     return self.method.decode(jax.tree.map(jax.lax.stop_gradient, self.variables), codes)
 
 
