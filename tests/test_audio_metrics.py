@@ -190,7 +190,6 @@ class _TwoFrameCodec:
   """A stand-in tokenizer: each pair of mel frames -> (is bin 0 loud, is bin 1 loud) as two
   codebooks of 2 codes; decode paints those bins back."""
   frame_rate_hz = 50.0
-  codebook_sizes = (2, 2)
 
   def encode(self, variables, batch):
     mel = batch["mel"][:, ::2, :2]
@@ -227,7 +226,7 @@ def test_report_rows_on_a_synthetic_corpus():
   rec = audio.Recognizer(method, params, mel_bins=8, batch_size=4)
   rows = audio_report.trivial_rows(corpora, rec, si_snr_utterances=0)
   tok = audio_report.Tokenizer("two-frame", "stand-in", ConfigDict({"model": {"name": "x"}}),
-                               _TwoFrameCodec(), {})
+                               _TwoFrameCodec(), {}, (2, 2))
   rows.append(audio_report.tokenizer_row(tok, corpora, rec, si_snr_utterances=0))
   inp, mean, codec = rows
   assert inp["mel_l1"] == 0 and mean["mel_l1"] > 0.5 and 0 < codec["mel_l1"] < mean["mel_l1"]
@@ -240,3 +239,15 @@ def test_report_rows_on_a_synthetic_corpus():
   assert all(0 <= r["per"] for r in rows)                            # untrained: any value
   table = audio_report.format_table(rows)
   assert table.count("\n") == 4 and "| two-frame | 100 | 100.0% |" in table
+
+
+def test_audio_report_cli_refuses_what_it_cannot_run(tmp_path, capsys):
+  from tokenlab.cli import main
+  cases = ((["--out", str(tmp_path)], "pass --train"),                 # nothing named
+           (["runs/x", "--units", "a,b"], "--units a,b"),
+           ([str(tmp_path), "--recognizer", str(tmp_path)], "neither a run directory"),
+           (["experiments/audio_codec.py:size=tiny", "--recognizer",
+             "experiments/phoneme_recognizer.py:size=tiny"], "pass --train to train it"))
+  for argv, message in cases:
+    assert main(["audio-report", *argv, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err, argv

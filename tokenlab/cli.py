@@ -1,5 +1,5 @@
 """The `tokenlab` command: train | eval | sample | plot | data | plan | scale | repro |
-bench | grow | transfer | tokenizer-report | needle.
+bench | grow | transfer | tokenizer-report | audio-report | needle.
 
   tokenlab train --config experiments/transformer_lm.py:size=tiny --workdir runs/x \\
       --config.optimizer.lr=3e-4
@@ -253,6 +253,22 @@ def _cmd_tokenizer_report(args: argparse.Namespace, rest: list[str]) -> int:
   return 0
 
 
+def _cmd_audio_report(args: argparse.Namespace, rest: list[str]) -> int:
+  from tokenlab.evals import audio_report
+  try:
+    units = tuple(int(k) for k in args.units.split(",") if k.strip())
+  except ValueError:
+    raise TokenlabError(f"--units {args.units}: give k-means sizes, comma-separated, e.g. "
+                        f"50,200") from None
+  if args.max_utterances < 0 or args.si_snr_utterances < 0 or any(k < 2 for k in units):
+    raise TokenlabError("--max-utterances and --si-snr-utterances must be >= 0 and every "
+                        "--units k >= 2")
+  audio_report.main(args.tokenizer, recognizer=args.recognizer, out_dir=args.out,
+                    train=args.train, max_utterances=args.max_utterances,
+                    si_snr_utterances=args.si_snr_utterances, units=units)
+  return 0
+
+
 def _cmd_needle(args: argparse.Namespace, rest: list[str]) -> int:
   from tokenlab.evals import needle
   if args.per_cell < 1 or args.hops < 1:
@@ -275,6 +291,16 @@ SentencePiece .model). Several are reported side by side. Per language: tokens p
 bytes per token, words that are one token, documents it cannot encode (Qtok, issue 21).
 example:
   tokenlab tokenizer-report bytes bpe:300@ru --corpus multilingual:en,ru --max-docs 50 --out /tmp/tokreport
+"""
+
+
+_AUDIO_REPORT_EPILOG = """\
+Rows: each tokenizer (a speech_ssl run: one row per --units k), 'log-mel (input)' (upper
+bound) and 'mean mel (silence)' (a decoder ignoring its tokens: lower bound). Every run must
+use the same `speech` options and mel bins as the recogniser.
+examples:
+  tokenlab audio-report --train --out docs/audio
+  tokenlab audio-report runs/codec runs/ssl --recognizer runs/per --out /tmp/audio
 """
 
 
@@ -401,6 +427,28 @@ def build_parser() -> Parser:
   p.add_argument("--out", default="tokenizer_report", help="directory for report.md, "
                  "report.json, report.png (default tokenizer_report)")
   p.set_defaults(func=_cmd_tokenizer_report, parser=p, strict=True)
+
+  p = _sub(sub, "audio-report", "the audio-token benchmark (issue 19): bitrate, codebook "
+           "usage and perplexity, mel-L1, Griffin-Lim SI-SNR, phoneme error rate of "
+           "reconstructions, phoneme and speaker probes and token-LM perplexity of audio "
+           "tokenizers beside the input and mean-mel rows; a table, report.json and a PNG", "",
+           epilog=_AUDIO_REPORT_EPILOG)
+  p.add_argument("tokenizer", nargs="*", help="tokenizer run directories (audio_codec, "
+                 "speech_ssl), or with --train experiment specs FILE.py[:ARG] (default with "
+                 "--train: three RVQ and two FSQ codecs and speech_ssl units, cpu size)")
+  p.add_argument("--recognizer", default="", help="phoneme_recognizer run (or with --train a "
+                 "spec; default experiments/phoneme_recognizer.py:size=cpu)")
+  p.add_argument("--train", action="store_true", help="train the experiment specs into "
+                 "OUT/runs/ first (finished runs there are reused)")
+  p.add_argument("--units", default="50,200", help="k-means unit counts of speech_ssl runs, "
+                 "one row each (default 50,200)")
+  p.add_argument("--max-utterances", type=int, default=0, help="utterances per split (0 = "
+                 "all)")
+  p.add_argument("--si-snr-utterances", type=int, default=32, help="validation utterances "
+                 "Griffin-Lim inverts for SI-SNR (default 32; 0 = skip)")
+  p.add_argument("--out", default="audio_report", help="directory for report.md, "
+                 "report.json, report.png and runs/ (default audio_report)")
+  p.set_defaults(func=_cmd_audio_report, parser=p, strict=True)
 
   p = _sub(sub, "needle", "needle threading (Roberts et al.): exact match of a trained LM "
            "run on key-value haystacks over context length x needle depth and x hops "

@@ -8,9 +8,11 @@ audio tokenizers on the `speech` corpus's validation split:
   tokenlab audio-report --train --out docs/audio      # trains the default set, then reports
   tokenlab audio-report RUN1 RUN2 --recognizer PER_RUN --out DIR
 
-Each TOKENIZER is a run directory (a trained `audio_codec` or speech-unit run) or, with
+Each TOKENIZER is a run directory (a trained `audio_codec` or `speech_ssl` run) or, with
 `--train`, an experiment spec ('experiments/audio_codec.py:size=cpu,bitrate=low') trained
-into OUT/runs/<name> (a finished run there is reused). The recogniser (`--recognizer`, a
+into OUT/runs/<name> (a finished run there is reused). A `speech_ssl` run gives one row per
+k of `--units` (k-means units, fitted when missing); units have no decoder, so their
+reconstruction columns are empty. The recogniser (`--recognizer`, a
 `phoneme_recognizer` run or spec; with `--train` the cpu one by default) must read the same
 mel bins. Every run must use the same `speech` options (one corpus).
 
@@ -54,7 +56,8 @@ from tokenlab.evals import audio
 
 DEFAULT_TOKENIZERS = tuple(
     f"experiments/audio_codec.py:size=cpu,quantizer={q},bitrate={b}"
-    for q, bs in (("rvq", ("low", "mid", "high")), ("fsq", ("low", "high"))) for b in bs)
+    for q, bs in (("rvq", ("low", "mid", "high")), ("fsq", ("low", "high"))) for b in bs
+) + ("experiments/speech_ssl.py:size=cpu",)
 DEFAULT_RECOGNIZER = "experiments/phoneme_recognizer.py:size=cpu"
 INPUT_ROW, MEAN_ROW = "log-mel (input)", "mean mel (silence)"
 MAX_ONE_HOT = 4096   # wider one-hot code features (e.g. FSQ's 64,000 codes) are refused
@@ -126,13 +129,15 @@ def resolve_run(spec: str, out_dir: str, train: bool) -> str:
 
 @dataclasses.dataclass
 class Tokenizer:
-  """A trained audio tokenizer: `encode(variables, batch) -> codes (B, t[, K])`, optional
-  `decode(variables, codes) -> log-mel`, `frame_rate_hz`, `codebook_sizes`."""
+  """A trained audio tokenizer: `method.encode(variables, batch) -> codes (B, t[, K])`,
+  optionally `method.decode(variables, codes) -> log-mel` (a TokenlabError: no decoder),
+  `method.frame_rate_hz`; `codebook_sizes` one entry per codebook."""
   name: str
   family: str
   config: Any
   method: Any
   variables: Any
+  codebook_sizes: tuple[int, ...]
   workdir: str = ""
 
   @property
@@ -151,26 +156,39 @@ class Tokenizer:
     return None
 
 
-def load_tokenizer(workdir: str) -> Tokenizer:
-  """The tokenizer trained in `workdir` (latest checkpoint), frozen."""
-  import jax
-  from tokenlab import data as data_lib
-  from tokenlab.method import as_variables
-  from tokenlab.train.inference import load_config_from_workdir, load_trained
+def load_tokenizers(workdir: str, units: Sequence[int] = (50, 200)) -> list[Tokenizer]:
+  """The tokenizer(s) trained in `workdir` (latest checkpoint), frozen
+  (`load_frozen_tokenizer`): one for a codec; for a speech-unit run (a method with
+  `frozen_variables`, i.e. k-means units fitted after training) one per k in `units`,
+  fitting the k-means first where `WORKDIR/units/k{k}.npz` is missing."""
+  from tokenlab import registry
+  from tokenlab.train.inference import load_config_from_workdir, load_frozen_tokenizer
   config = load_config_from_workdir(workdir)
-  spec = data_lib.batch_spec(config.data, 1)
-  run = load_trained(workdir, {k: np.zeros(s.shape, s.dtype) for k, s in spec.items()})
-  method = run.method
-  for attr in ("encode", "frame_rate_hz", "codebook_sizes"):
-    if not hasattr(method, attr):
-      raise TokenlabError(f"{workdir} holds a '{config.model.name}' run, which has no "
-                          f"'{attr}': not an audio tokenizer")
+  method = registry.build_method(config.model)
+  if not (hasattr(method, "encode") and hasattr(method, "frame_rate_hz")):
+    raise TokenlabError(f"{workdir} holds a '{config.model.name}' run, which has no encode "
+                        f"or frame_rate_hz: not an audio tokenizer")
   model = config.model
-  family = model.name + (f" {model.quantizer}" if model.get("quantizer") else "")
-  sizes = tuple(int(k) for k in method.codebook_sizes)
-  name = f"{family} {len(sizes)}x{sizes[0]}" if len(sizes) > 1 else f"{family} {sizes[0]}"
-  variables = jax.device_get(as_variables(run.params, run.model_state))
-  return Tokenizer(name, family, config, method, variables, workdir)
+  if not hasattr(method, "frozen_variables"):
+    frozen = load_frozen_tokenizer(workdir)
+    sizes = tuple(int(k) for k in frozen.method.codebook_sizes)
+    family = model.name + (f" {model.quantizer}" if model.get("quantizer") else "")
+    if model.get("quantizer") == "fsq":
+      name = f"{family} {'x'.join(str(v) for v in model.fsq_levels)}"
+    else:
+      name = f"{family} {len(sizes)}x{sizes[0]}"
+    return [Tokenizer(name, family, config, frozen.method, frozen.variables, sizes, workdir)]
+  out = []
+  for k in units:
+    if not os.path.exists(os.path.join(workdir, "units", f"k{k}.npz")):
+      from tokenlab.methods import speech_ssl   # the unit run's own fitting (k-means)
+      print(f"[audio-report] fitting k={k} units of {workdir}", flush=True)
+      speech_ssl.fit_units(workdir, k)
+    frozen = load_frozen_tokenizer(workdir, units=k)
+    family = f"{model.name} units"
+    out.append(Tokenizer(f"{family} k={k}", family, config, frozen.method, frozen.variables,
+                         (int(k),), workdir))
+  return out
 
 
 # --- features and rows ----------------------------------------------------------------------
@@ -188,7 +206,7 @@ def token_features(tok: Tokenizer, codes: np.ndarray) -> np.ndarray:
   levels = tok.fsq_levels()
   if levels is not None:
     return fsq_digit_features(codes, levels)
-  sizes = list(tok.method.codebook_sizes)
+  sizes = list(tok.codebook_sizes)
   if sum(sizes) > MAX_ONE_HOT:
     raise TokenlabError(f"{tok.name}: one-hot features of {sum(sizes)} codes are too wide "
                         f"for the probes (at most {MAX_ONE_HOT})")
@@ -300,7 +318,7 @@ def tokenizer_row(tok: Tokenizer, corpora: dict[str, dict[str, np.ndarray]], rec
                   si_snr_utterances: int) -> dict[str, Any]:
   """Every column of one tokenizer."""
   train, val = corpora["train"], corpora["validation"]
-  sizes = [int(k) for k in tok.method.codebook_sizes]
+  sizes = list(tok.codebook_sizes)
   codes = {"train": encode(tok, train), "validation": encode(tok, val)}
   lengths = {s: tok.token_lengths(corpora[s]["mel_lengths"]) for s in codes}
   row: dict[str, Any] = {"name": tok.name, "family": tok.family, "workdir": tok.workdir,
@@ -308,8 +326,11 @@ def tokenizer_row(tok: Tokenizer, corpora: dict[str, dict[str, np.ndarray]], rec
                          "codebook_sizes": sizes,
                          "bits_per_second": audio.bitrate(tok.method.frame_rate_hz, sizes)}
   row.update(audio.codebook_stats(codes["validation"], sizes, lengths["validation"]))
-  if hasattr(tok.method, "decode"):
+  try:
     recon = decode(tok, codes["validation"], val["mel"].shape[1])
+  except TokenlabError:   # units: no decoder, so no reconstruction columns
+    recon = None
+  if recon is not None:
     row.update(reconstruction(recon, corpora, recognizer, si_snr_utterances))
   feats = {s: token_features(tok, codes[s]) for s in codes}
   row.update(probes(feats["train"], lengths["train"], feats["validation"],
@@ -391,8 +412,8 @@ def _same_corpus(config: Any, reference: Any, what: str) -> None:
 
 
 def main(tokenizers: Sequence[str], *, recognizer: str = "", out_dir: str = "audio_report",
-         train: bool = False, max_utterances: int = 0, si_snr_utterances: int = 32
-         ) -> list[dict[str, Any]]:
+         train: bool = False, max_utterances: int = 0, si_snr_utterances: int = 32,
+         units: Sequence[int] = (50, 200)) -> list[dict[str, Any]]:
   """Trains (with `train`) and evaluates; prints the table; writes report.{md,json,png}."""
   from tokenlab.train.inference import load_config_from_workdir
   t0 = time.perf_counter()
@@ -422,12 +443,12 @@ def main(tokenizers: Sequence[str], *, recognizer: str = "", out_dir: str = "aud
   rows = trivial_rows(corpora, rec, si_snr_utterances)
   print(f"[audio-report] trivial rows in {time.perf_counter() - t:.0f} s", flush=True)
   for spec, run in zip(tokenizers, runs):
-    t = time.perf_counter()
-    tok = load_tokenizer(run)
-    rows.append(tokenizer_row(tok, corpora, rec, si_snr_utterances))
-    rows[-1]["spec"] = spec
-    print(f"[audio-report] {tok.name} ({rows[-1]['bits_per_second']:.0f} bits/s) in "
-          f"{time.perf_counter() - t:.0f} s", flush=True)
+    for tok in load_tokenizers(run, units):
+      t = time.perf_counter()
+      rows.append(tokenizer_row(tok, corpora, rec, si_snr_utterances))
+      rows[-1]["spec"] = spec
+      print(f"[audio-report] {tok.name} ({rows[-1]['bits_per_second']:.0f} bits/s) in "
+            f"{time.perf_counter() - t:.0f} s", flush=True)
   # Trivial rows first, then tokenizers by family and bitrate.
   rows = rows[:2] + sorted(rows[2:], key=lambda r: (r["family"], r["bits_per_second"]))
   timings["total_s"] = time.perf_counter() - t0
@@ -440,6 +461,7 @@ def main(tokenizers: Sequence[str], *, recognizer: str = "", out_dir: str = "aud
   with open(os.path.join(out_dir, "report.json"), "w") as f:
     json.dump({"rows": rows, "recognizer": rec_dir, "tokenizers": tokenizers,
                "max_utterances": max_utterances, "si_snr_utterances": si_snr_utterances,
+               "units": list(units),
                "timings": timings}, f, indent=1, default=float)
   plot(rows, os.path.join(out_dir, "report.png"))
   print(f"[audio-report] wrote {out_dir}/report.md, report.json, report.png "
