@@ -87,7 +87,7 @@ def test_ordered_decode_raster_order_and_guidance():
 @pytest.fixture(scope="module")
 def model():
   """A tiny EchoPulse, its parameters, and one compiled program of everything the unit tests
-  ask of it (loss, null/conditional logits, both samplers)."""
+  ask of it (the loss, null / conditional logits)."""
   method = EchoPulse(CFG)
   batch = {"codes": jnp.asarray(np.random.default_rng(0).integers(0, 8, (4, 8)), jnp.int32),
            "signal": jnp.asarray(np.random.default_rng(1).normal(size=(4, 4)), jnp.float32)}
@@ -111,8 +111,7 @@ def model():
     loss, metrics = method.loss(params, batch, jax.random.key(1))
     return {"loss": loss, "metrics": metrics,
             "null_a": logits[:4], "null_b": logits[4:8], "cond_a": logits[8:12],
-            "cond_b": logits[12:16], "cond_last": logits[16:],
-            "maskgit": method.sample_codes(params, batch["signal"], jax.random.key(2))}
+            "cond_b": logits[12:16], "cond_last": logits[16:]}
 
   return method, params, program(params)
 
@@ -132,15 +131,13 @@ def test_generator_is_bidirectional(model):
   assert float(jnp.max(jnp.abs(out["cond_last"][:, 0] - out["cond_a"][:, 0]))) > 1e-5
 
 
-def test_loss_and_sampler(model):
-  """The MaskGIT loss is a cross-entropy near ln K at initialisation; guided MaskGIT returns
-  a full grid of real codes (never the mask token); MaskGIT needs T network evaluations,
-  token by token N (N / k with k codes per step)."""
+def test_loss_and_evaluation_counts(model):
+  """The MaskGIT loss is a cross-entropy near ln K at small random weights; MaskGIT needs T
+  network evaluations, token by token N (N / k with k codes per step). (The samplers run in
+  test_repro_quick: every arm's codes are decoded and scored there.)"""
   method, _, out = model
   assert abs(float(out["loss"]) - np.log(8)) < 0.5
   assert set(out["metrics"]) == {"loss", "masked_accuracy"}
-  codes = np.asarray(out["maskgit"])
-  assert codes.shape == (4, 2, 2, 2) and codes.min() >= 0 and codes.max() < 8
   assert method.network_evaluations("maskgit") == 3
   assert method.network_evaluations("token_by_token") == 8
   assert method.network_evaluations("token_by_token", tokens_per_step=2) == 4
@@ -173,5 +170,5 @@ def test_repro_quick(tmp_path):
   assert data["baselines"] == list(mod.BASELINES) and data["seeds"] == [0]
   rows = {(r["arm"], r["metric"]): r["mean"] for r in data["rows"]}
   assert rows[(mod.MEAN, mod.CORR)] == 0.0 and rows[(mod.REAL, mod.CORR)] > 0.99
-  assert rows[(mod.TBT, mod.NFE)] > rows[(mod.MG, mod.NFE)] == rows[(mod.RASTER, mod.NFE)]
+  assert rows[(mod.TBT, mod.NFE)] == 16 > rows[(mod.MG, mod.NFE)] == 4
   assert np.isfinite(rows[(mod.SPEED, mod.RATIO)])
