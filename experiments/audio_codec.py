@@ -21,7 +21,7 @@ from tokenlab.data import default_data_config
 SIZES = {
     #       width res latent codebook mel_bins batch steps   lr
     "tiny": (8, 0, 8, 16, 16, 4, 3, 3e-3),
-    "cpu": (32, 1, 32, 256, 80, 16, 400, 2e-3),
+    "cpu": (32, 1, 32, 256, 80, 16, 600, 2e-3),
     "base": (256, 2, 128, 1024, 80, 128, 50000, 3e-4),
 }
 RVQ_LEVELS = {"low": 1, "mid": 2, "high": 4}

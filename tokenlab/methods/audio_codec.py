@@ -274,3 +274,21 @@ class AudioCodec(Method):
     return audio.mel_to_waveform(log_mel, SAMPLE_RATE, N_FFT, HOP, num_samples, n_iter,
                                  rng=rng)
 
+
+def mean_mel_baseline(data_config: Any) -> dict[str, float]:
+  """The trivial codec (zero bits): every valid validation frame predicted as the training
+  split's mean log-mel per bin. Returns {'mel_l1', 'mel_mse'} in log-mel units over valid
+  frames, the floor a codec's eval/mel_l1 must clear to carry information."""
+  from tokenlab import data as data_lib  # pylint: disable=g-import-not-at-top
+
+  def frames(split):
+    for batch in data_lib.make_iterator(data_config, split=split, batch_size=16, seed=0,
+                                        shuffle=False, num_epochs=1):
+      valid = ((np.arange(batch["mel"].shape[1])[None] < batch["mel_lengths"][:, None])
+               & (batch["mask"][:, None] > 0))
+      yield batch["mel"][valid]
+
+  mean = np.concatenate(list(frames("train"))).mean(axis=0)
+  val = np.concatenate(list(frames("validation")))
+  return {"mel_l1": float(np.abs(val - mean).mean()),
+          "mel_mse": float(np.square(val - mean).mean())}

@@ -30,7 +30,8 @@ Units. After training, `fit_units(workdir, k)` runs the trained encoder (no mask
 the training split, fits k-means (tokenlab/nn/kmeans.py: k-means++ and Lloyd steps) on the
 features of layer `unit_layer` at valid frames, and saves the centroids as
 `WORKDIR/units/k{k}.npz`; `python -m tokenlab.methods.speech_ssl --workdir W --units 50,100`
-does the same from a shell. `load_frozen_tokenizer(workdir, units=k)` then binds them:
+does the same from a shell (`--evaluate`: then `evaluate_units`, the units' phone purity on
+the validation split beside k-means on log-mel frames with the same k). `load_frozen_tokenizer(workdir, units=k)` then binds them:
 `encode(variables, batch_or_mel) -> int32 unit ids (B, t)`. Units have no decoder
 (`decode` raises and says so): pair them with a codec to get audio back.
 """
@@ -280,6 +281,77 @@ def units_path(workdir: str, k: int) -> str:
   return os.path.join(workdir, "units", f"k{k}.npz")
 
 
+def _load(workdir: str, step: int | None = None):
+  """(config, method, variables, batch size) of a trained speech_ssl run."""
+  from tokenlab import data as data_lib  # pylint: disable=g-import-not-at-top
+  from tokenlab.train.inference import load_config_from_workdir, load_trained
+  config = load_config_from_workdir(workdir)
+  if config.model.name != "speech_ssl":
+    raise TokenlabError(f"{workdir} holds a '{config.model.name}' run; units need a "
+                        f"speech_ssl run")
+  batch_size = int(config.train.batch_size)
+  spec = data_lib.batch_spec(config.data, batch_size)
+  run = load_trained(workdir, {n: np.zeros(s.shape, s.dtype) for n, s in spec.items()}, step)
+  return config, run.method, jax.device_get(as_variables(run.params, run.model_state)), \
+      batch_size
+
+
+def frame_phonemes(batch: Batch, frames: int, frames_per_token: int) -> np.ndarray:
+  """(B, frames) int: the phoneme id (speech.PHONEMES) sounding at each token's centre, 0
+  where none does (silence before and after the utterance)."""
+  centre = (np.arange(frames) * frames_per_token + frames_per_token / 2) * 160  # samples
+  starts, ends = batch["phoneme_starts"][:, None, :], batch["phoneme_ends"][:, None, :]
+  inside = ((starts <= centre[None, :, None]) & (centre[None, :, None] < ends)
+            & (batch["phoneme_mask"][:, None, :] > 0))
+  ids = np.where(inside, batch["phonemes"][:, None, :], 0)
+  return ids.max(axis=-1)
+
+
+def _collect(config, method, variables, batch_size: int, split: str) -> dict[str, np.ndarray]:
+  """Over one pass of `split`, at valid frames: unit-layer features, stacked normalised
+  log-mel of each token, and the phoneme at each token's centre."""
+  from tokenlab import data as data_lib  # pylint: disable=g-import-not-at-top
+  ds = method.downsampling
+
+  @jax.jit
+  def run(b):
+    feats, mask = method.features(variables, b)
+    f = method._frames(b)   # pylint: disable=protected-access
+    return feats, mask, stack_frames(audio.normalise_log_mel(f.mel), ds)
+
+  out = {"features": [], "mel": [], "phonemes": []}
+  for batch in data_lib.make_iterator(config.data, split=split, batch_size=batch_size,
+                                      seed=0, shuffle=False, num_epochs=1):
+    feats, mask, mel = jax.device_get(run({n: batch[n] for n in ("mel", "mel_lengths",
+                                                                  "mask")}))
+    keep = mask > 0
+    out["features"].append(feats[keep])
+    out["mel"].append(mel[keep])
+    out["phonemes"].append(frame_phonemes(batch, mask.shape[1], ds)[keep])
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _subsample(x: np.ndarray, max_frames: int, seed: int) -> np.ndarray:
+  if len(x) <= max_frames:
+    return x
+  rng = np.random.default_rng(seed)
+  return x[np.sort(rng.choice(len(x), max_frames, replace=False))]
+
+
+def _code_stats(ids: np.ndarray, k: int) -> dict[str, float]:
+  p = np.bincount(ids, minlength=k) / max(len(ids), 1)
+  return {"usage": float(np.mean(p > 0)),
+          "perplexity": float(np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))))}
+
+
+def purity(ids: np.ndarray, labels: np.ndarray) -> float:
+  """Cluster purity: the share of frames whose unit's most frequent label is their own
+  (HuBERT's phone purity, with frame labels at the token centres)."""
+  table = np.zeros((int(ids.max()) + 1, int(labels.max()) + 1))
+  np.add.at(table, (ids, labels), 1)
+  return float(table.max(axis=1).sum() / max(len(ids), 1))
+
+
 def fit_units(workdir: str, k: int | None = None, *, max_frames: int = 20_000,
               iters: int = 30, seed: int = 0, step: int | None = None) -> dict[str, Any]:
   """Fits k-means units (k clusters, default config.model.num_units) to the unit-layer
@@ -289,44 +361,49 @@ def fit_units(workdir: str, k: int | None = None, *, max_frames: int = 20_000,
   {'path', 'k', 'frames', 'inertia' (list), 'usage', 'perplexity'} (the last two of the
   training frames' unit ids)."""
   from etils import epath  # pylint: disable=g-import-not-at-top
-
-  from tokenlab import data as data_lib  # pylint: disable=g-import-not-at-top
-  from tokenlab.train.inference import load_config_from_workdir, load_trained
-  config = load_config_from_workdir(workdir)
-  if config.model.name != "speech_ssl":
-    raise TokenlabError(f"{workdir} holds a '{config.model.name}' run; fit_units needs a "
-                        f"speech_ssl run")
+  config, method, variables, batch_size = _load(workdir, step)
   k = int(k or config.model.num_units)
-  batch_size = int(config.train.batch_size)
-  spec = data_lib.batch_spec(config.data, batch_size)
-  run = load_trained(workdir, {n: np.zeros(s.shape, s.dtype) for n, s in spec.items()}, step)
-  variables = jax.device_get(as_variables(run.params, run.model_state))
-  features = jax.jit(lambda b: run.method.features(variables, b))
-  chunks = []
-  for batch in data_lib.make_iterator(config.data, split="train", batch_size=batch_size,
-                                      seed=0, shuffle=False, num_epochs=1):
-    feats, mask = jax.device_get(features({n: batch[n] for n in ("mel", "mel_lengths",
-                                                                  "mask")}))
-    chunks.append(feats[mask > 0])
-  x = np.concatenate(chunks)
-  rng = np.random.default_rng(seed)
-  if len(x) > max_frames:
-    x = x[np.sort(rng.choice(len(x), max_frames, replace=False))]
+  x = _subsample(_collect(config, method, variables, batch_size, "train")["features"],
+                 max_frames, seed)
   if len(x) < k:
     raise TokenlabError(f"fit_units: {len(x)} valid frames in the training split, fewer "
                         f"than k={k} units; lower k or train on more data")
   result = kmeans(jax.random.key(seed), jnp.asarray(x), k, iters)
   ids = np.asarray(assign(jnp.asarray(x), result.centroids))
-  p = np.bincount(ids, minlength=k) / len(ids)
   stats = {"k": k, "frames": int(len(x)), "inertia": [float(v) for v in result.inertia],
-           "usage": float(np.mean(p > 0)),
-           "perplexity": float(np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))))}
+           **_code_stats(ids, k)}
   path = units_path(workdir, k)
   epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
   with epath.Path(path).open("wb") as fh:
     np.savez(fh, centroids=np.asarray(result.centroids), inertia=np.asarray(result.inertia),
              frames=len(x), layer=config.model.unit_layer)
   return {"path": path, **stats}
+
+
+def evaluate_units(workdir: str, k: int | None = None, *, max_frames: int = 20_000,
+                   iters: int = 30, seed: int = 0) -> dict[str, float]:
+  """Phone purity, usage and perplexity of the fitted k units on the validation split,
+  beside two baselines with the same k: k-means on the tokens' stacked log-mel frames
+  (fitted on the training split like the units: what the encoder adds over the input) and
+  one cluster for everything (the majority phoneme's share)."""
+  config, method, variables, batch_size = _load(workdir)
+  k = int(k or config.model.num_units)
+  frozen = method.frozen_variables(workdir, variables, units=k)
+  val = _collect(config, method, variables, batch_size, "validation")
+  train_mel = _subsample(_collect(config, method, variables, batch_size, "train")["mel"],
+                         max_frames, seed)
+  units = np.asarray(assign(jnp.asarray(val["features"]),
+                            jnp.asarray(frozen[UNITS]["centroids"])))
+  mel_km = kmeans(jax.random.key(seed), jnp.asarray(train_mel), k, iters)
+  mel_units = np.asarray(assign(jnp.asarray(val["mel"]), mel_km.centroids))
+  labels = val["phonemes"]
+  out = {"k": float(k), "frames": float(len(labels)),
+         "bits_per_second": method.bits_per_second(k),
+         "purity": purity(units, labels), "mel_kmeans_purity": purity(mel_units, labels),
+         "majority_purity": float(np.bincount(labels).max() / len(labels))}
+  out.update(_code_stats(units, k))
+  out.update({f"mel_kmeans_{n}": v for n, v in _code_stats(mel_units, k).items()})
+  return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
                       "config.model.num_units)")
   parser.add_argument("--max-frames", type=int, default=20_000)
   parser.add_argument("--iters", type=int, default=30)
+  parser.add_argument("--evaluate", action="store_true", help="then report phone purity "
+                      "of the units on the validation split, beside k-means on log-mel")
   args = parser.parse_args(argv)
   ks = [int(v) for v in args.units.split(",") if v] or [None]
   for k in ks:
@@ -345,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"k={out['k']}: {out['frames']} frames, inertia {out['inertia'][0]:.4g} -> "
           f"{out['inertia'][-1]:.4g}, usage {out['usage']:.3f}, perplexity "
           f"{out['perplexity']:.1f} -> {out['path']}")
+    if args.evaluate:
+      ev = evaluate_units(args.workdir, out["k"], max_frames=args.max_frames,
+                          iters=args.iters)
+      print("  validation: " + ", ".join(f"{n}={v:.4g}" for n, v in ev.items()))
   return 0
 
 
