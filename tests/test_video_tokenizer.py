@@ -21,6 +21,7 @@ from tokenlab.errors import ConfigError
 from tokenlab.method import as_variables, init_variables
 from tokenlab.nn.video import (SpaceTimeTransformer, patchify_3d, sincos_3d, unpatchify_3d,
                                video_grid)
+from tokenlab.train.inference import load_frozen_tokenizer
 
 EXP = "experiments/video_tokenizer.py:size=tiny"
 
@@ -143,11 +144,16 @@ def test_a_bad_config_gives_one_config_error(arg, match):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+  """3 steps of the tiny tokenizer on pulse (4 frames of 16x16) through `tokenlab train`.
+  Without space-time blocks (num_layers=0: tubelet embedding, VQ, linear head): they would
+  double the file's compile time and are tested directly above; this run tests the method
+  under the trainer (EMA state, checkpoint, eval, the frozen loader)."""
   root = tmp_path_factory.mktemp("vtok")
   workdir = str(root / "run")
   args = ["--config", f"{EXP},dataset=pulse", "--workdir", workdir,
           f"--config.data.data_dir={root / 'tfds'}", "--config.train.progress=false",
-          "--config.train.steps=3", "--config.train.log_every=1", "--config.model.num_layers=0"]
+          "--config.train.steps=3", "--config.train.log_every=1", "--config.model.num_layers=0",
+          "--config.checkpoint.async_save=false"]
   assert cli.main(["train", *args]) == 0
   return workdir
 
@@ -163,7 +169,6 @@ def test_three_steps_through_the_trainer_log_video_metrics(trained):
 
 @pytest.fixture(scope="module")
 def frozen_outputs(trained):
-  from tokenlab.train.inference import load_frozen_tokenizer
   tok = load_frozen_tokenizer(trained)
   video = np.random.default_rng(0).random((2, 4, 16, 16, 1)).astype(np.float32)
   model = tok.config.model.to_dict()
