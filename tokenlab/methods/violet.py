@@ -28,6 +28,12 @@ The method, in the paper's order:
      tokenizer gives that position; cross-entropy at the masked positions only.
    Loss = VTM + `mlm_weight` MLM + `mvm_weight` MVM. With `mvm_weight = 0` no patch is masked
    (the paper's "without MVM" ablation: VTM + MLM only).
+4. Optional, not in the paper: `contrastive_weight` > 0 adds a symmetric InfoNCE loss between
+   the mean video token and the caption's [CLS] token (each projected and unit-normalised,
+   `text_layers` blocks over the caption first), and `retrieval="contrastive"` ranks by their
+   cosine. The toy reproduction needs it: trained from scratch on a CPU budget, VTM-only
+   retrieval stayed at chance (tokenlab/repro/violet.py HISTORY), while VIOLET starts from
+   pre-trained Video Swin and BERT weights.
 
 MVM targets come with the batch as `codes` (B, T, h, w) int32 (the reference also reads
 precomputed DALL-E tokens from a file), or, when the batch has none, from the frozen tokenizer

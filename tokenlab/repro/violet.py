@@ -18,11 +18,14 @@ steps; the MVM arm's extra head costs a little more compute):
 - VTM + MLM + MVM: cubes of 2 x 2 x 2 patches masked until 30% of the grid is covered;
 - VTM + MLM (no MVM): no patch masked, no MVM head loss (the paper's ablation).
 
-Retrieval on NUM_EVAL held-out validation clips with distinct captions: every clip x every
-caption scored by the VTM head (the cross-modal transformer on each pair); text-to-video
-(t2v: rank the clips for each caption) and video-to-text (v2t) recall@1 and @5, and their
-mean. Ties count as a uniformly random order among the tied items (a constant scorer gets
-exactly k / N).
+Both arms also train an InfoNCE loss between the pooled video tokens and the caption's
+[CLS] token (a departure from the paper, see HISTORY: retrieval by the VTM score alone did
+not leave chance within the CPU budget). Retrieval on NUM_EVAL held-out validation clips with
+distinct captions: every clip x every caption scored by the cosine of those embeddings;
+text-to-video (t2v: rank the clips for each caption) and video-to-text (v2t) recall@1 and @5,
+and their mean (judged). The VTM head's retrieval (the cross-modal transformer on every pair,
+the paper's scoring) is reported beside it, not judged. Ties count as a uniformly random order
+among the tied items (a constant scorer gets exactly k / N).
 
 Trivial baselines (arms): chance (k / N), the untrained network (same architecture, the
 seed's initialisation), and the colour bag: a training-free matcher that scores a (clip,
@@ -52,9 +55,9 @@ TOKENIZER = "experiments/image_tokenizer.py"
 DATA = {"size": 32, "num_frames": 4, "num_events": 2, "seed": 0}
 NUM_TRAIN = 2000
 NUM_EVAL = 100              # held-out clips (distinct captions) ranked against each other
-STEPS = 400
+STEPS = 500
 BATCH = 32
-LR = 1e-3
+LR = 3e-3
 CODEBOOK = 64
 TOKENIZER_STEPS = 300
 TOKENIZER_BATCH = 64
@@ -68,7 +71,22 @@ ARMS = ((MVM, "mvm=true", "mvm"), (NO_MVM, "mvm=false", "no_mvm"))
 CHANCE, UNTRAINED, COLOUR = "chance", "untrained network", "colour bag"
 BASELINES = (CHANCE, UNTRAINED, COLOUR)
 TOKENIZER_ARM = "frame tokenizer"
-HISTORY = ""
+HISTORY = (
+    "Development probes before the first full run (one seed each, seconds at load 5-10 from "
+    "other sessions; not under this protocol). (1) The paper's retrieval by the VTM score "
+    "alone (4 candidates per clip, d=64, batch 32, lr 1e-3, 60 steps through this runner): "
+    "the VTM loss stayed at ln 4 (scores did not depend on the pair) and every arm sat at "
+    "chance (mean R@5 0.05 / 0.045, untrained 0.045, colour bag 0.524), at 1.4-1.8 steps/s. "
+    "(2) The same VTM-only model at d=32, batch 16, lr 3e-3, 600 steps (a plain optax loop, no "
+    "MVM): the VTM loss left ln 4 only after ~300 steps; mean R@1 0.02, R@5 0.125. (3) VTM with "
+    "2 candidates + MLM + an InfoNCE loss between pooled video and [CLS] text embeddings "
+    "(one text layer), retrieval by their cosine, d=32, batch 32, lr 3e-3, 600 steps, MVM "
+    "targets a stand-in (each patch's thresholded mean colour, not the frame VQ): without MVM "
+    "mean R@1 0.07 / R@5 0.38, with MVM 0.08 / 0.41 (colour bag 0.18 / 0.52). Hence this "
+    "design: the contrastive retrieval head (a departure from VIOLET, whose retrieval is the "
+    "VTM score of every pair; the VTM score's retrieval is still reported, not judged), 500 "
+    "steps to fit the CPU budget, and the checks, declared before the full run, unchanged "
+    "from the first draft.")
 
 CHECKS = (
     prerequisite("mvm_arm_beats_chance", "the MVM arm learned retrieval: mean R@5 at least 0.1 "
@@ -198,9 +216,12 @@ def _codes(encode, video: np.ndarray) -> np.ndarray:
 
 
 def run_seed(ctx: Context) -> Trial:
+  import dataclasses
+
   import flax.linen as nn
   import jax
   from tokenlab.config import load_config
+  from tokenlab.methods.violet import Violet
   from tokenlab.data.synthetic import ArrayIterator
   from tokenlab.evals.image import psnr_per_image
   from tokenlab.registry import build_method
@@ -250,7 +271,7 @@ def run_seed(ctx: Context) -> Trial:
     example = {"video": valid["video"][:2], "caption": valid_ids[:2],
                "codes": valid_codes[:2], "mask": np.ones(2, np.float32)}
     arms = ARMS[:1] if quick else ARMS
-    score = None
+    score = vtm_score = None
     eval_batch = {"video": valid["video"], "caption": valid_ids, "codes": valid_codes,
                   "mask": np.ones(num_eval, np.float32)}
     for arm, arg, folder in arms:
@@ -264,6 +285,11 @@ def run_seed(ctx: Context) -> Trial:
       rows += [(arm, k, v) for k, v in retrieval_recall(s).items()]
       rows.append((arm, "seconds", time.perf_counter() - t))
       data[arm] = s
+      if not quick:   # the paper's scoring: the VTM head on every pair (reported, not judged)
+        vtm_score = vtm_score or jax.jit(Violet(dataclasses.replace(
+            run.method.config, retrieval="vtm")).score_matrix)
+        vtm = retrieval_recall(np.asarray(vtm_score(params, valid["video"], valid_ids)))
+        rows += [(arm, f"VTM-score {k}", vtm[k]) for k in (R1, R5)]
       if arm == MVM and not quick:   # masked-code accuracy on held-out clips (one more compile)
         mvm_method = run.method
         metrics = reduce_metrics([jax.jit(mvm_method.eval_metrics)(
