@@ -326,11 +326,7 @@ class Violet(Method):
 
   def init(self, rng: jax.Array, batch: Batch) -> PyTree:
     self.grid(batch["video"].shape)
-    # Parameters drawn from an "unsafe_rbg" key seeded by `rng`: XLA:CPU compiles the init
-    # several times faster than with threefry (as the image tokenizer found).
-    seed = jax.random.randint(rng, (), 0, np.iinfo(np.int32).max)
-    key = jax.random.key(seed, impl="unsafe_rbg")
-    return self.module.init(key, batch["video"], batch["caption"], method=_init_all)["params"]
+    return self.module.init(rng, batch["video"], batch["caption"], method=_init_all)["params"]
 
   def loss(self, params: PyTree, batch: Batch, rng: jax.Array):
     c = self.config
