@@ -137,7 +137,8 @@ def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("acodec")
   workdir = str(root / "run")
   args = ["--config", EXP + ",bitrate=mid", "--workdir", workdir, f"--config.data.data_dir={root / 'tfds'}",
-          "--config.train.progress=false", "--config.train.log_every=1"]
+          "--config.train.progress=false", "--config.train.log_every=1",
+          "--config.checkpoint.async_save=false"]
   assert cli.main(["train", *args]) == 0
   return workdir
 

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokenlab.errors import ConfigError, TokenlabError
+from tokenlab.evals.audio import frame_labels
 from tokenlab.method import Average, Batch, Method, PyTree, as_variables
 from tokenlab.nn import audio
 from tokenlab.nn.kmeans import assign, kmeans
@@ -296,17 +297,6 @@ def _load(workdir: str, step: int | None = None):
       batch_size
 
 
-def frame_phonemes(batch: Batch, frames: int, frames_per_token: int) -> np.ndarray:
-  """(B, frames) int: the phoneme id (speech.PHONEMES) sounding at each token's centre, 0
-  where none does (silence before and after the utterance)."""
-  centre = (np.arange(frames) * frames_per_token + frames_per_token / 2) * 160  # samples
-  starts, ends = batch["phoneme_starts"][:, None, :], batch["phoneme_ends"][:, None, :]
-  inside = ((starts <= centre[None, :, None]) & (centre[None, :, None] < ends)
-            & (batch["phoneme_mask"][:, None, :] > 0))
-  ids = np.where(inside, batch["phonemes"][:, None, :], 0)
-  return ids.max(axis=-1)
-
-
 def _collect(config, method, variables, batch_size: int, split: str) -> dict[str, np.ndarray]:
   """Over one pass of `split`, at valid frames: unit-layer features, stacked normalised
   log-mel of each token, and the phoneme at each token's centre."""
@@ -327,7 +317,10 @@ def _collect(config, method, variables, batch_size: int, split: str) -> dict[str
     keep = mask > 0
     out["features"].append(feats[keep])
     out["mel"].append(mel[keep])
-    out["phonemes"].append(frame_phonemes(batch, mask.shape[1], ds)[keep])
+    # The phoneme at each token's centre: tokens pool ds mel frames centred 160 samples apart.
+    out["phonemes"].append(frame_labels(batch["phonemes"], batch["phoneme_starts"],
+                                        batch["phoneme_ends"], mask.shape[1], hop=160 * ds,
+                                        offset=80 * (ds - 1))[keep])
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
