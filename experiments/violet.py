@@ -24,7 +24,7 @@ from tokenlab.data import default_data_config
 
 SIZES = {
     #        d  heads v_layers t_layers x_layers frames size batch steps  lr   codebook
-    "tiny": (8, 2, 1, 0, 1, 4, 32, 8, 3, 3e-3, 16),
+    "tiny": (8, 2, 0, 0, 1, 4, 32, 8, 3, 3e-3, 16),   # no video block: less to compile
     "small": (32, 2, 1, 1, 2, 4, 32, 32, 500, 3e-3, 64),
     "base": (384, 6, 4, 4, 6, 16, 64, 256, 20000, 3e-4, 1024),
 }

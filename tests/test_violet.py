@@ -12,7 +12,7 @@ from tokenlab.methods.violet import (Violet, VioletConfig, VioletModule, contras
                                      mlm_mask, negative_captions, retrieval_recall)
 
 # Clips of 4 frames of 16x16 pixels in 8x8 patches: a 4 x 2 x 2 token grid.
-_CFG = dict(d_model=8, num_heads=2, video_layers=1, cross_layers=1, text_layers=1,
+_CFG = dict(d_model=8, num_heads=2, video_layers=0, cross_layers=1, text_layers=1,
             text_vocab=12, max_text_len=6, codebook_size=5, vtm_candidates=2,
             contrastive_weight=1.0, mvm_ratio=0.3, mvm_cube=(2, 2, 2))
 
@@ -80,12 +80,12 @@ def test_mvm_loss_counts_only_masked_positions(model):
   assert float(base["mvm_masked_share"].value()) == pytest.approx(where.mean())
   # No MVM: nothing masked, no MVM term (the ablation arm).
   off = Violet(VioletConfig(**{**_CFG, "mvm_weight": 0.0}))
-  metrics = jax.jit(off.loss)(params, batch, rng)[1]
-  assert "mvm_loss" not in metrics and np.isfinite(float(metrics["loss"].value()))
+  metrics = jax.eval_shape(off.loss, params, batch, rng)[1]   # traced, not compiled
+  assert "mvm_loss" not in metrics and "vtm_loss" in metrics
 
 
 def test_vtm_negatives_are_other_clips():
-  cand = np.asarray(negative_captions(jax.random.key(1), 6, 4))
+  cand = np.asarray(jax.jit(negative_captions, static_argnums=(1, 2))(jax.random.key(1), 6, 4))
   assert cand.shape == (6, 4)
   np.testing.assert_array_equal(cand[:, 0], np.arange(6))
   for i, row in enumerate(cand):
@@ -96,7 +96,7 @@ def test_vtm_negatives_are_other_clips():
 
 def test_mlm_mask_picks_real_words_only():
   caption = jnp.array([[3, 4, 5, 6, 7, 8, 9, 0], [3, 0, 0, 0, 0, 0, 0, 0]])
-  m = np.asarray(mlm_mask(jax.random.key(2), caption, 0.15))
+  m = np.asarray(jax.jit(mlm_mask, static_argnums=2)(jax.random.key(2), caption, 0.15))
   assert m.sum(1).tolist() == [2, 1] and not (m & (np.asarray(caption) == 0)).any()
 
 
@@ -108,13 +108,14 @@ def test_contrastive_loss_matches_numpy_and_skips_duplicate_captions():
   logits = v @ t.T / 0.5
   lse = lambda x, a: np.log(np.exp(x).sum(a))
   want = np.mean((lse(logits, 0) - np.diag(logits) + lse(logits, 1) - np.diag(logits)) / 2)
+  loss = jax.jit(contrastive_loss, static_argnums=2)    # one program, not one per op
   none = np.zeros((3, 3), bool)
-  got, _ = contrastive_loss(v, t, 0.5, none, np.ones(3, np.float32))
+  got, _ = loss(v, t, 0.5, none, np.ones(3, np.float32))
   assert float(got) == pytest.approx(want, rel=1e-5)
   # Rows 0 and 1 share a caption: neither is the other's negative.
   same = none.copy()
   same[0, 1] = same[1, 0] = True
-  got2, per = contrastive_loss(v, t, 0.5, same, np.ones(3, np.float32))
+  got2, per = loss(v, t, 0.5, same, np.ones(3, np.float32))
   assert float(got2) < float(got) and np.isfinite(np.asarray(per)).all()
 
 
