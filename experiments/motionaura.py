@@ -50,6 +50,7 @@ def get_config(arg=None):
   c.model.num_layers = layers
   c.model.num_heads = heads
   c.model.sample_steps = 4 if arg.size == "tiny" else 8
+  c.model.temperature = 1.0
   c.model.tokenizer_workdir = arg.tokenizer
   c.model.dataset = arg.data
   # moving_digits at the reproduction's size: 8 frames of 48x48, one digit.

@@ -169,3 +169,16 @@ def test_method_layout_config_errors_and_shapes():
       build_method(load_config(spec, [bad]).model)
   with pytest.raises(ConfigError, match="tokenizer_workdir"):
     method.loss(params, {"video": np.zeros((1, 8, 48, 48, 1), np.float32)}, _KEY)
+
+
+def test_repro_quick(tmp_path):
+  """One tokenizer (frame-masked) and one spectral denoiser, 2 steps each, through the real
+  trainer; predictions of 4 validation clips decoded and scored (claims nothing)."""
+  from tokenlab import repro
+  result = repro.run("motionaura", workdir=str(tmp_path), quick=True)
+  assert result.verdict == repro.NOT_ASSESSED
+  values = {(a, m): v for a, m, v, _, _ in result.rows}
+  from tokenlab.repro.motionaura import COPY, FUT, MA, RECON, TOK_ARM
+  for row in ((MA, FUT), (COPY, FUT), (TOK_ARM["frame"], RECON)):
+    assert np.isfinite(values[row]), row
+  assert (tmp_path / "repro.md").exists() and (tmp_path / "motionaura_predictions.png").exists()

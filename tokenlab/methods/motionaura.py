@@ -157,11 +157,7 @@ class MotionAura(Method):
 
   def init(self, rng: jax.Array, batch: Batch) -> PyTree:
     tokens = self._tokens(batch)
-    # An "unsafe_rbg" key seeded by `rng`: XLA:CPU compiles inits much faster with it
-    # (measured for the vision blocks, BUILD_NOTES).
-    seed = jax.random.randint(rng, (), 0, np.iinfo(np.int32).max)
-    key = jax.random.key(seed, impl="unsafe_rbg")
-    return self.module.init(key, tokens, jnp.zeros(tokens.shape[:1], jnp.float32))["params"]
+    return self.module.init(rng, tokens, jnp.zeros(tokens.shape[:1], jnp.float32))["params"]
 
   def logits(self, params: PyTree, tokens: jax.Array, t: jax.Array) -> jax.Array:
     """x0 logits (B, N, K) of x_t tokens (B, N) at levels t (B,)."""
@@ -233,21 +229,6 @@ class MotionAura(Method):
 # "method").
 
 
-def load_clips(dataset: str, split: str, options: dict[str, Any] | None = None
-               ) -> dict[str, np.ndarray]:
-  """Every clip of a split generated in memory by the dataset's own builder code (no tfds
-  build): {'video' float32 (N, T, H, W, C) in [0, 1], and the per-clip labels}."""
-  import importlib
-  from tokenlab.data.registry import DATASETS
-  from tokenlab.evals.image_samples import merged_options
-  options = merged_options(dataset, options)
-  module = importlib.import_module(DATASETS[dataset].module)
-  records = [r for _, r in module.Builder.examples(None, split, options)]
-  out = {k: np.stack([r[k] for r in records]) for k in records[0]}
-  out["video"] = out["video"].astype(np.float32) / 255.0
-  return out
-
-
 def encode_clips(encode: Callable[[np.ndarray], Any], video: np.ndarray, batch_size: int = 100
                  ) -> np.ndarray:
   """(N, t*h*w) int32 codes of clips (N, T, H, W, C) through `encode`, in batches."""
@@ -260,13 +241,14 @@ def encode_clips(encode: Callable[[np.ndarray], Any], video: np.ndarray, batch_s
 def iterator_fns(config) -> tuple[Callable, Callable]:
   """(train_fn, eval_fn): the dataset's splits encoded by `model.tokenizer_workdir`."""
   from tokenlab.data.synthetic import ArrayIterator
+  from tokenlab.evals.video_metrics import load_clips
   from tokenlab.registry import build_method
   method = build_method(config.model)
   tok = method.tokenizer()
   options = config.model.get("dataset_options") or {}
   options = options.to_dict() if hasattr(options, "to_dict") else dict(options)
-  split = lambda s: {"tokens": encode_clips(tok.encode, load_clips(config.model.dataset, s,
-                                                                   options)["video"])}
+  video = lambda s: load_clips(config.model.dataset, s, options)["video"] / np.float32(255)
+  split = lambda s: {"tokens": encode_clips(tok.encode, video(s))}
   train, valid = split("train"), split("validation")
   return (lambda b, s: ArrayIterator(train, b, s, train=True),
           lambda b, s: ArrayIterator(valid, b, s, train=False))
