@@ -111,7 +111,7 @@ def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     for i, batch in enumerate(it):
       if args.batches and i >= args.batches:
         break
-      batch = {k: jax.device_put(v, batch_sharding(run.mesh, run.rules, v.ndim))
+      batch = {k: jax.device_put(v, batch_sharding(run.mesh, run.rules, v.ndim, k))
                for k, v in batch.items()}
       results.append(eval_step(run.params, batch, jax.random.key(0), run.model_state))
   metrics = reduce_metrics(results)
@@ -133,7 +133,7 @@ def _cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
   if args.top_k < 0:
     raise TokenlabError(f"--top-k {args.top_k} must be >= 0 (0 = all tokens)")
   config = load_config_from_workdir(args.workdir)
-  if _is_image_data(config):
+  if _data_kind(config) in ("image", "video"):
     return _sample_images(args, config)
   vocab = config.model.get("vocab_size")
   if isinstance(vocab, int) and args.top_k > vocab:
@@ -162,20 +162,29 @@ def _cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
   return 0
 
 
-def _is_image_data(config) -> bool:
+def _data_kind(config) -> str | None:
+  """The registered kind ('text', 'image', 'video', 'audio') of the run's dataset, or None."""
   from tokenlab.data import DATASETS
   spec = DATASETS.get(config.data.get("name"))
-  return spec is not None and spec.kind == "image"
+  return None if spec is None else spec.kind
 
 
 def _sample_images(args: argparse.Namespace, config) -> int:
-  """Image methods: `method.sample(params, batch, rng[, state=])` on --num validation images
-  returns images (N, H, W, C) or a grid (rows, N, H, W, C) in [0, 1] (a tokenizer: the
-  images above their reconstructions; a generator: samples, conditioned on the batch's
-  labels); written as one PNG to --out (default WORKDIR/samples.png)."""
+  """Image and video methods: `method.sample(params, batch, rng[, state=])` on --num
+  validation images (clips) returns images (N, H, W, C) or a grid (rows, N, H, W, C) in
+  [0, 1] (a tokenizer: the images above their reconstructions; a generator: samples,
+  conditioned on the batch's labels), written as one PNG to --out (default
+  WORKDIR/samples.png); video methods return clips (N, T, H, W, C) or (rows, N, T, H, W, C),
+  written as an animated GIF (--out x.gif, the default WORKDIR/samples.gif) or a PNG strip
+  (--out x.png), one clip per row, each clip's rows together (input above reconstruction)."""
   import jax
   from tokenlab.evals.image import save_image_grid
   from tokenlab.train.inference import load_trained
+  video = _data_kind(config) == "video"
+  out_path = args.out or os.path.join(args.workdir, "samples.gif" if video else "samples.png")
+  if video and not out_path.lower().endswith((".gif", ".png")):
+    raise TokenlabError(f"--out {out_path}: a video method writes a GIF (--out x.gif) or a "
+                        f"PNG strip (--out x.png)")
   batch = _first_batch(config, "validation", args.num)
   run = load_trained(args.workdir, batch, args.step)
   if not hasattr(run.method, "sample"):
@@ -185,9 +194,16 @@ def _sample_images(args: argparse.Namespace, config) -> int:
     out = jax.jit(lambda p, b, r, s: run.method.sample(
         p, b, r, **({"state": s} if stateful else {})))(
             run.params, batch, jax.random.key(args.seed), run.model_state)
-  path = save_image_grid(jax.device_get(out), args.out or os.path.join(args.workdir,
-                                                                       "samples.png"))
-  print(f"wrote {path} (step {run.step}, {args.num} validation images)")
+  out = jax.device_get(out)
+  if video:
+    from tokenlab.evals.video import save_video_gif, save_video_strip
+    if out.ndim == 6:   # (rows, N, ...) -> (N * rows, ...): clip n's rows one under another
+      out = out.swapaxes(0, 1).reshape(-1, *out.shape[2:])
+    write = save_video_gif if out_path.lower().endswith(".gif") else save_video_strip
+    path = write(out, out_path)
+  else:
+    path = save_image_grid(out, out_path)
+  print(f"wrote {path} (step {run.step}, {args.num} validation {'clips' if video else 'images'})")
   return 0
 
 
@@ -379,7 +395,8 @@ def build_parser() -> Parser:
   p.add_argument("--seed", type=int, default=0, help="sampling seed")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--out", default="", help="image methods: PNG path of the grid (default "
-                 "WORKDIR/samples.png)")
+                 "WORKDIR/samples.png); video methods: x.gif (animated, default "
+                 "WORKDIR/samples.gif) or x.png (a strip of frames)")
   p.set_defaults(func=_cmd_sample, parser=p, strict=True)
 
   p = _sub(sub, "plot", "write PNG curves of a workdir's metrics into WORKDIR/plots: a run "

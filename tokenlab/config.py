@@ -94,6 +94,24 @@ def set_accelerator_defaults(c: ConfigDict) -> None:
   c.mesh.data, c.mesh.fsdp = 1, -1
 
 
+def set_time_sharding(c: ConfigDict, devices: int = 2) -> None:
+  """Splits video clips over a mesh axis `time` of `devices` devices as well as the batch.
+
+  The batch's `video` field is (batch, time, height, width, channels)
+  (partitioning.BATCH_FIELD_AXES); the rule ('time', 'time') splits its frames, and
+  ('length', 'time') keeps a video transformer's token axis split the same way inside the
+  model (tokens are time-major, t*h*w, so equal contiguous blocks of the length are blocks
+  of latent frames; with_logical_constraint(..., ('batch', 'length', 'embed')) holds them
+  there). The batch keeps its data/fsdp axes over the other devices; frames, latent frames
+  and token counts must be multiples of `devices`.
+  """
+  with c.unlocked():   # a loaded config is locked: new mesh keys need it open
+    c.mesh.time = devices
+    c.mesh_dcn.time = 1
+    kept = tuple((k, v) for k, v in c.sharding_rules if k not in ("length", "time"))
+    c.sharding_rules = kept + (("length", "time"), ("time", "time"))
+
+
 def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
   """Parses 'size=tiny,window=64' into a ConfigDict over `defaults` (types follow defaults)."""
   out = ConfigDict(defaults)

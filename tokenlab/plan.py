@@ -415,8 +415,8 @@ def make_plan(config, num_devices: int | None, chips: list[str] | None = None,
   init_params = method_init_fn(method, micro_example)
   state_abs, state_sh = state_layout(init_params, tx, mesh, rules, jnp.dtype(tc.param_dtype))
   state_in = abstract_state(state_sh, state_abs)
-  batch_sh = {k: partitioning.batch_sharding(mesh, rules, len(s.shape))
-              for k, s in global_batch.items()}
+  batch_sh = partitioning.batch_shardings(mesh, rules,
+                                         {k: s.shape for k, s in global_batch.items()})
   batch_in = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sh[k])
               for k, s in global_batch.items()}
   rng_in = jax.eval_shape(lambda: jax.random.key(0))

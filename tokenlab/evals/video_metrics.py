@@ -8,8 +8,9 @@ hyper-parameters and version):
 
 - **per-frame PSNR** (`per_frame_psnr`): `image.psnr_per_image` of every frame, (B, T) dB;
   an exact frame scores `image.PSNR_CAP` (100 dB) instead of infinity.
-- **frame probe** (`train_frame_probe`): a per-frame net (image_samples' `ConvClassifier`
-  with a regression or multi-label head) that reads each frame's labels, so a generated
+- **frame probe** (`train_frame_probe`): a per-frame net (`FrameNet`: image_samples'
+  stride = kernel patch features, 2x2-patch context, flattened and max-pooled read-outs;
+  a regression or multi-label head) that reads each frame's labels, so a generated
   clip is scored by "the probe agrees with the labels the clip was meant to have":
   * `moving_digits`: the top-left (row, col) of each digit, scored as the mean pixel
     distance to the labelled positions under the better of the digit orders (the digits'
@@ -24,7 +25,7 @@ hyper-parameters and version):
 - **toy FVD** (`train_video_classifier`, `toy_fvd`): the Frechet distance
   (`image_samples.frechet_distance`) between Gaussians fitted to the penultimate features
   of real and generated clips, the features of a small *video* classifier trained here:
-  per-frame `ConvClassifier` embeddings, two temporal convolutions (kernel 3) and a mean
+  per-frame `FrameNet` embeddings, two temporal convolutions (kernel 3) and a mean
   over time, trained with multi-label targets that need motion as well as appearance
   (moving_digits: which digits are shown + the directions (sign of d row, d col) the digits
   start moving in; moving_shapes: the clip's event classes, moves by direction; pulse: the
@@ -56,7 +57,7 @@ from tokenlab.errors import TokenlabError
 from tokenlab.evals import image
 from tokenlab.evals import image_samples as samples
 
-VERSION = 1          # bump when a net, a target or the training changes (cache key)
+VERSION = 2          # bump when a net, a target or the training changes (cache key)
 DATASETS = ("moving_digits", "moving_shapes", "pulse")
 GRID = 4             # moving_shapes position cells: GRID x GRID cells of the frame
 SHAPE_GROUPS = (("shape", 4), ("colour", 6), ("position", GRID * GRID))
@@ -165,13 +166,43 @@ def _bce(logits: jax.Array, target: jax.Array) -> jax.Array:
   return optax.sigmoid_binary_cross_entropy(logits, target).mean(-1)
 
 
+class FrameNet(nn.Module):
+  """frames (B, H, W, C) in [0, 1] -> (outputs (B, outputs), features (B, features)).
+
+  Patch features (`ConvClassifier`'s stride = kernel design: p x p patches through two Dense
+  layers, fast on XLA:CPU), then each patch joined with its right, lower and diagonal
+  neighbours (a 2x2-patch receptive field, so an object cut by a patch border is seen whole)
+  and one more Dense layer; two read-outs: flattened (where things are) and a max over
+  patches (what is anywhere: set-valued targets like "a triangle is on screen"), joined in a
+  Dense layer of `features` units + ReLU, then a linear head.
+  """
+  outputs: int
+  features: int = 64
+  width: int = 64
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    from tokenlab.nn.vision import patchify
+    b, h, w = images.shape[:3]
+    p = samples._patch_size(h)
+    x = patchify(images * 2.0 - 1.0, p)                                   # (B, N, p*p*C)
+    x = nn.relu(nn.Dense(self.width)(x))
+    x = nn.relu(nn.Dense(self.width)(x)).reshape(b, h // p, w // p, self.width)
+    pad = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+    x = jnp.concatenate([x, pad[:, :-1, 1:], pad[:, 1:, :-1], pad[:, 1:, 1:]], -1)
+    x = nn.relu(nn.Dense(self.width)(x.reshape(b, -1, 4 * self.width)))  # (B, N, width)
+    flat = nn.relu(nn.Dense(self.features)(x.reshape(b, -1)))
+    feats = nn.relu(nn.Dense(self.features)(jnp.concatenate([flat, x.max(axis=1)], -1)))
+    return nn.Dense(self.outputs)(feats), feats
+
+
 class VideoClassifier(nn.Module):
   """clips (B, T, H, W, C) in [0, 1] -> (logits (B, outputs), features (B, features)).
 
-  Each frame through image_samples' `ConvClassifier` (its `outputs` = `frame_dim` logits
-  are the frame embedding), then two temporal convolutions (kernel 3, ReLU) over the
-  (B, T, frame_dim) sequence, a mean over time, a Dense layer of `features` units + ReLU
-  (the toy FVD's features) and a linear head.
+  Each frame through a `FrameNet` (its `frame_dim` outputs are the frame embedding), then
+  two temporal convolutions (kernel 3, ReLU) over the (B, T, frame_dim) sequence, a mean
+  over time, a Dense layer of `features` units + ReLU (the toy FVD's features) and a linear
+  head.
   """
   outputs: int
   features: int = 64
@@ -180,7 +211,7 @@ class VideoClassifier(nn.Module):
   @nn.compact
   def __call__(self, clips: jax.Array) -> tuple[jax.Array, jax.Array]:
     b, t = clips.shape[:2]
-    frames, _ = samples.ConvClassifier(self.frame_dim, features=self.features)(
+    frames, _ = FrameNet(self.frame_dim, features=self.features)(
         clips.reshape(b * t, *clips.shape[2:]))
     x = frames.reshape(b, t, self.frame_dim)
     for _ in range(2):   # motion is a difference of neighbouring frames: temporal kernels
@@ -240,9 +271,26 @@ class _Trained:
     return o, f
 
 
+def _numpy_init(module: nn.Module, example: np.ndarray, seed: int) -> Any:
+  """LeCun-normal kernels (std 1 / sqrt(fan in)) and zero biases, drawn with numpy for the
+  shapes `jax.eval_shape` gives: nothing compiled (an init under jit costs a compile, about
+  0.6 s here, for nets that train in seconds)."""
+  shapes = jax.eval_shape(module.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct(example.shape, jnp.float32))["params"]
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    if jax.tree_util.keystr(path[-1:]) == "['bias']":
+      return np.zeros(leaf.shape, np.float32)
+    fan_in = int(np.prod(leaf.shape[:-1]))
+    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
 def _module(kind: str, outputs: int, features: int) -> nn.Module:
   if kind == "probe":
-    return samples.ConvClassifier(outputs, features=features)
+    return FrameNet(outputs, features=features)
   return VideoClassifier(outputs, features=features)
 
 
@@ -279,7 +327,7 @@ def _train(kind: str, dataset: str, options: Mapping[str, Any] | None, *, clips:
     x, y = video, clip_targets(dataset, train)
   outputs = y.shape[-1]
   module = _module(kind, outputs, features)
-  params = jax.jit(module.init)(jax.random.key(seed), jnp.zeros((1, *x.shape[1:])))["params"]
+  params = _numpy_init(module, x[:1], seed)
   if kind == "probe" and dataset == "moving_digits":
     per_example = _digits_loss
   elif kind == "probe" and dataset == "pulse":
@@ -291,8 +339,11 @@ def _train(kind: str, dataset: str, options: Mapping[str, Any] | None, *, clips:
     out, _ = module.apply({"params": p}, xb.astype(jnp.float32) / 255.0)
     return per_example(out, yb).mean()
 
+  # An "unsafe_rbg" key: the training scan compiles several times faster on XLA:CPU than
+  # with threefry (BUILD_NOTES "Vision blocks").
   params = samples.adam_fit(loss_fn, params, (x, y), steps=steps, batch_size=batch_size,
-                            learning_rate=learning_rate, rng=jax.random.key(seed + 1))
+                            learning_rate=learning_rate,
+                            rng=jax.random.key(seed + 1, impl="unsafe_rbg"))
   net = cls(kind, dataset, options, outputs, features, tuple(video.shape[1:]), params, {},
             {}, 0.0)
   val = load_clips(dataset, "validation", options, max(clips // 4, 8))

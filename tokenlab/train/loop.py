@@ -286,9 +286,8 @@ def jit_train_step(config: ConfigDict, method, tx, schedule, mesh, rules, state_
   Shared by the loop and `tokenlab plan`, so what plan compiles is what training runs.
   """
   tc = config.train
-  micro_constraint = lambda mb: jax.tree.map(
-      lambda x: jax.lax.with_sharding_constraint(
-          x, partitioning.batch_sharding(mesh, rules, x.ndim)), mb)
+  micro_constraint = lambda mb: {k: jax.lax.with_sharding_constraint(
+      x, partitioning.batch_sharding(mesh, rules, x.ndim, k)) for k, x in mb.items()}
   step_fn = make_train_step(method, tx, compute_dtype=jnp.dtype(tc.compute_dtype),
                             grad_accum_steps=tc.grad_accum_steps,
                             on_nonfinite=tc.on_nonfinite, schedule=schedule,
@@ -367,8 +366,8 @@ def _train_in(config: ConfigDict, wd: Workdir, mesh, rules, method, local_batch:
   with data_errors(config.data if own_data else None):
     train_iter = train_iter_fn(local_batch, config.seed)
     first = next(train_iter)
-  batch_shardings = {k: partitioning.batch_sharding(mesh, rules, np.ndim(v))
-                     for k, v in first.items()}
+  batch_shardings = partitioning.batch_shardings(
+      mesh, rules, {k: (tc.batch_size, *np.shape(v)[1:]) for k, v in first.items()})
   example = {k: jax.ShapeDtypeStruct((micro, *np.shape(v)[1:]), np.asarray(v).dtype)
              for k, v in first.items()}
 

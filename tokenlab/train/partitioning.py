@@ -87,6 +87,36 @@ def data_parallel_size(mesh: Mesh, rules) -> int:
   return math.prod(mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
 
 
-def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
-  """Batch arrays are split along their leading axis over the data-parallel mesh axes."""
-  return NamedSharding(mesh, PartitionSpec(batch_axes(rules), *([None] * (ndim - 1))))
+# Logical names of the axes after the leading batch axis of batch fields, by field name (the
+# data pipeline's layouts): a video batch's `video` is (batch, time, height, width, channels).
+# A name with no rule in config.sharding_rules is not split (none has one by default), so
+# these only act once a config maps them, e.g. sharding_rules + (('time', 'time'),) with a
+# mesh axis `time` (config.mesh.time = 2) splits every clip's frames over 2 devices.
+BATCH_FIELD_AXES = {"video": ("time", "height", "width", "channels")}
+
+
+def batch_sharding(mesh: Mesh, rules, ndim: int, field: str | None = None) -> NamedSharding:
+  """Batch arrays are split along their leading axis over the data-parallel mesh axes; the
+  other axes of a field named in `BATCH_FIELD_AXES` (with that rank) follow the rules."""
+  names = BATCH_FIELD_AXES.get(field, ())
+  rest = (logical_to_spec(names, rules) if len(names) == ndim - 1 else [None] * (ndim - 1))
+  return NamedSharding(mesh, PartitionSpec(batch_axes(rules), *rest))
+
+
+def batch_shardings(mesh: Mesh, rules, shapes: dict[str, tuple[int, ...]]
+                    ) -> dict[str, NamedSharding]:
+  """{field: batch_sharding} of a batch given its fields' global shapes; a non-batch axis
+  that its mesh axes do not divide raises ConfigError naming the fix."""
+  out = {}
+  for field, shape in shapes.items():
+    out[field] = sharding = batch_sharding(mesh, rules, len(shape), field)
+    for dim, (size, axes) in enumerate(zip(shape, sharding.spec)):
+      if dim == 0 or axes is None:
+        continue   # the batch axis is checked against the batch size (loop.validate_batch)
+      parts = math.prod(mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
+      if size % parts:
+        raise ConfigError(f"batch field '{field}' of shape {tuple(shape)}: axis {dim} "
+                          f"({BATCH_FIELD_AXES[field][dim - 1]}, {size}) cannot be split "
+                          f"over mesh axes {axes} (size {parts}); change config.mesh or the "
+                          f"data options")
+  return out
