@@ -23,7 +23,7 @@ from tokenlab.config import (base_config, choose, parse_arg, set_accelerator_def
 SIZES = {
     #        d_model layers heads ECG-layers batch steps  lr   maskgit steps
     "tiny": (16, 1, 2, 0, 4, 3, 3e-3, 4),
-    "small": (64, 2, 4, 1, 32, 600, 2e-3, 8),
+    "small": (64, 2, 4, 1, 32, 1200, 2e-3, 8),
     "base": (512, 12, 8, 4, 256, 50000, 4e-4, 18),
 }
 

@@ -16,7 +16,8 @@ code per 8 x 8 quadrant and frame: a 16 x 2 x 2 grid), trained once (seed 0) and
 every seed: the claims are about the generator on fixed tokens. The train clips are encoded
 once. Generator arm (experiments/echopulse.py, size=small): 2 layers, d = 64, each layer
 self-attention + cross-attention to the ECG embedding + MLP, MaskGIT training with the cosine
-mask ratio and condition dropout 0.25; one network per seed. Samples for the first
+mask ratio and condition dropout 0.25, 1200 steps of batch 32 (AdamW, lr 2e-3); one network
+per seed. Samples for the first
 `NUM_EVAL` validation signals, decoded by the tokenizer, temperature 1:
   MaskGIT             8 parallel steps, guidance null + 3 (cond - null) (the paper's s);
   MaskGIT, no CFG     the same, s = 1 (plain conditional model; shown, not judged);
@@ -61,7 +62,9 @@ TOKENIZER_OVERRIDES = (
     f"--config.model.patch_size={PATCH}", "--config.model.tubelet=1",
     f"--config.model.codebook_size={CODES}", "--config.model.d_model=32",
     "--config.train.batch_size=16")
-TOKENIZER_STEPS, STEPS, QUICK_STEPS = 300, 600, 2
+# Second design: 1200 generator steps (the first design's 600 left seed 1 mid-way through its
+# loss drop; see HISTORY). Nothing else changed.
+TOKENIZER_STEPS, STEPS, QUICK_STEPS = 300, 1200, 2
 QUICK_OPTIONS, QUICK_CODES = {"size": 16, "num_frames": 4, "num_train": 16}, 8
 NUM_EVAL, QUICK_EVAL = 64, 4
 CFG = 3.0
@@ -106,7 +109,23 @@ MAE 0.065 px; MaskGIT corr 0.725 / MAE 0.204 px, token-by-token 0.755 / 0.196, r
 equal NFE 0.767 / 0.184, MaskGIT without CFG 0.933 / 0.104, unconditioned -0.007 / 0.373,
 untrained 0.015 / 0.463, training mean 0 / 0.327; time ratio 5.15. Nothing was changed after
 it (the decoder timing moved to the shared `repro.sampling.timed_sampler`, the same best-of-2
-measure)."""
+measure).
+
+First design (commit ee3be1f; generator 600 steps; 3 seeds; `tokenlab repro echopulse
+--workdir docs/repro/echopulse`, 270 s, 4 min 35 s wall with start-up, load average 2.5 to 3;
+its repro.md, repro.json and figures are kept in docs/repro/echopulse/design1/): NOT
+ASSESSABLE. The prerequisite maskgit_beats_mean failed: MaskGIT radius MAE 0.244 +- 0.15 px
+vs the training mean's 0.327 - 0.1 (seeds 0.204 / 0.412 / 0.117). Seed 1's generator had not
+learnt the condition: its training loss sat on the unconditional plateau (~2.2 nats per
+masked code) until step ~450 and was still falling at 600 (eval CE 1.64 with the ECG vs
+1.67 without; seeds 0 and 2: 0.73 / 0.44 vs 2.00 / 2.17). Measured anyway: corr MaskGIT
+0.602 +- 0.39, token-by-token 0.623 +- 0.38, raster at equal NFE 0.618 +- 0.39, MaskGIT
+without CFG 0.663 +- 0.50, unconditioned -0.024, untrained 0.022; MAE token-by-token 0.242,
+raster 0.234, no CFG 0.178, unconditioned 0.363, untrained 0.452; time ratio 5.80 +- 0.16;
+the claim checks conditioning_followed, maskgit_not_worse and maskgit_faster passed,
+maskgit_beats_equal_nfe failed (0.244 vs 0.234). Second design (this one, declared before its
+run): 1200 generator steps, every other setting and check unchanged; the tokenizer run of the
+first design (same configuration, seed 0) is reused."""
 
 # ---------------------------------------------------------------------------------------------
 # Shared pieces (one tokenizer, the encoded clips, the baselines that need no network).
