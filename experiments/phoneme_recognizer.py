@@ -3,11 +3,12 @@ phoneme_recognizer.py): the intelligibility metric (phoneme error rate) of the a
 benchmark (`tokenlab audio-report`) and of the TTS methods' generated speech.
 
   tokenlab train --config experiments/phoneme_recognizer.py:size=cpu --workdir runs/per
-  tokenlab eval --workdir runs/per       # CTC nats per phoneme on the validation split
+  tokenlab eval --workdir runs/per       # loss: CTC nats per phoneme on the validation split
 
-variants: size=tiny (tests) | cpu (a few CPU minutes; the benchmark's) | base (accelerators:
-a larger corpus, bfloat16, FSDP); mel_bins=80 (must equal the tokenizers' mel_bins, since it
-reads their decoded mels).
+variants: size=tiny (tests: the audio tokenizers' 12-utterance corpus, 16 mel bins) | cpu (a
+few CPU minutes on the default 400 + 100 utterances, 80 bins; the benchmark's) | base
+(accelerators: bfloat16, FSDP; point data.options at a larger corpus); mel_bins=N (default 16
+tiny, 80 otherwise: must equal the tokenizers', since it reads their decoded mels).
 """
 
 from tokenlab.config import (base_config, choose, parse_arg, set_accelerator_defaults,
@@ -15,16 +16,21 @@ from tokenlab.config import (base_config, choose, parse_arg, set_accelerator_def
 from tokenlab.data import default_data_config
 
 SIZES = {
-    #        d_model layers heads mlp  batch steps  lr    train utterances
-    "tiny": (16, 1, 2, 32, 4, 3, 3e-3, 12),
-    "cpu": (96, 3, 4, 192, 16, 600, 2e-3, 400),
-    "base": (384, 8, 6, 1024, 128, 30000, 5e-4, 20000),
+    #        d_model layers heads mlp  batch steps  lr
+    "tiny": (16, 1, 2, 32, 4, 3, 3e-3),
+    "cpu": (96, 3, 4, 192, 16, 600, 2e-3),
+    "base": (384, 8, 6, 1024, 128, 30000, 5e-4),
 }
+# The audio tokenizers' tiny corpus (experiments/audio_codec.py, speech_ssl.py), so a tiny
+# recogniser reads their tiny runs' mels (16 bins); cpu and base use the speech defaults
+# (400 + 100 utterances, 80 bins), as the cpu tokenizers do.
+TINY_DATA = {"num_train": 8, "num_validation": 4, "voices": "en-us", "variants": "base,klatt",
+             "max_seconds": 3.0}
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, size="cpu", mel_bins=80)
-  d_model, layers, heads, mlp, batch, steps, lr, utterances = choose("size", arg.size, SIZES)
+  arg = parse_arg(arg, size="cpu", mel_bins=0)
+  d_model, layers, heads, mlp, batch, steps, lr = choose("size", arg.size, SIZES)
   c = base_config()
   set_schedule(c, steps=steps, batch_size=batch, lr=lr)
   if arg.size == "base":
@@ -39,9 +45,8 @@ def get_config(arg=None):
   c.model.num_heads = heads
   c.model.mlp_dim = mlp
   c.data = default_data_config("speech")
-  c.data.mel_bins = arg.mel_bins
-  if arg.size != "cpu":   # cpu keeps the dataset's defaults (400 + 100), shared with tokenizers
-    c.data.options.num_train = utterances
-    c.data.options.num_validation = max(utterances // 4, 3)
-  c.train.eval_batches = 0 if arg.size != "base" else 20
+  c.data.mel_bins = arg.mel_bins or (16 if arg.size == "tiny" else 80)
+  if arg.size == "tiny":
+    c.data.options.update(TINY_DATA)
+  c.train.eval_batches = 0 if arg.size != "base" else 20   # cpu: all 100 utterances
   return c
