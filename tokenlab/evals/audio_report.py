@@ -373,9 +373,10 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> str:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib import ticker
   panels = (("mel_l1", "mel-L1 (log-mel)"), ("per", "PER of reconstructions"),
             ("phoneme_probe", "phoneme probe accuracy"))
-  fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4))
   families = [f for f in dict.fromkeys(r["family"] for r in rows) if f != "trivial"]
   for ax, (key, title) in zip(axes, panels):
     for i, fam in enumerate(families):
@@ -388,12 +389,20 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> str:
       if r.get(key) is not None:
         ax.axhline(r[key], color="k", ls=style, lw=1, label=r["name"])
     ax.set_xscale("log")
+    rates = sorted({r["bits_per_second"] for r in rows
+                    if r["family"] != "trivial" and r.get(key) is not None})
+    ax.set_xticks(rates, [f"{v:.0f}" for v in rates], fontsize=8)   # the tokenizers' rates
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("bitrate (bits/s)")
     ax.set_title(title, fontsize=10)
-  axes[0].legend(fontsize=8)
+  legend = {}
+  for ax in axes:   # every family and bound once (units have no reconstruction panels)
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+      legend.setdefault(label, handle)
+  fig.legend(legend.values(), legend.keys(), loc="center right", fontsize=8)
   fig.suptitle("audio tokens on `speech` (validation): reconstruction, intelligibility, probe",
                fontsize=10)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 0.87, 1))
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
