@@ -19,7 +19,7 @@ from tokenlab.data import default_data_config
 SIZES = {
     #        size frames events chunk patch d_model layers heads mlp head(w, depth) batch
     "tiny": (24, 3, 2, 1, 12, 16, 1, 2, 32, (16, 1), 4),
-    "small": (24, 5, 2, 1, 8, 32, 2, 2, 64, (64, 1), 32),
+    "small": (24, 5, 2, 1, 8, 32, 2, 2, 64, (128, 1), 32),
     "base": (64, 17, 4, 2, 8, 512, 12, 8, 1536, (512, 3), 128),
 }
 SCHEDULES = {

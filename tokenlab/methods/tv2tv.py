@@ -16,7 +16,8 @@ the rest. At toy scale (tokenlab's `moving_shapes` clips, 24 x 24 px, 5 frames, 
      [frame 0] [slot 1] [noisy chunk 1] [clean chunk 1] [slot 2] [noisy chunk 2] ... [slot C]
      [noisy chunk C]
 
-   A video token is one p x p RGB patch (raw pixels, 6 x 6 x 3 = 108 values, 16 per frame).
+   A video token is one p x p RGB patch of raw pixels (size=small: 8 x 8 x 3 = 192 values, 9
+   per frame).
 2. Mixture-of-Transformers (`tokenlab.nn.mixture_of_transformers`): text tokens and video
    tokens go through their own norms, QKV / output projections and MLPs, with one global
    attention over the sequence; the mask is block-causal (`interleaved_mask`): text is causal,
@@ -28,7 +29,19 @@ the rest. At toy scale (tokenlab's `moving_shapes` clips, 24 x 24 px, 5 frames, 
    predicted from the last token of the chunk before it: the switch decision); video by
    flow matching (`tokenlab.nn.flow_matching`, linear path, logit-normal t, one t per chunk):
    the video tower's output at a noisy token conditions a `FlowHead` that predicts the
-   velocity of that patch. loss = CE + flow_weight x flow MSE.
+   velocity of that patch; by default it predicts the clean chunk x1 and the velocity is
+   (x1 - x_t) / (1 - t) ("x-prediction, v-loss", as Li and He 2025, "Back to Basics: Let
+   Denoising Generative Models Denoise": for high-dimensional pixel
+   patches a network predicts the clean data more easily than the noise-laden velocity; the
+   loss is still the flow-matching MSE on velocities). With the zero-initialised head the
+   untrained model predicts "no change" (x1 = 0: copy the last frame) exactly.
+   loss = CE + flow_weight x flow MSE. Each noisy patch also reads
+   its chunk's reference frame (the last frame before the chunk) at the same place, added
+   to its input embedding, and the FlowHead's condition is [the tower's output, that
+   reference patch]. With `predict="v"` the head must be at least as wide as a patch's
+   values (`head_width` >= p^2 x 3): a narrower first layer cannot pass the noise through (a
+   pilot with width 64 < 192 stalled at flow MSE 0.69, BUILD_NOTES.md); x-prediction
+   takes the noise from x_t directly.
 4. Sampling (`rollout`): from a prefix, for each chunk: write the slot greedily token by token
    until BOV (or take a given / user-inserted text), then draw the chunk by Euler steps from
    Gaussian noise with everything before it as clean context; append it clean and go on.
@@ -85,6 +98,7 @@ VOCAB = ("<pad>", "<bov>", *shapes.COLOURS, *shapes.SHAPES, *moving_shapes.KINDS
 SLOT = 5                 # colour, shape, kind, argument, BOV
 TEXT, VIDEO = 0, 1       # modality ids (MoT routing)
 CLEAN, NOISY, WORD = 0, 1, 2   # token kinds of the layout
+MIN_GAP = 0.05           # x-prediction: 1 - t floored, so the velocity stays finite near t = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +120,8 @@ class TV2TVConfig:
   flow_weight: float = 1.0      # loss = CE + flow_weight x flow-matching MSE
   t_mean: float = 0.0           # logit-normal t = sigmoid(N(t_mean, t_std)), per chunk
   t_std: float = 1.0
+  predict: str = "x"            # the head predicts the clean chunk x1 ("x", velocity (x1 -
+                                # x_t) / (1 - t)) or the velocity itself ("v")
   sample_steps: int = 8         # Euler steps per chunk
 
 
@@ -293,9 +309,16 @@ class TV2TVModule(nn.Module):
 
     logits = embed.attend(h[:, lay.predictor])                         # (B, C, SLOT, V)
     z = h[:, lay.noisy]                                                # (B, C, F P, d)
+    # The head also reads the reference patch itself: the change it draws is mostly a
+    # function of those pixels (recoloured, reshaped, shifted), which a d-wide z would
+    # have to squeeze through.
+    ref_tok = jnp.tile(ref, (1, 1, cfg.frames_per_chunk, 1))         # (B, C, F P, D)
+    z = jnp.concatenate([z, ref_tok.astype(z.dtype)], -1)
     tt = jnp.broadcast_to(1000.0 * t[:, :, None], z.shape[:-1])
-    v = FlowHead(cfg.head_width, cfg.head_depth, name="flow_head")(noisy, tt, z)
-    return logits, v
+    out = FlowHead(cfg.head_width, cfg.head_depth, name="flow_head")(noisy, tt, z)
+    if cfg.predict == "x":   # x1 = out; the velocity of the straight path through x_t
+      out = (out - noisy) / jnp.maximum(1.0 - t, MIN_GAP)[:, :, None, None]
+    return logits, out
 
 
 # ----------------------------------------------------------------------------- method
@@ -309,6 +332,9 @@ class TV2TV(Method):
   def __init__(self, config: TV2TVConfig):
     super().__init__(config)
     check_layout(config)
+    if config.predict not in ("x", "v"):
+      raise ConfigError(f"config.model.predict={config.predict!r}: use 'x' (the head predicts "
+                        "the clean chunk) or 'v' (the velocity)")
     if config.d_model % config.num_heads or (config.d_model // config.num_heads) % 2:
       raise ConfigError(f"config.model.d_model={config.d_model} must split into "
                         f"num_heads={config.num_heads} heads of even size (RoPE)")
@@ -362,6 +388,9 @@ class TV2TV(Method):
     noisy = jnp.zeros((b, self.num_chunks, self.config.frames_per_chunk * self.patches,
                        self.patch_dim))
     t = jnp.zeros((b, self.num_chunks))
+    # An "unsafe_rbg" key seeded by `rng`: cheaper to compile than threefry on CPU (as xar).
+    seed = jax.random.randint(rng, (), 0, np.iinfo(np.int32).max)
+    rng = jax.random.key(seed, impl="unsafe_rbg")
     return self.module.init(rng, frames, slots, noisy, t)["params"]
 
   def loss(self, params: PyTree, batch: Batch, rng: jax.Array):

@@ -117,30 +117,38 @@ class MoTBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, modality: jax.Array, mask: jax.Array,
                positions: jax.Array | None = None) -> jax.Array:
-    """x (B, L, D); modality (B, L) int or a static numpy (L,) layout (`route`); mask bool broadcastable to (B, 1, L, L) (True = may
-    attend, e.g. `interleaved_mask`); positions (B, L) int for RoPE."""
+    """x (B, L, D); modality (B, L) int or a static numpy (L,) layout (`route`); mask bool
+    broadcastable to (B, 1, L, L) (True = may attend, e.g. `interleaved_mask`); positions
+    (B, L) int for RoPE."""
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    d = x.shape[-1]
-    pd = self.param_dtype
+    d, pd = x.shape[-1], self.param_dtype
+    heads = (self.num_heads, self.head_dim)
 
-    def per(make):  # one module per modality, routed by token
-      mods = [make(name) for name in self.modalities]
-      return lambda *a: route(modality, mods, *a)
+    # Two routed stages per layer (each token gathered once per stage): the pre-attention
+    # norm and q / k / v projections, then the output projection and the MLP half.
+    def qkv(name):
+      norm = RMSNorm(param_dtype=pd, name=f"{name}_attn_norm")
+      proj = [DenseGeneral(heads, ("embed", "heads", "head_dim"), param_dtype=pd,
+                           name=f"{name}_{n}") for n in ("query", "key", "value")]
+      return lambda u: jnp.stack([p(norm(u)) for p in proj], axis=2)   # (B, L', 3, H, Dh)
 
-    proj = lambda n: (lambda name: DenseGeneral((self.num_heads, self.head_dim),
-                                                ("embed", "heads", "head_dim"), param_dtype=pd,
-                                                name=f"{name}_{n}"))
-    h = per(lambda name: RMSNorm(param_dtype=pd, name=f"{name}_attn_norm"))(x)
-    q, k, v = (per(proj(n))(h) for n in ("query", "key", "value"))
+    def post(name):
+      out = DenseGeneral((d,), ("heads", "head_dim", "embed"), in_dims=2, param_dtype=pd,
+                         name=f"{name}_out")
+      norm = RMSNorm(param_dtype=pd, name=f"{name}_mlp_norm")
+      mlp = SwiGLU(self.mlp_dim, param_dtype=pd, name=f"{name}_mlp")
+      def fn(u, att):
+        u = u + out(att)
+        return u + mlp(norm(u))
+      return fn
+
+    q, k, v = jnp.moveaxis(route(modality, [qkv(n) for n in self.modalities], x), 2, 0)
     if self.use_rope:
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
       q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
     att = dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
-    x = x + per(lambda name: DenseGeneral((d,), ("heads", "head_dim", "embed"), in_dims=2,
-                                          param_dtype=pd, name=f"{name}_out"))(att)
-    h = per(lambda name: RMSNorm(param_dtype=pd, name=f"{name}_mlp_norm"))(x)
-    return x + per(lambda name: SwiGLU(self.mlp_dim, param_dtype=pd, name=f"{name}_mlp"))(h)
+    return route(modality, [post(n) for n in self.modalities], x, att)
 
 
 class MoTStack(nn.Module):
