@@ -22,7 +22,8 @@ the model's own features as new targets).
 
 Masking follows HuBERT: each valid frame starts a span with probability `mask_prob`, a span
 covers `mask_span` frames (HuBERT: p = 0.08, 10 frames at 50 Hz = 200 ms; here 5 frames at
-25 Hz = 200 ms by default), the loss is on masked frames only (HuBERT's alpha = 1).
+25 Hz = 200 ms by default), the loss is on masked frames only (HuBERT's alpha = 1;
+`unmasked_weight` > 0 adds that weight x the loss on unmasked frames, HuBERT's 1 - alpha).
 Padding never counts: not in the loss, not in the target k-means, not in attention (valid
 frames attend to valid frames only).
 
@@ -79,6 +80,7 @@ class SpeechSSLConfig:
   target_dead_after: int = 10     # restart a target cluster unused this many updates
   mask_prob: float = 0.08         # probability that a valid frame starts a masked span
   mask_span: int = 5              # frames per span
+  unmasked_weight: float = 0.0    # loss weight of unmasked frames (HuBERT's 1 - alpha; 0)
   num_units: int = 100            # default k of fit_units / load_frozen_tokenizer
 
 
@@ -225,13 +227,18 @@ class SpeechSSL(Method):
 
   def _loss_and_metrics(self, logits, targets, qm, masked, f: audio.MelFrames):
     weight = masked.astype(jnp.float32) * f.token_mask
-    n = jnp.sum(weight)
+    seen = (1.0 - masked.astype(jnp.float32)) * f.token_mask
+    n, n_seen = jnp.sum(weight), jnp.sum(seen)
     nll = token_nll(logits.astype(jnp.float32), targets)
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
     loss = jnp.sum(nll * weight) / jnp.maximum(n, 1.0)
+    if self.config.unmasked_weight:
+      loss = loss + self.config.unmasked_weight * jnp.sum(nll * seen) / jnp.maximum(n_seen, 1.0)
     return loss, {
-        "loss": Average.of(jnp.sum(nll * weight), n),
+        "loss": Average.of(loss * n, n),
+        "masked_nll": Average.of(jnp.sum(nll * weight), n),
         "masked_accuracy": Average.of(jnp.sum(correct * weight), n),
+        "unmasked_accuracy": Average.of(jnp.sum(correct * seen), n_seen),
         "mask_fraction": Average.of(jnp.sum(weight), jnp.sum(f.token_mask)),
         # The target k-means' code statistics over valid frames.
         "target_usage": qm["usage"], "target_perplexity": qm["perplexity"],
