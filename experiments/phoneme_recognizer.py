@@ -25,7 +25,7 @@ SIZES = {
 # recogniser reads their tiny runs' mels (16 bins); cpu and base use the speech defaults
 # (400 + 100 utterances, 80 bins), as the cpu tokenizers do.
 TINY_DATA = {"num_train": 8, "num_validation": 4, "voices": "en-us", "variants": "base,klatt",
-             "max_seconds": 3.0}
+             "max_seconds": 2.5}
 
 
 def get_config(arg=None):

@@ -391,7 +391,13 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> str:
     ax.set_xscale("log")
     rates = sorted({r["bits_per_second"] for r in rows
                     if r["family"] != "trivial" and r.get(key) is not None})
-    ax.set_xticks(rates, [f"{v:.0f}" for v in rates], fontsize=8)   # the tokenizers' rates
+    # Ticks at the tokenizers' rates, a label only where it clears the last one (log axis).
+    ticks = [v for i, v in enumerate(rates) if i == 0 or v / rates[i - 1] > 1.0]
+    shown, labels = 0.0, []
+    for v in ticks:
+      labels.append(f"{v:.0f}" if v > 1.12 * shown else "")
+      shown = v if labels[-1] else shown
+    ax.set_xticks(ticks, labels, fontsize=8)
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("bitrate (bits/s)")
     ax.set_title(title, fontsize=10)
