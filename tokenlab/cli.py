@@ -314,9 +314,9 @@ _AUDIO_REPORT_EPILOG = """\
 Rows: each tokenizer (a speech_ssl run: one row per --units k), 'log-mel (input)' (upper
 bound) and 'mean mel (silence)' (a decoder ignoring its tokens: lower bound). Every run must
 use the same `speech` options and mel bins as the recogniser.
-examples:
-  tokenlab audio-report --train --out docs/audio
-  tokenlab audio-report runs/codec runs/ssl --recognizer runs/per --out /tmp/audio
+examples (synopses; the --train one trains six tokenizers and the recogniser, ~13 CPU min):
+  tokenlab audio-report --train --out DIR
+  tokenlab audio-report CODEC_RUN SSL_RUN --recognizer RECOGNIZER_RUN --out DIR
 """
 
 
