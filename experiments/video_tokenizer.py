@@ -10,7 +10,9 @@ variants: size=tiny (tests: 4 frames of 32x32, seconds) | cpu (a few CPU minutes
 (accelerators: bfloat16, FSDP, remat); dataset=moving_digits | moving_shapes | pulse;
 quantizer=vq_ema | vq | rvq | fsq | lfq | binary; frames=0 (the size's default: tiny 4, cpu 8,
 base 16); causal=0|1 (causal temporal attention); frame_mask=0.0 (MotionAura's masked
-training: the share of latent frames masked) with mask_kind=frame|patch. Another experiment
+training: the share of latent frames masked) with mask_kind=frame|patch; norm=0|1
+(`token_norm`: RMS-normalised token embeddings before the positions; BUILD_NOTES "Video
+tokenizer" measures both). Another experiment
 loads a trained run frozen with `tokenlab.train.inference.load_frozen_tokenizer(workdir)`.
 """
 
@@ -35,7 +37,7 @@ DATASETS = {
 
 def get_config(arg=None):
   arg = parse_arg(arg, size="cpu", dataset="moving_digits", quantizer="vq_ema", frames=0,
-                  causal=0, frame_mask=0.0, mask_kind="frame", bits=10)
+                  causal=0, frame_mask=0.0, mask_kind="frame", bits=10, norm=0)
   (frames, tubelet, d_model, layers, heads, latent, codebook, batch, steps,
    lr) = choose("size", arg.size, SIZES)
   channels, sizes, patches = choose("dataset", arg.dataset, DATASETS)
@@ -55,10 +57,13 @@ def get_config(arg=None):
   c.model.num_heads = heads
   c.model.causal_time = bool(arg.causal)
   c.model.remat = "full" if arg.size == "base" else "none"
+  c.model.token_norm = bool(arg.norm)
   c.model.quantizer = arg.quantizer
   c.model.latent_dim = latent
   c.model.codebook_size = codebook
   c.model.num_bits = arg.bits     # lfq / binary bits per position
+  c.model.rvq_levels = 2
+  c.model.fsq_levels = (8, 5, 5, 5)
   # A code unused for this many EMA updates is restarted from an encoder output (VQ, RVQ).
   c.model.dead_after = 0 if arg.size == "tiny" else 20
   c.model.frame_mask_ratio = arg.frame_mask

@@ -175,6 +175,10 @@ def frozen_outputs(trained):
   masked = registry.build_method(ConfigDict(dict(model, frame_mask_ratio=0.5)))
   patched = registry.build_method(ConfigDict(dict(model, frame_mask_ratio=0.25,
                                                   mask_kind="patch")))
+  normed = registry.build_method(ConfigDict(dict(model, token_norm=True)))
+  ones = {"scale": np.ones((model["d_model"],), np.float32)}
+  normed_variables = dict(tok.variables, params=dict(tok.variables["params"],
+                                                     embed_norm=ones, latent_norm=ones))
 
   @jax.jit
   def run(video):
@@ -184,7 +188,9 @@ def frozen_outputs(trained):
                                  method=masked.module.embed_tokens)
     return dict(codes=codes, decoded=tok.decode(codes),
                 recon=tok.method.reconstruct(tok.variables, video), frames=frames,
-                tokens=tokens, patches=patched.token_mask(jax.random.key(1), 2))
+                tokens=tokens, patches=patched.token_mask(jax.random.key(1), 2),
+                normed=normed.module.apply(normed_variables, video,
+                                           method=normed.module.embed_tokens))
 
   return tok, jax.device_get(run(video))
 
@@ -212,3 +218,10 @@ def test_frame_masking_replaces_whole_frames_by_the_mask_embedding(frozen_output
   # Patch kind: the same share of single tubelet positions, not whole frames.
   patches = out["patches"].reshape(2, 8)
   assert (patches.sum(-1) == 2).all()                              # round(0.25 * 8)
+
+
+def test_token_norm_gives_unit_rms_embeddings(frozen_outputs):
+  _, out = frozen_outputs
+  rms = np.sqrt(np.mean(np.square(out["normed"]), axis=-1))
+  np.testing.assert_allclose(rms, 1.0, rtol=1e-3)
+  assert not np.allclose(np.sqrt(np.mean(np.square(out["tokens"]), axis=-1)), 1.0, rtol=0.1)

@@ -56,7 +56,7 @@ import numpy as np
 from tokenlab.errors import ConfigError
 from tokenlab.evals.video_metrics import per_frame_psnr
 from tokenlab.method import Average, Batch, Method, PyTree, as_variables
-from tokenlab.nn.layers import DenseGeneral, param_with_axes
+from tokenlab.nn.layers import DenseGeneral, RMSNorm, param_with_axes
 from tokenlab.nn.quantizers import (STATEFUL_QUANTIZERS, STATS, Quantized, make_quantizer,
                                     quantizer_latent_size)
 from tokenlab.nn.video import SpaceTimeTransformer, patchify_3d, unpatchify_3d
@@ -80,6 +80,10 @@ class VideoTokenizerConfig:
   num_heads: int = 4
   causal_time: bool = False       # causal temporal attention (encoder and decoder)
   remat: str = "none"             # none | full | dots (accelerator sizes)
+  # RMS-normalise the tubelet embedding (encoder) and the embedding of the quantized
+  # latents (decoder) before the sin-cos positions are added: at init a 0.02-normal
+  # embedding is ~0.1-0.2 RMS against positions of ~0.7, so the codes learn positions.
+  token_norm: bool = False
   # quantizer (tokenlab/nn/quantizers.py make_quantizer)
   quantizer: str = "vq_ema"       # vq_ema | vq | rvq | fsq | lfq | binary
   latent_dim: int = 16            # vq / vq_ema / rvq vector size
@@ -117,6 +121,8 @@ class VideoTokenizerModule(nn.Module):
                                   use_bias=True)
     self.quantizer = make_quantizer(cfg)
     self.from_latent = DenseGeneral((cfg.d_model,), (None, "embed"), use_bias=True)
+    if cfg.token_norm:
+      self.embed_norm, self.latent_norm = RMSNorm(), RMSNorm()
     self.decoder = SpaceTimeTransformer(**stack)
     p = cfg.patch_size
     self.head = DenseGeneral((cfg.tubelet * p * p * cfg.channels,), ("embed", None),
@@ -132,6 +138,8 @@ class VideoTokenizerModule(nn.Module):
     """video (B, T, H, W, C) in [0, 1] -> the encoder's input tokens (B, t*h*w, d_model)
     before positions; where token_mask (B, t, h, w) is True the token is the mask embedding."""
     x = self.embed(patchify_3d(video * 2.0 - 1.0, self.cfg.tubelet, self.cfg.patch_size))
+    if self.cfg.token_norm:
+      x = self.embed_norm(x)
     if token_mask is not None:
       flat = token_mask.reshape(x.shape[0], -1, 1)
       x = jnp.where(flat, self.mask_embedding.astype(x.dtype), x)
@@ -148,7 +156,10 @@ class VideoTokenizerModule(nn.Module):
     if self.cfg.quantizer == "binary":
       values = 2.0 * values - 1.0          # bits {0, 1} -> {-1, +1}
     b = values.shape[0]
-    x = self.decoder(self.from_latent(values.reshape(b, -1, values.shape[-1])))
+    x = self.from_latent(values.reshape(b, -1, values.shape[-1]))
+    if self.cfg.token_norm:
+      x = self.latent_norm(x)
+    x = self.decoder(x)
     cfg = self.cfg
     out = unpatchify_3d(self.head(x), cfg.tubelet, cfg.patch_size, cfg.frames, cfg.size,
                         cfg.size)
