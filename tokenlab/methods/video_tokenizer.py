@@ -14,7 +14,11 @@ factorised transformer -> linear head to tubelet pixels -> `unpatchify_3d` -> re
   tokenizers of ECHOPulse, arXiv 2410.03143, and MAGVIT-v2). `causal_time=True` makes the
   temporal attention causal in both encoder and decoder, so codes and reconstruction of
   latent frame i depend on input frames of latent frames <= i only (MAGVIT-v2's causal
-  tokenizer, which lets frame 0 be tokenized alone). Positions: fixed 3-D sin-cos.
+  tokenizer, which lets frame 0 be tokenized alone). Positions: fixed 3-D sin-cos, added to
+  the tubelet embedding (encoder) and to the embedding of the quantized latents (decoder);
+  `token_norm=True` RMS-normalises both embeddings first (our addition: at toy scale the
+  0.02-normal embeddings are small against the positions and the codes then spend
+  themselves on position; BUILD_NOTES "Video tokenizer" measures both).
 - Quantizer (`quantizer`): the image tokenizer's, from tokenlab/nn/quantizers.py
   `make_quantizer`: `vq_ema` (EMA codebook + dead-code restart in the `vq_stats` collection:
   the method is then stateful), `vq`, `rvq` (stateful), `fsq`, `lfq`, `binary`.
