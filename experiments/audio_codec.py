@@ -6,7 +6,7 @@ speech methods (issue 19).
       --workdir W
   tokenlab eval --workdir W          # mel_l1 (log-mel units), usage, perplexity, bits/s
 
-variants: size=tiny (tests: a 12-utterance corpus, 16 mel bins) | cpu (a few CPU minutes on
+variants: size=tiny (tests: a 6-utterance corpus, 16 mel bins) | cpu (a few CPU minutes on
 the default 400-utterance corpus, 80 mel bins) | base (accelerators: bfloat16, FSDP);
 quantizer=rvq | fsq; bitrate=low | mid | high (rvq: 1 / 2 / 4 levels of 256 codes (tiny:
 16); fsq: levels (5,5,5) / (8,5,5,5) / (8,8,8,5,5,5)); hz=25 | 12.5 (tokens per second:
@@ -28,8 +28,8 @@ RVQ_LEVELS = {"low": 1, "mid": 2, "high": 4}
 FSQ_LEVELS = {"low": (5, 5, 5), "mid": (8, 5, 5, 5), "high": (8, 8, 8, 5, 5, 5)}
 STAGES = {25.0: (1, 2), 12.5: (1, 2, 2)}
 # The tiny corpus of the tests (speech defaults otherwise: 400 + 100 utterances, 4 s).
-TINY_DATA = {"num_train": 8, "num_validation": 4, "voices": "en-us", "variants": "base,klatt",
-             "max_seconds": 2.5}   # the longest of these 12 utterances: 2.36 s
+TINY_DATA = {"num_train": 4, "num_validation": 2, "voices": "en-us", "variants": "base,klatt",
+             "max_seconds": 2.5}   # the longest of these 6 utterances: 2.36 s
 
 
 def get_config(arg=None):

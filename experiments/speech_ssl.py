@@ -6,7 +6,7 @@ one layer's features: the "semantic" speech tokens of issue 19.
   python -m tokenlab.methods.speech_ssl --workdir W --units 50,100,200   # W/units/k*.npz
   # then: load_frozen_tokenizer(W, units=100).encode(batch) -> unit ids (B, t)
 
-variants: size=tiny (tests: a 12-utterance corpus, 16 mel bins) | cpu (a few CPU minutes
+variants: size=tiny (tests: a 6-utterance corpus, 16 mel bins) | cpu (a few CPU minutes
 on the default 400-utterance corpus, 80 mel bins) | base (accelerators: bfloat16, FSDP);
 units=50 | 100 | 200 (the k that fit_units and load_frozen_tokenizer use by default: the
 units' bitrate is 25 x log2(k) bits/s); hz=25 | 12.5 (frames per second).
@@ -25,8 +25,8 @@ SIZES = {
 UNITS = {50: 50, 100: 100, 200: 200}
 STAGES = {25.0: (1, 2), 12.5: (1, 2, 2)}
 # The tiny corpus of the tests (speech defaults otherwise: 400 + 100 utterances, 4 s).
-TINY_DATA = {"num_train": 8, "num_validation": 4, "voices": "en-us", "variants": "base,klatt",
-             "max_seconds": 2.5}   # the longest of these 12 utterances: 2.36 s
+TINY_DATA = {"num_train": 4, "num_validation": 2, "voices": "en-us", "variants": "base,klatt",
+             "max_seconds": 2.5}   # the longest of these 6 utterances: 2.36 s
 
 
 def get_config(arg=None):
