@@ -47,7 +47,7 @@ OPTIONS = {"size": 16, "num_frames": 4}
 
 
 def _probe(cache_dir):
-  return vm.train_frame_probe("pulse", options=OPTIONS, clips=32, steps=80, batch_size=32,
+  return vm.train_frame_probe("pulse", options=OPTIONS, clips=24, steps=50, batch_size=32,
                               cache_dir=cache_dir)
 
 
