@@ -17,9 +17,9 @@ a language model predicts them. Each is written once here; `tokenlab audio-repor
   speaker.
 - `code_features(codes, codebook_sizes)`: the one-hot features of codes (the probes' input
   for a tokenizer; one block of one-hots per codebook).
-- `token_lm_perplexity(...)`: a count bigram LM (`tokenlab.repro.baselines.NGram`, add-one:
-  alpha = 1, interpolated toward the add-one unigram) fitted on training token streams,
-  perplexity per token on held-out streams; codebooks interleaved frame by frame.
+- `token_lm_perplexity(...)`: count bigram LMs (`tokenlab.repro.baselines.NGram`, add-one:
+  alpha = 1, interpolated toward the add-one unigram), one per codebook over time, fitted on
+  training utterances, perplexity per token on held-out ones.
 - Intelligibility: `ctc_greedy_decode`, `edit_distance`, `load_recognizer` (a
   `phoneme_recognizer` run, `experiments/phoneme_recognizer.py`) and
   `phoneme_error_rate(recognizer, mels, mel_lengths, phoneme_ids)` (the later TTS methods
@@ -213,34 +213,29 @@ def speaker_probe(train_feats: np.ndarray, train_lengths: np.ndarray, train_spea
 
 # --- token language model -------------------------------------------------------------------
 
-def token_streams(codes: np.ndarray, codebook_sizes: Sequence[int],
-                  lengths: np.ndarray) -> list[np.ndarray]:
-  """Per utterance, its real frames' codes interleaved frame by frame (t0k0, t0k1, ...,
-  t1k0, ...), codebook k's codes offset by the sizes before it (one joint vocabulary)."""
-  codes = _as_streams(codes, len(codebook_sizes))
-  offsets = np.concatenate([[0], np.cumsum(codebook_sizes)[:-1]]).astype(np.int64)
-  joint = codes.astype(np.int64) + offsets
-  return [joint[b, :int(n)].reshape(-1) for b, n in enumerate(lengths)]
-
-
 def token_lm_perplexity(train_codes: np.ndarray, train_lengths: np.ndarray,
                         test_codes: np.ndarray, test_lengths: np.ndarray,
                         codebook_sizes: Sequence[int], order: int = 2) -> dict[str, float]:
-  """A count n-gram LM (`NGram`, add-one: alpha = 1) over the interleaved token streams.
+  """Count n-gram LMs (`NGram`, add-one: alpha = 1), one per codebook, over time.
 
-  Fitted on the training utterances, scored on held-out ones. Returns {'perplexity' (per
-  token), 'bits_per_frame' (log2 perplexity x codebooks: what the LM needs per frame, vs
-  sum log2 size for no model)}.
+  Codebook k's codes of an utterance (its real frames) are one stream over that codebook's
+  own vocabulary, each code predicted from the codebook's previous order - 1 codes; fitted
+  on the training utterances, scored on held-out ones. Returns {'perplexity': exp of the
+  mean over codebooks of the per-token NLL (the geometric mean of the codebooks'
+  perplexities; one codebook: its perplexity), 'bits_per_frame': the sum over codebooks of
+  the per-token bits (what the LMs need per frame, vs sum of log2 sizes with no model)}.
   """
   from tokenlab.repro.baselines import NGram
-  vocab = int(sum(codebook_sizes))
-  lm = NGram(order, vocab, alpha=1.0).fit(
-      token_streams(train_codes, codebook_sizes, train_lengths))
-  nll = [lm.nll([s]).reshape(-1) for s in token_streams(test_codes, codebook_sizes,
-                                                       test_lengths) if len(s)]
-  mean = float(np.mean(np.concatenate(nll)))
-  return {"perplexity": math.exp(mean),
-          "bits_per_frame": mean / math.log(2) * len(codebook_sizes)}
+  train = _as_streams(train_codes, len(codebook_sizes))
+  test = _as_streams(test_codes, len(codebook_sizes))
+  nats = []
+  for k, size in enumerate(codebook_sizes):
+    lm = NGram(order, int(size), alpha=1.0).fit(
+        train[b, :int(n), k] for b, n in enumerate(train_lengths))
+    nll = [lm.nll([test[b, :int(n), k]]).reshape(-1) for b, n in enumerate(test_lengths) if n]
+    nats.append(float(np.mean(np.concatenate(nll))))
+  return {"perplexity": math.exp(float(np.mean(nats))),
+          "bits_per_frame": sum(nats) / math.log(2)}
 
 
 # --- intelligibility: CTC phoneme recogniser ------------------------------------------------

@@ -31,8 +31,9 @@ log-mel frame whatever the tokens: the lower bound). Columns (tokenlab/evals/aud
 - phone probe: frame-level linear probe accuracy of the tokens (one-hot per codebook; FSQ
   codes as one-hot per dimension) against the phoneme at each token frame's centre;
 - speaker probe: linear probe of the per-utterance bag of tokens (mean one-hot) -> speaker;
-- LM ppl: a count bigram over the interleaved token streams (add-one), per token, fitted on
-  train and scored on validation; LM bits/frame beside it in the JSON.
+- LM ppl: count bigrams (add-one), one per codebook over time, fitted on train and scored
+  on validation: the geometric mean over codebooks of the per-token perplexity; LM bits per
+  frame (summed over codebooks) beside it in the JSON.
 
 Writes OUT/report.md (the table), OUT/report.json (every number, the runs, the command's
 settings) and OUT/report.png (bitrate against mel-L1, PER and the phoneme probe).
