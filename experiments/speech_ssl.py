@@ -48,6 +48,7 @@ def get_config(arg=None):
   c.model.unit_layer = unit_layer
   c.model.num_targets = targets
   c.model.num_units = choose("units", arg.units, UNITS)
+  c.model.unmasked_weight = 0.0   # HuBERT's alpha = 1: the loss on masked frames only
   c.data = default_data_config("speech")
   c.data.mel_bins = mel_bins
   if arg.size == "tiny":
