@@ -82,8 +82,13 @@ def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _first_batch(config, split: str, batch_size: int):
   from tokenlab import data as data_lib
-  from tokenlab.train.loop import METHOD_DATA, data_errors
-  with data_errors(None if config.data.get("name") == METHOD_DATA else config.data):
+  from tokenlab.train.loop import METHOD_DATA, data_errors, method_iterator_fns
+  if config.data.get("name") == METHOD_DATA:
+    # The method makes its own data (e.g. clips encoded by a frozen tokenizer).
+    train_fn, eval_fn = method_iterator_fns(config)
+    return next(iter((eval_fn if split == "validation" else train_fn)(batch_size,
+                                                                       config.seed)))
+  with data_errors(config.data):
     it = data_lib.make_iterator(config.data, split=split, batch_size=batch_size,
                                 seed=config.seed, shuffle=False, num_epochs=1)
     return next(iter(it))
@@ -163,10 +168,18 @@ def _cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _data_kind(config) -> str | None:
-  """The registered kind ('text', 'image', 'video', 'audio') of the run's dataset, or None."""
+  """The registered kind ('text', 'image', 'video', 'audio') of the run's dataset, or None.
+  A method that makes its own data (config.data.name='method') names what its `sample`
+  returns in a class attribute `sample_kind` (e.g. 'video' for clips from a frozen video
+  tokenizer)."""
+  from tokenlab import registry
   from tokenlab.data import DATASETS
   spec = DATASETS.get(config.data.get("name"))
-  return None if spec is None else spec.kind
+  if spec is None:
+    name = config.model.get("name")
+    cls = registry.get_method_class(name) if name in registry.method_names() else None
+    return getattr(cls, "sample_kind", None)
+  return spec.kind
 
 
 def _sample_images(args: argparse.Namespace, config) -> int:
@@ -190,6 +203,9 @@ def _sample_images(args: argparse.Namespace, config) -> int:
   if not hasattr(run.method, "sample"):
     raise TokenlabError(f"method '{config.model.name}' has no sampler")
   stateful = bool(run.method.state_collections)
+  if callable(getattr(run.method, "tokenizer", None)):
+    # Methods over a frozen tokenizer load it on first use: here, not inside the jit trace.
+    run.method.tokenizer()
   with jax.set_mesh(run.mesh):
     out = jax.jit(lambda p, b, r, s: run.method.sample(
         p, b, r, **({"state": s} if stateful else {})))(

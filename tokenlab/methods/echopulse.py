@@ -170,6 +170,7 @@ class EchoPulse(Method):
   """ECG-conditioned MaskGIT over a frozen video tokenizer's codes; see the module docstring.
   Batches: codes (B, N) int32 (raster order over (t, h, w)), signal (B, T) float32, optional
   mask (B,)."""
+  sample_kind = "video"    # `tokenlab sample` writes its clips as a GIF / PNG strip
   Config = EchoPulseConfig
 
   def __init__(self, config: EchoPulseConfig):

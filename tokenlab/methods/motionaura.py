@@ -106,6 +106,7 @@ class Denoiser(nn.Module):
 @register_method("motionaura")
 class MotionAura(Method):
   """Discrete diffusion video prediction over frozen 3-D tokenizer codes (module docstring)."""
+  sample_kind = "video"    # `tokenlab sample` writes its clips as a GIF / PNG strip
 
   Config = MotionAuraConfig
 
