@@ -107,11 +107,16 @@ def test_train_resume_and_plot_in_a_gs_workdir(fake_gcs, tmp_path, capsys):
   run = fake_gcs / "bucket" / "run"
   rc = cli.main(_train_argv("gs://bucket/run", data_dir, 4))
   err = capsys.readouterr().err
-  if rc != 0 and "CopyRange not supported" in err:
+  save_failed = "saving the checkpoint of step 4 into gs://bucket/run/checkpoints failed" in err
+  if rc != 0 and save_failed and ("CopyRange not supported" in err
+                                  or "FileNotFoundError" in err):
     # The known gap, reported as an expected failure while it lasts (and the rest of this test
-    # runs, unchanged, the day the double supports it). Raised without a traceback: pytest
-    # parsing source for one raced orbax's threads on CPython 3.11.7 ("AST constructor
-    # recursion depth mismatch", an internal error of the whole run).
+    # runs, unchanged, the day the double supports it): orbax's gcs save path does not work
+    # against the file-driver double. Alone it stops at CopyRange; in a full xdist run it has
+    # also stopped one step earlier with a FileNotFoundError inside the double's store (seen
+    # once, session 8). Any other failure, or a failure before the save, still fails. Raised
+    # without a traceback: pytest parsing source for one raced orbax's threads on CPython
+    # 3.11.7 ("AST constructor recursion depth mismatch", an internal error of the whole run).
     raise pytest.xfail.Exception(
         "orbax's save into the test double fails: TensorStore's file driver has no CopyRange, "
         "which its gcs path uses; untested end to end until a double (or a bucket) supports "
