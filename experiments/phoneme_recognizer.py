@@ -14,6 +14,7 @@ tiny, 80 otherwise: must equal the tokenizers', since it reads their decoded mel
 from tokenlab.config import (base_config, choose, parse_arg, set_accelerator_defaults,
                              set_schedule)
 from tokenlab.data import default_data_config
+from tokenlab.data.registry import SPEECH_TINY_OPTIONS
 
 SIZES = {
     #        d_model layers heads mlp  batch steps  lr
@@ -21,11 +22,9 @@ SIZES = {
     "cpu": (96, 3, 4, 192, 16, 600, 2e-3),
     "base": (384, 8, 6, 1024, 128, 30000, 5e-4),
 }
-# The audio tokenizers' tiny corpus (experiments/audio_codec.py, speech_ssl.py), so a tiny
+# size=tiny reads the audio tokenizers' tiny corpus (SPEECH_TINY_OPTIONS), so a tiny
 # recogniser reads their tiny runs' mels (16 bins); cpu and base use the speech defaults
 # (400 + 100 utterances, 80 bins), as the cpu tokenizers do.
-TINY_DATA = {"num_train": 8, "num_validation": 4, "voices": "en-us", "variants": "base,klatt",
-             "max_seconds": 2.5}
 
 
 def get_config(arg=None):
@@ -47,6 +46,6 @@ def get_config(arg=None):
   c.data = default_data_config("speech")
   c.data.mel_bins = arg.mel_bins or (16 if arg.size == "tiny" else 80)
   if arg.size == "tiny":
-    c.data.options.update(TINY_DATA)
+    c.data.options.update(SPEECH_TINY_OPTIONS)
   c.train.eval_batches = 0 if arg.size != "base" else 20   # cpu: all 100 utterances
   return c

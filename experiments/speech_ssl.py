@@ -15,6 +15,7 @@ units' bitrate is 25 x log2(k) bits/s); hz=25 | 12.5 (frames per second).
 from tokenlab.config import (base_config, choose, parse_arg, set_accelerator_defaults,
                              set_schedule)
 from tokenlab.data import default_data_config
+from tokenlab.data.registry import SPEECH_TINY_OPTIONS
 
 SIZES = {
     #       width res d_model layers heads unit_layer targets mel_bins batch steps  lr
@@ -24,9 +25,7 @@ SIZES = {
 }
 UNITS = {50: 50, 100: 100, 200: 200}
 STAGES = {25.0: (1, 2), 12.5: (1, 2, 2)}
-# The tiny corpus of the tests (speech defaults otherwise: 400 + 100 utterances, 4 s).
-TINY_DATA = {"num_train": 4, "num_validation": 2, "voices": "en-us", "variants": "base,klatt",
-             "max_seconds": 2.5}   # the longest of these 6 utterances: 2.36 s
+# size=tiny reads SPEECH_TINY_OPTIONS (speech defaults otherwise: 400 + 100 utterances, 4 s).
 
 
 def get_config(arg=None):
@@ -52,7 +51,7 @@ def get_config(arg=None):
   c.data = default_data_config("speech")
   c.data.mel_bins = mel_bins
   if arg.size == "tiny":
-    c.data.options.update(TINY_DATA)
+    c.data.options.update(SPEECH_TINY_OPTIONS)
     c.train.eval_batches = 1
     c.checkpoint.every_steps = steps   # one checkpoint and one eval, at the end
     c.train.eval_every = steps

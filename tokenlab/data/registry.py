@@ -126,3 +126,11 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 TOKENIZERS = ("bytes", "sentencepiece", "bpe", "lib")
+
+
+# `speech` options of the speech experiments' `size=tiny` (tests, README examples): one voice,
+# two variants, 4 + 2 utterances (the longest of these 6 lasts 2.36 s). One definition, so a
+# tiny recogniser reads the tiny tokenizers' mels. Here, not in speech.py: loading an
+# experiment file should not import tfds and grain.
+SPEECH_TINY_OPTIONS = {"num_train": 4, "num_validation": 2, "voices": "en-us",
+                       "variants": "base,klatt", "max_seconds": 2.5}
