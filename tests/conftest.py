@@ -47,3 +47,32 @@ def pytest_collection_modifyitems(session, config, items):
         return i
     return len(_LONG_FIRST)
   items.sort(key=rank)   # stable: the original order within each rank
+
+
+import pytest  # noqa: E402  (after the environment above is set)
+
+
+@pytest.fixture(scope="session")
+def tiny_speech_pieces():
+  """`prefill(workdir, **kwargs)`: puts the tiny shared speech pieces (codec, phoneme
+  recogniser, speech_ssl units; `kwargs` as `tokenlab.repro.speech_pieces.
+  train_speech_pieces` takes them) into WORKDIR/shared before a speech LM's quick
+  reproduction runs there, which then reuses them instead of training them again. They are
+  trained once per test run, shared by the xdist workers under a file lock; the quick
+  reproductions still run the same code path (a finished piece is always reused)."""
+  import fcntl
+  import shutil
+  from tokenlab.repro import Context
+  from tokenlab.repro.speech_pieces import train_speech_pieces
+  root = os.path.join(tempfile.gettempdir(), f"tokenlab-test-speech-pieces-{_RUN}")
+  os.makedirs(root, exist_ok=True)
+
+  def prefill(workdir, **kwargs) -> None:
+    with open(os.path.join(root, ".lock"), "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      ctx = Context(name="speech_pieces", workdir=os.path.join(root, "seed0"), seed=0,
+                    quick=True, root=root)
+      train_speech_pieces(ctx, **kwargs)
+      shutil.copytree(os.path.join(root, "shared"), os.path.join(str(workdir), "shared"),
+                      dirs_exist_ok=True)
+  return prefill

@@ -131,7 +131,8 @@ def compile_cache(path: str) -> Iterator[None]:
 
 def names() -> list[str]:
   import tokenlab.repro as pkg
-  skip = {"protocol", "baselines"}   # the harness, not reproductions
+  # The harness and the pieces reproductions share, not reproductions.
+  skip = {"protocol", "baselines", "sampling", "speech_pieces"}
   return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
                 if not m.name.startswith("_") and m.name not in skip)
 
