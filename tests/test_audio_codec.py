@@ -164,3 +164,21 @@ def test_three_steps_through_the_trainer_and_the_frozen_tokenizer(trained):
   assert 0 <= int(codes.min()) and int(codes.max()) < 16
   assert mel.shape == (2, 4 * codes.shape[1], 16)
   np.testing.assert_allclose(mel[:, :frames], recon, atol=1e-4)
+
+
+def test_tokenlab_sample_writes_wav_files_and_their_mels(trained, tmp_path, capsys):
+  from tokenlab.evals.audio import read_wav
+  out = tmp_path / "listen"
+  assert cli.main(["sample", "--workdir", trained, "--num", "1", "--out", str(out)]) == 0
+  names = sorted(os.listdir(out))
+  assert names == sorted([f"sample_0_{row}.wav"
+                          for row in ("input", "vocoder", "codec")] + ["mels.png"])
+  printed = capsys.readouterr().out
+  assert printed.count("wrote ") == 4 and "(" in printed   # each WAV with its sentence
+  wave, rate = read_wav(str(out / "sample_0_input.wav"))
+  codec, _ = read_wav(str(out / "sample_0_codec.wav"))
+  assert rate == 16_000 and len(wave) == len(codec) > 1600   # the utterance's own length
+  assert np.abs(wave).max() > 0.01 and np.isfinite(codec).all()
+  # A single file is refused, with the fix.
+  assert cli.main(["sample", "--workdir", trained, "--out", str(tmp_path / "x.wav")]) != 0
+  assert "give a folder" in capsys.readouterr().err and not (tmp_path / "x.wav").exists()

@@ -251,3 +251,17 @@ def test_audio_report_cli_refuses_what_it_cannot_run(tmp_path, capsys):
   for argv, message in cases:
     assert main(["audio-report", *argv, "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err, argv
+
+
+def test_wav_round_trip_and_peak_scaling(tmp_path):
+  from tokenlab.evals.audio import read_wav, save_wav
+  t = np.arange(1600) / 16_000
+  x = 0.5 * np.sin(2 * np.pi * 440 * t)
+  y, rate = read_wav(save_wav(str(tmp_path / "a.wav"), x))
+  assert rate == 16_000 and len(y) == 1600
+  np.testing.assert_allclose(y, x, atol=1 / 32767)          # 16-bit PCM quantisation
+  y, _ = read_wav(save_wav(str(tmp_path / "b.wav"), 3 * x))  # peak 1.5: scaled, not clipped
+  np.testing.assert_allclose(y, x / 0.5, atol=2e-3)
+  with pytest.raises(ValueError, match="non-finite"):
+    save_wav(str(tmp_path / "c.wav"), np.array([0.0, np.nan]))
+  assert not (tmp_path / "c.wav").exists()

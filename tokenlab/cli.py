@@ -140,6 +140,8 @@ def _cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
   config = load_config_from_workdir(args.workdir)
   if _data_kind(config) in ("image", "video"):
     return _sample_images(args, config)
+  if _data_kind(config) == "audio":
+    return _sample_audio(args, config)
   vocab = config.model.get("vocab_size")
   if isinstance(vocab, int) and args.top_k > vocab:
     raise TokenlabError(f"--top-k {args.top_k} is larger than the model's vocabulary "
@@ -190,27 +192,14 @@ def _sample_images(args: argparse.Namespace, config) -> int:
   WORKDIR/samples.png); video methods return clips (N, T, H, W, C) or (rows, N, T, H, W, C),
   written as an animated GIF (--out x.gif, the default WORKDIR/samples.gif) or a PNG strip
   (--out x.png), one clip per row, each clip's rows together (input above reconstruction)."""
-  import jax
   from tokenlab.evals.image import save_image_grid
-  from tokenlab.train.inference import load_trained
   video = _data_kind(config) == "video"
   out_path = args.out or os.path.join(args.workdir, "samples.gif" if video else "samples.png")
   if video and not out_path.lower().endswith((".gif", ".png")):
     raise TokenlabError(f"--out {out_path}: a video method writes a GIF (--out x.gif) or a "
                         f"PNG strip (--out x.png)")
   batch = _first_batch(config, "validation", args.num)
-  run = load_trained(args.workdir, batch, args.step)
-  if not hasattr(run.method, "sample"):
-    raise TokenlabError(f"method '{config.model.name}' has no sampler")
-  stateful = bool(run.method.state_collections)
-  if callable(getattr(run.method, "tokenizer", None)):
-    # Methods over a frozen tokenizer load it on first use: here, not inside the jit trace.
-    run.method.tokenizer()
-  with jax.set_mesh(run.mesh):
-    out = jax.jit(lambda p, b, r, s: run.method.sample(
-        p, b, r, **({"state": s} if stateful else {})))(
-            run.params, batch, jax.random.key(args.seed), run.model_state)
-  out = jax.device_get(out)
+  run, out = _run_sampler(args, config, batch)
   if video:
     from tokenlab.evals.video import save_video_gif, save_video_strip
     if out.ndim == 6:   # (rows, N, ...) -> (N * rows, ...): clip n's rows one under another
@@ -221,6 +210,81 @@ def _sample_images(args: argparse.Namespace, config) -> int:
     path = save_image_grid(out, out_path)
   print(f"wrote {path} (step {run.step}, {args.num} validation {'clips' if video else 'images'})")
   return 0
+
+
+def _run_sampler(args: argparse.Namespace, config, batch):
+  """(run, out): the trained run in --workdir and `method.sample(params, batch, rng[,
+  state=])` on `batch`, jitted under the run's mesh, on the host."""
+  import jax
+  from tokenlab.train.inference import load_trained
+  run = load_trained(args.workdir, batch, args.step)
+  if not hasattr(run.method, "sample"):
+    raise TokenlabError(f"method '{config.model.name}' has no sampler")
+  stateful = bool(run.method.state_collections)
+  if callable(getattr(run.method, "tokenizer", None)):
+    # Methods over frozen pieces (a tokenizer, a codec) load them on first use: here, not
+    # inside the jit trace.
+    run.method.tokenizer()
+  with jax.set_mesh(run.mesh):
+    out = jax.jit(lambda p, b, r, s: run.method.sample(
+        p, b, r, **({"state": s} if stateful else {})))(
+            run.params, batch, jax.random.key(args.seed), run.model_state)
+  return run, jax.device_get(out)
+
+
+def _sample_audio(args: argparse.Namespace, config) -> int:
+  """Audio methods: `method.sample(params, batch, rng[, state=])` on --num validation
+  utterances returns {'waveform': float (N, S) or (rows, N, S) in [-1, 1] at 16 kHz,
+  'lengths': int (N,) or (rows, N) valid samples} (or the waveform alone: all S samples
+  valid). Written as WAV files into the folder --out (default WORKDIR/samples):
+  sample_<n>.wav, or sample_<n>_<row>.wav with rows named by the method's `sample_rows`
+  (e.g. ('input', 'codec')), plus mels.png with every file's log-mel."""
+  import numpy as np
+  from tokenlab.evals.audio import save_mel_panels, save_wav
+  out_dir = args.out or os.path.join(args.workdir, "samples")
+  if out_dir.lower().endswith(".wav") or os.path.isfile(out_dir):
+    raise TokenlabError(f"--out {out_dir}: an audio method writes a folder of WAV files "
+                        f"(one per sample); give a folder, e.g. --out {args.workdir}/samples")
+  batch = _first_batch(config, "validation", args.num)
+  run, out = _run_sampler(args, config, batch)
+  wave = np.asarray(out["waveform"] if isinstance(out, dict) else out, np.float32)
+  lengths = (np.asarray(out["lengths"]) if isinstance(out, dict) and "lengths" in out
+             else np.full(wave.shape[:-1], wave.shape[-1]))
+  if wave.ndim == 2:
+    wave, lengths = wave[None], lengths[None]
+  if wave.ndim != 3 or lengths.shape != wave.shape[:2]:
+    raise TokenlabError(f"method '{config.model.name}'.sample returned a waveform of shape "
+                        f"{wave.shape} with lengths {lengths.shape}; an audio sampler returns "
+                        f"(N, S) or (rows, N, S) with lengths (N,) or (rows, N)")
+  rows = tuple(getattr(run.method, "sample_rows", ()))
+  if wave.shape[0] > 1 and len(rows) != wave.shape[0]:
+    rows = tuple(str(r) for r in range(wave.shape[0]))
+  os.makedirs(out_dir, exist_ok=True)
+  texts = _sentences(batch)
+  paths, titles, waves = [], [], []
+  for n in range(wave.shape[1]):
+    for r in range(wave.shape[0]):
+      name = f"sample_{n}.wav" if wave.shape[0] == 1 else f"sample_{n}_{rows[r]}.wav"
+      clip = wave[r, n, :int(lengths[r, n])]
+      paths.append(save_wav(os.path.join(out_dir, name), clip))
+      waves.append(clip)
+      titles.append(f"{name}: {texts[n]!r}" if texts else name)
+  png = save_mel_panels(os.path.join(out_dir, "mels.png"), waves, titles,
+                        mel_bins=int(config.data.get("mel_bins") or 80))
+  for path, title in zip(paths, titles):
+    print(f"wrote {path}" + (f"  ({title.split(': ', 1)[1]})" if texts else ""))
+  print(f"wrote {png} (step {run.step}, {args.num} validation utterances)")
+  return 0
+
+
+def _sentences(batch) -> list[str]:
+  """The sentences of a `speech` batch (its 'words' ids), or [] for other batches."""
+  import numpy as np
+  if "words" not in batch or "word_mask" not in batch:
+    return []
+  from tokenlab.data.speech import WORDS
+  words, mask = np.asarray(batch["words"]), np.asarray(batch["word_mask"]) > 0
+  return [" ".join(WORDS[int(w)] for w in row[m]) for row, m in zip(words, mask)]
 
 
 def _cmd_plot(args: argparse.Namespace, rest: list[str]) -> int:
@@ -412,7 +476,8 @@ def build_parser() -> Parser:
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--out", default="", help="image methods: PNG path of the grid (default "
                  "WORKDIR/samples.png); video methods: x.gif (animated, default "
-                 "WORKDIR/samples.gif) or x.png (a strip of frames)")
+                 "WORKDIR/samples.gif) or x.png (a strip of frames); audio methods: a folder "
+                 "of WAV files and mels.png (default WORKDIR/samples)")
   p.set_defaults(func=_cmd_sample, parser=p, strict=True)
 
   p = _sub(sub, "plot", "write PNG curves of a workdir's metrics into WORKDIR/plots: a run "

@@ -24,6 +24,8 @@ a language model predicts them. Each is written once here; `tokenlab audio-repor
   `phoneme_recognizer` run, `experiments/phoneme_recognizer.py`) and
   `phoneme_error_rate(recognizer, mels, mel_lengths, phoneme_ids)` (the later TTS methods
   call the same function on generated speech).
+- Listening: `save_wav` / `read_wav` (16-bit mono PCM) and `save_mel_panels` (a PNG of
+  log-mels), what `tokenlab sample` writes for audio methods.
 """
 
 from __future__ import annotations
@@ -320,3 +322,66 @@ def phoneme_error_rate(recognizer: Recognizer, mels: np.ndarray, mel_lengths: np
   hyps = recognizer.transcribe(mels, mel_lengths)
   refs = [[int(p) for p in row if p > 0] for row in np.asarray(phoneme_ids)]
   return error_rate(refs, hyps)
+
+
+# --- listening: WAV files and their log-mels --------------------------------------------------
+
+
+def save_wav(path: str, waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str:
+  """Writes a mono float waveform (S,) as 16-bit PCM WAV at `sample_rate`; returns the path.
+
+  Samples are expected in [-1, 1]; a waveform whose peak exceeds 1 (Griffin-Lim's estimates
+  can) is scaled down to peak 1 rather than clipped, so it is written without distortion.
+  """
+  import wave  # pylint: disable=g-import-not-at-top
+  x = np.asarray(waveform, np.float64).reshape(-1)
+  if not np.all(np.isfinite(x)):
+    raise ValueError(f"{path}: the waveform has {int(np.sum(~np.isfinite(x)))} non-finite "
+                     f"samples; nothing written")
+  peak = float(np.max(np.abs(x))) if x.size else 0.0
+  if peak > 1.0:
+    x = x / peak
+  pcm = np.round(x * 32767.0).astype("<i2")
+  with wave.open(path, "wb") as f:
+    f.setnchannels(1)
+    f.setsampwidth(2)
+    f.setframerate(int(sample_rate))
+    f.writeframes(pcm.tobytes())
+  return path
+
+
+def read_wav(path: str) -> tuple[np.ndarray, int]:
+  """(float32 waveform (S,) in [-1, 1], sample rate) of a 16-bit mono WAV file."""
+  import wave  # pylint: disable=g-import-not-at-top
+  with wave.open(path, "rb") as f:
+    if f.getsampwidth() != 2 or f.getnchannels() != 1:
+      raise ValueError(f"{path}: {f.getnchannels()} channels of {8 * f.getsampwidth()} "
+                       f"bits; read_wav reads 16-bit mono")
+    rate, data = f.getframerate(), f.readframes(f.getnframes())
+  return np.frombuffer(data, "<i2").astype(np.float32) / 32767.0, rate
+
+
+def save_mel_panels(path: str, waveforms: Sequence[np.ndarray], titles: Sequence[str],
+                    mel_bins: int = 80, sample_rate: int = SAMPLE_RATE) -> str:
+  """One PNG with the log-mel of each waveform (S_i,) in a panel under the last, titled;
+  what a person looks at beside the WAV files. Returns the path."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from tokenlab.nn import audio  # pylint: disable=g-import-not-at-top
+  n = len(waveforms)
+  fig, axes = plt.subplots(n, 1, figsize=(9, 1.6 * n + 0.4), squeeze=False)
+  for ax, wav, title in zip(axes[:, 0], waveforms, titles):
+    wav = np.asarray(wav, np.float32)
+    if wav.size < 400:   # shorter than one STFT window: nothing to show
+      wav = np.pad(wav, (0, 400 - wav.size))
+    mel = np.asarray(audio.log_mel_spectrogram(wav, sample_rate, 400, MEL_HOP, mel_bins))
+    ax.imshow(mel.T, origin="lower", aspect="auto", cmap="magma",
+              extent=(0, len(wav) / sample_rate, -0.5, mel_bins - 0.5))
+    ax.set_title(title, fontsize=9, loc="left")
+    ax.set_ylabel("mel bin", fontsize=8)
+  axes[-1, 0].set_xlabel("seconds")
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path

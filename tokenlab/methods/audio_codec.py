@@ -265,6 +265,22 @@ class AudioCodec(Method):
     recon, _ = self.module.apply(variables, normalise(f.mel), f.token_mask)
     return denormalise(recon)[:, :f.frames]
 
+  # `tokenlab sample`: the rows of `sample`, named in the WAV files it writes.
+  sample_rows = ("input", "vocoder", "codec")
+
+  def sample(self, params: PyTree, batch: Batch, rng: jax.Array,
+             state: PyTree = None) -> dict[str, jax.Array]:
+    """Listening to the codec: {'waveform': (3, B, S), 'lengths': (3, B)}, the rows
+    `sample_rows`: the input audio; Griffin-Lim of the input's own log-mel (the vocoder's
+    bound: what a perfect codec would give); Griffin-Lim of the codec's reconstruction."""
+    wave = jnp.asarray(batch["waveform"], jnp.float32)
+    f = self._frames(batch)
+    recon = self.reconstruct(as_variables(params, state), batch)
+    both = jnp.stack([f.mel[:, :f.frames], recon])          # (2, B, T, M)
+    vocoded = self.to_waveform(both, wave.shape[-1], rng=rng)
+    lengths = jnp.broadcast_to(jnp.asarray(batch["lengths"], jnp.int32), (3, wave.shape[0]))
+    return {"waveform": jnp.concatenate([wave[None], vocoded]), "lengths": lengths}
+
   @staticmethod
   def to_waveform(log_mel: jax.Array, num_samples: int | None = None, n_iter: int = 32,
                   rng: jax.Array | None = None) -> jax.Array:
