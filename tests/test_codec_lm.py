@@ -111,6 +111,10 @@ def test_delay_lm_loss_counts_only_valid_delayed_positions(flat):
   n = jnp.asarray([4, 2])
   loss, metrics = codec_lm.delay_lm_loss(logits, codes, n)
   assert float(metrics["loss"].count) == 3 * (4 + 2)
+  # code_mask drops single codes (here levels 1, 2 of frame 0) on top of num_frames.
+  keep = jnp.ones(codes.shape, bool).at[:, 0, 1:].set(False)
+  _, kept = codec_lm.delay_lm_loss(logits, codes, n, code_mask=keep)
+  assert float(kept["loss"].count) == 3 * (4 + 2) - 2 * 2
   # Garbage at every invalid (step, level) leaves the loss unchanged.
   steps = np.arange(6)[:, None] - np.arange(3)[None]
   valid = (steps[None] >= 0) & (steps[None] < np.asarray(n)[:, None, None])

@@ -217,18 +217,22 @@ def codec_level_nll(logits: jax.Array, targets: jax.Array, weight: jax.Array
   return jnp.sum(nll * weight) / jnp.maximum(total, 1.0), metrics
 
 
-def delay_lm_loss(logits: jax.Array, codes: jax.Array,
-                  num_frames: jax.Array | None = None) -> tuple[jax.Array, dict]:
+def delay_lm_loss(logits: jax.Array, codes: jax.Array, num_frames: jax.Array | None = None,
+                  code_mask: jax.Array | None = None) -> tuple[jax.Array, dict]:
   """The flat model's loss: cross-entropy over the valid delayed positions only.
 
   logits (B, T + K - 1, K, V) from `CodecLM` on `delay_lm_inputs(codes)`; codes (B, T, K);
   num_frames (B,) real frames per row (default T). Step s, level k holds frame s - k: it counts
   where 0 <= s - k < num_frames (the shift's padding and padded frames are not targets).
+  code_mask (B, T, K) bool, optional: only codes where it is True count (e.g. an end-of-speech
+  frame whose level 0 is a target and whose other levels are not); combined with num_frames.
   Returns (mean nll per valid code, {'loss', 'nll_level_<k>'} as Averages)."""
   b, t, k = codes.shape
   steps = jnp.arange(t + k - 1)[:, None] - jnp.arange(k)[None, :]         # (S, K) frame index
   n = jnp.full((b,), t) if num_frames is None else num_frames
   valid = (steps[None] >= 0) & (steps[None] < n[:, None, None])            # (B, S, K)
+  if code_mask is not None:
+    valid = valid & delay_pattern(code_mask.astype(jnp.int32), 0).astype(bool)
   targets = delay_pattern(codes, 0)
   loss, metrics = codec_level_nll(logits, targets, valid)
   metrics["loss"] = Average.of(loss * jnp.sum(valid), jnp.sum(valid))
@@ -252,7 +256,8 @@ def _sample_levels(logits: jax.Array, rng: jax.Array, temperature: float, top_k:
 
 
 def sample_delay_lm(model: CodecLM, params: PyTree, prefix: jax.Array, num_frames: int,
-                    rng: jax.Array, *, temperature: float = 1.0, top_k: int = 0) -> jax.Array:
+                    rng: jax.Array, *, temperature: float = 1.0, top_k: int = 0,
+                    eos_id: int | None = None) -> jax.Array:
   """Generates num_frames codec frames with the flat delay-pattern model and a KV cache.
 
   model: the `CodecLM` (train mode; cloned here in decode mode) trained on
@@ -260,7 +265,10 @@ def sample_delay_lm(model: CodecLM, params: PyTree, prefix: jax.Array, num_frame
   evaluation per delayed step, T + K - 1 in all: the prefill (prefix + BOS) gives step 0's
   logits, then each step feeds the frame just sampled. At step s level k is written only
   where 0 <= s - k < T (else the pad id), so level k of frame t is drawn at step t + k,
-  after levels < k of frame t were drawn and fed. Returns codes (B, num_frames, K) int32.
+  after levels < k of frame t were drawn and fed. eos_id: a level-0 id that ends a row's
+  speech: once drawn, that row's later level-0 entries are the pad id (as a model trained
+  with padding after the end-of-speech frame saw them). Returns codes (B, num_frames, K)
+  int32.
   """
   sizes = model.codebook_sizes
   k, b = len(sizes), prefix.shape[0]
@@ -278,6 +286,9 @@ def sample_delay_lm(model: CodecLM, params: PyTree, prefix: jax.Array, num_frame
   def emit(s, out, logits, rng):
     rng, sub = jax.random.split(rng)
     new = _sample_levels(logits, sub, temperature, top_k)
+    if eos_id is not None:   # level 0 after a drawn end-of-speech id stays padding
+      ended = jnp.any(out[:, :, 0] == eos_id, axis=1)
+      new = new.at[:, 0].set(jnp.where(ended, pad, new[:, 0]))
     return out.at[:, s].set(jnp.where(valid[s][None], new, pad)), rng
 
   out = jnp.full((b, steps, k), pad, jnp.int32)
