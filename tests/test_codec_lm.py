@@ -147,6 +147,32 @@ def test_sample_delay_lm_greedy_matches_the_full_forward(flat):
   assert (greedy[:, valid] == np.asarray(targets)[:, valid]).all()
 
 
+def test_sample_delay_lm_given_columns_ride_along_each_step():
+  # A model with one known input column (e.g. frame-aligned units, ham_tts) predicting K = 2
+  # levels: greedy cached samples are a fixed point of the full forward on
+  # [delay_lm_inputs(codes); given], and the given column changes what is sampled.
+  sizes = (5, 5, 4)                          # two predicted levels, one given column
+  model = codec_lm.CodecLM(sizes, PREFIX_VOCAB, d_model=16, num_layers=1, num_heads=2,
+                           mlp_dim=16, head_levels=2)
+  prefix = jnp.asarray([[6, 1, 2], [3, 4, 5]], jnp.int32)
+  given = jnp.asarray(np.random.default_rng(3).integers(0, 4, (2, 5, 1)), jnp.int32)
+  frames = jnp.concatenate([jnp.zeros((2, 5, 2), jnp.int32), given], -1)
+  params = jax.jit(model.init)(jax.random.key(5), prefix, frames)["params"]
+  sample = jax.jit(lambda p, x, g: codec_lm.sample_delay_lm(model, p, x, 4, jax.random.key(0),
+                                                            temperature=0.0, given=g))
+  codes = sample(params, prefix, given)
+  assert codes.shape == (2, 4, 2)
+  inputs, targets = codec_lm.delay_lm_inputs(codes, sizes)
+  logits, _ = _apply(model)(params, prefix, jnp.concatenate([inputs, given], -1))
+  valid = np.asarray(codec_lm.delay_valid(4, 2))
+  greedy = np.asarray(jnp.argmax(logits, -1))
+  assert (greedy[:, valid] == np.asarray(targets)[:, valid]).all()
+  assert not np.array_equal(np.asarray(sample(params, prefix, (given + 1) % 4)),
+                            np.asarray(codes))
+  with pytest.raises(ValueError, match="head_levels"):
+    codec_lm.sample_delay_lm(_flat_model(), params, prefix, 4, jax.random.key(0), given=given)
+
+
 @pytest.fixture(scope="module")
 def dual():
   backbone = _flat_model(head_levels=1)

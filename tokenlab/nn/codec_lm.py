@@ -257,7 +257,7 @@ def _sample_levels(logits: jax.Array, rng: jax.Array, temperature: float, top_k:
 
 def sample_delay_lm(model: CodecLM, params: PyTree, prefix: jax.Array, num_frames: int,
                     rng: jax.Array, *, temperature: float = 1.0, top_k: int = 0,
-                    eos_id: int | None = None) -> jax.Array:
+                    eos_id: int | None = None, given: jax.Array | None = None) -> jax.Array:
   """Generates num_frames codec frames with the flat delay-pattern model and a KV cache.
 
   model: the `CodecLM` (train mode; cloned here in decode mode) trained on
@@ -267,18 +267,28 @@ def sample_delay_lm(model: CodecLM, params: PyTree, prefix: jax.Array, num_frame
   where 0 <= s - k < T (else the pad id), so level k of frame t is drawn at step t + k,
   after levels < k of frame t were drawn and fed. eos_id: a level-0 id that ends a row's
   speech: once drawn, that row's later level-0 entries are the pad id (as a model trained
-  with padding after the end-of-speech frame saw them). Returns codes (B, num_frames, K)
-  int32.
+  with padding after the end-of-speech frame saw them). given: optional known input
+  columns (B, T + K - 1, G) int, e.g. a frame-aligned condition stream: the frame fed at step
+  s is [the sampled delayed step s - 1 (BOS at s = 0); given[:, s]], as a model trained on
+  [delay_lm_inputs(codes); given] saw it; such a model embeds K + G input levels
+  (codebook_sizes) and predicts K (head_levels=K). Returns codes (B, num_frames, K) int32.
   """
   sizes = model.codebook_sizes
-  k, b = len(sizes), prefix.shape[0]
+  g = 0 if given is None else given.shape[-1]
+  k, b = len(sizes) - g, prefix.shape[0]
+  if (model.head_levels or len(sizes)) != k:
+    raise ValueError(f"a model with {len(sizes)} input levels and {g} given columns predicts "
+                     f"{k} levels: set head_levels={k}")
   steps = num_frames + k - 1
   dec = model.clone(decode=True)
-  cache = _empty_cache(dec, b, prefix.shape[1], steps, k)
+  cache = _empty_cache(dec, b, prefix.shape[1], steps, k + g)
   valid = delay_valid(num_frames, k)                                       # (S, K)
   pad = frame_pad_id(sizes)
 
-  def run(prefix_, frames, cache):
+  def run(prefix_, frames, cache, s):
+    if given is not None:   # the known columns of step s ride along with the fed frame
+      frames = jnp.concatenate(
+          [frames, jax.lax.dynamic_slice_in_dim(given, s, 1, axis=1).astype(jnp.int32)], -1)
     (logits, _), upd = dec.apply({"params": params, "cache": cache}, prefix_, frames,
                                  mutable=["cache"])
     return logits[:, -1], upd["cache"]
@@ -292,12 +302,12 @@ def sample_delay_lm(model: CodecLM, params: PyTree, prefix: jax.Array, num_frame
     return out.at[:, s].set(jnp.where(valid[s][None], new, pad)), rng
 
   out = jnp.full((b, steps, k), pad, jnp.int32)
-  logits, cache = run(prefix, jnp.full((b, 1, k), frame_bos_id(sizes), jnp.int32), cache)
+  logits, cache = run(prefix, jnp.full((b, 1, k), frame_bos_id(sizes), jnp.int32), cache, 0)
   out, rng = emit(0, out, logits, rng)
 
   def body(s, carry):
     out, cache, rng = carry
-    logits, cache = run(None, jax.lax.dynamic_slice_in_dim(out, s - 1, 1, axis=1), cache)
+    logits, cache = run(None, jax.lax.dynamic_slice_in_dim(out, s - 1, 1, axis=1), cache, s)
     out, rng = emit(s, out, logits, rng)
     return out, cache, rng
 
