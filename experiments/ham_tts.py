@@ -4,7 +4,7 @@ and a speech_ssl run with fitted units, same corpus and frame rate):
 
   # stage 1: phonemes -> the 25 Hz unit stream
   tokenlab train --config experiments/ham_tts.py:stage=units,codec=C,ssl=S --workdir runs/u
-  # stage 2: [phonemes; units] -> codec codes (condition=text: the LM without the units)
+  # stage 2: phonemes + frame-aligned units -> codec codes (condition=text: without units)
   tokenlab train --config experiments/ham_tts.py:stage=tts,codec=C,ssl=S,units_lm=runs/u \
       --workdir runs/tts
   tokenlab sample --workdir runs/tts        # WAV files: units from stage 1, then codes
@@ -24,7 +24,7 @@ from tokenlab.config import (base_config, choose, parse_arg, set_accelerator_def
 SIZES = {
     #        d_model layers heads batch steps  lr   max_frames units codebook
     "tiny": (16, 1, 2, 4, 3, 3e-3, 64, 8, 16),
-    "cpu": (96, 3, 4, 16, 300, 2e-3, 76, 50, 256),
+    "cpu": (64, 3, 4, 16, 300, 2e-3, 76, 50, 256),
     "base": (512, 8, 8, 128, 50000, 4e-4, 76, 50, 256),
 }
 

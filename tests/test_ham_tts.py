@@ -72,22 +72,36 @@ def test_close_stream_ends_every_row_at_its_first_end():
   np.testing.assert_array_equal(ham_tts.stream_lengths(s, 5), [2, 6])
 
 
-def test_prefixes_left_align_the_text_and_offset_the_units(models):
+def test_prefix_left_aligns_the_text_and_the_unit_column_is_frame_aligned(models):
   b = _batch()
   tts, text = models["tts"][0], models["text"][0]
-  p_units = np.asarray(tts.prefix(b["phonemes"], b["units"]))
-  p_text = np.asarray(text.prefix(b["phonemes"], b["units"]))
-  assert p_units.shape == (3, _T + _L) and p_text.shape == (3, _T)
-  for i, n in enumerate((2, 4, 6)):     # every row's text ends right before the units
-    np.testing.assert_array_equal(p_text[i, _T - n:], b["phonemes"][i, :n])
-    assert np.all(p_text[i, :_T - n] == 0)
-  np.testing.assert_array_equal(p_units[:, :_T], p_text)
-  np.testing.assert_array_equal(p_units[:, _T:], b["units"] + ham_tts.NUM_PHONEME_IDS)
-  assert p_units.max() < ham_tts.NUM_PHONEME_IDS + _K_UNITS + 1   # inside the prefix vocab
-  # Stage 1 reads the text only; both stage-2 arms have the same parameters.
-  assert np.asarray(models["units"][0].prefix(b["phonemes"])).shape == (3, _T)
+  prefix = np.asarray(tts.prefix(b["phonemes"]))
+  assert prefix.shape == (3, _T)
+  for i, n in enumerate((2, 4, 6)):     # every row's text ends right before the speech
+    np.testing.assert_array_equal(prefix[i, _T - n:], b["phonemes"][i, :n])
+    assert np.all(prefix[i, :_T - n] == 0)
+  # The known column: step s carries frame s's unit, END on the K - 1 steps past the frames.
+  col = np.asarray(tts.given(b["units"], 3))
+  assert col.shape == (3, _L + _LEVELS - 1, 1)
+  np.testing.assert_array_equal(col[:, :_L, 0], b["units"])
+  assert np.all(col[:, _L:] == _K_UNITS)
+  # Without units: the same column, held at END (same parameters and FLOPs, no information).
+  assert np.all(np.asarray(text.given(b["units"], 3)) == _K_UNITS)
+  assert models["units"][0].given(b["units"], 3) is None        # stage 1 reads the text only
   same = jax.tree.map(lambda a, c: a.shape == c.shape, models["tts"][1], models["text"][1])
   assert all(jax.tree.leaves(same))
+
+
+def test_a_frames_unit_is_seen_from_the_step_that_predicts_it(models):
+  # Changing the unit of frame 4 moves the logits from step 4 on (where level 0 of frame 4
+  # is predicted) and never before: the units are a causal, frame-aligned condition.
+  tts, params = models["tts"]
+  b = _batch()
+  other = {**b, "units": b["units"].copy()}
+  other["units"][2, 4] = (other["units"][2, 4] + 1) % _K_UNITS
+  logits = jax.jit(tts.logits)
+  d = np.abs(np.asarray(logits(params, b) - logits(params, other)))[2].max(axis=(1, 2))
+  assert np.all(d[:4] == 0) and d[4] > 1e-6
 
 
 def test_loss_counts_real_frames_and_the_first_end_only(models):
@@ -155,12 +169,12 @@ def test_config_errors_name_the_fix():
 
 def test_repro_quick(tmp_path, tiny_speech_pieces):
   from tokenlab import repro
-  from tokenlab.repro.ham_tts import HAM, ORACLE, PER
+  from tokenlab.repro.ham_tts import HAM, PER
   tiny_speech_pieces(tmp_path, units=8)
   result = repro.run("ham_tts", workdir=str(tmp_path), quick=True)
   assert result.verdict == repro.NOT_ASSESSED
   values = {(a, m): v for a, m, v, _, _ in result.rows}
-  assert np.isfinite(values[(HAM, PER)]) and np.isfinite(values[(ORACLE, PER)])
+  assert np.isfinite(values[(HAM, PER)])
   assert os.path.exists(tmp_path / "repro.md") and os.path.exists(tmp_path / "ham_tts_mels.png")
   # `tokenlab sample` on the stage-2 arm: units from its stage 1, codes, WAV files.
   from tokenlab import cli

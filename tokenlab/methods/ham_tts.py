@@ -21,16 +21,22 @@ The method, in the paper's order, and what this module does with each part:
    one element per phoneme; here the predictor writes the 25 Hz unit stream itself, one unit
    per codec frame, closed by an END unit, so the stream carries the durations and decides
    the utterance's length (no aligner, no duration model).
-3. The codec-token LM (stage 2, `stage='tts'`): [text; units] -> the codec's RVQ codes
-   (`audio_codec`, frozen, `config.model.codec_workdir`). The paper fuses phoneme and LVS
-   embeddings per position (Conv1d over their concatenation) in front of VALL-E's AR + NAR
-   decoders; here the prefix is the phonemes followed by the unit ids (offset past the
-   phoneme ids) and one flat delay-pattern LM writes all K levels (MusicGen's layout; the
-   AR/NAR split is a separate paper's question, FireRedTTS-2's in this repo), END marks the
-   last frame. `condition='text'` is the same LM with the phonemes alone: HAM-TTS's ablation
-   (and VALL-E's set-up). Training is teacher-forced on the ground-truth units; at synthesis
-   the units come from stage 1 (`synthesize`); `condition='units'` with the true units is
-   the oracle the reproduction reports beside it.
+3. The codec-token LM (stage 2, `stage='tts'`): text and units -> the codec's RVQ codes
+   (`audio_codec`, frozen, `config.model.codec_workdir`). The paper fuses the LVS with the
+   sequence it is aligned to, position by position (Conv1d over the concatenation of phoneme
+   and LVS embeddings), in front of VALL-E's AR + NAR decoders. Here the units are aligned
+   to the codec frames, so the fusion is per frame: the phonemes are the LM's prefix, and the
+   unit of frame t is embedded and added to the LM's input at the step that predicts frame t
+   (a known input column of the delay-pattern frames, `codec_lm.sample_delay_lm(given=)`).
+   One flat delay-pattern LM writes all K levels (MusicGen's layout; the AR/NAR split is a
+   separate paper's question, FireRedTTS-2's in this repo); END marks the last frame.
+   `condition='text'` is the same LM (same parameters and FLOPs) with the unit column held
+   at a constant: HAM-TTS's ablation without the latent units (VALL-E's set-up). Training is
+   teacher-forced on the ground-truth units; at synthesis the units come from stage 1
+   (`synthesize`); the true units give the oracle the reproduction reports beside it.
+   First design (kept in the reproduction's history): the unit ids as a second prefix
+   segment after the phonemes; in a 300-step pilot the LM had not learned to read them (its
+   speech with the true units was no more intelligible than without).
 4. Not reproduced: the timbre-consistency augmentation (replacing and duplicating segments)
    and the synthetic corpus from a few-shot voice-conversion model (data scaling to 650k h),
    the acoustic prompt of zero-shot synthesis (no speaker prompt here: the LM picks a voice),
@@ -77,7 +83,7 @@ class HamTTSConfig:
   levels: int = 2                 # the codec's RVQ levels (K)
   max_text: int = 32              # phoneme prefix length (the corpus has <= 25 phonemes)
   max_frames: int = 76            # codec / unit frames incl. END (25 Hz: 3 s)
-  d_model: int = 96
+  d_model: int = 64
   num_layers: int = 3
   num_heads: int = 4
   mlp_dim: int = 0                # 0: 4 x d_model
@@ -129,9 +135,13 @@ def close_stream(stream: jax.Array, end: int) -> jax.Array:
   return jnp.where(past, end, stream)
 
 
-def unit_prefix_ids(units: jax.Array) -> jax.Array:
-  """Unit ids (incl. END) -> prefix ids, offset past the phoneme ids."""
-  return units + NUM_PHONEME_IDS
+def unit_column(units: jax.Array, levels: int, end: int) -> jax.Array:
+  """units (B, T) (END-closed) -> the known input column (B, T + K - 1, 1) of the delayed
+  stream: step s carries the unit of frame s, whose level 0 the output at step s predicts
+  (END on the K - 1 steps past the last frame)."""
+  units = jnp.asarray(units, jnp.int32)
+  tail = jnp.full((units.shape[0], levels - 1), end, jnp.int32)
+  return jnp.concatenate([units, tail], axis=1)[..., None]
 
 
 def text_prefix(phonemes: jax.Array) -> jax.Array:
@@ -162,38 +172,51 @@ class HamTTS(Method):
       raise ConfigError(f"config.model.d_model={config.d_model} does not split into "
                         f"num_heads={config.num_heads} heads; pass a divisor")
     super().__init__(config)
-    self.uses_units = config.stage == "units" or config.condition == "units"
     # Every stream has one END id past its real ids (a class the LM predicts).
     if config.stage == "units":
       self.stream_sizes = (config.num_units + 1,)
+      inputs = self.stream_sizes
     else:
       self.stream_sizes = (config.codebook_size + 1,) * config.levels
+      inputs = self.stream_sizes + (config.num_units + 1,)   # + the unit column (given)
     self.end = self.stream_sizes[0] - 1
-    # The prefix vocabulary holds the phonemes and the unit ids (END included) in every
-    # stage and condition, so the two stage-2 arms have the same parameters.
     self.module = codec_lm.CodecLM(
-        self.stream_sizes, NUM_PHONEME_IDS + config.num_units + 1, d_model=config.d_model,
-        num_layers=config.num_layers, num_heads=config.num_heads,
-        mlp_dim=config.mlp_dim or 4 * config.d_model)
+        inputs, NUM_PHONEME_IDS, d_model=config.d_model, num_layers=config.num_layers,
+        num_heads=config.num_heads, mlp_dim=config.mlp_dim or 4 * config.d_model,
+        head_levels=len(self.stream_sizes))
     self._pieces: dict[str, Any] = {}
 
   # ----------------------------------------------------------------------------- layout
 
-  def prefix(self, phonemes: jax.Array, units: jax.Array | None = None) -> jax.Array:
-    """The LM's conditioning ids: [text] for stage 1 and condition='text', [text; units]
-    for stage 2 with units (B, max_frames) (END-closed)."""
-    text = text_prefix(jnp.asarray(phonemes, jnp.int32)[:, :self.config.max_text])
-    if self.config.stage == "units" or self.config.condition == "text":
-      return text
-    if units is None:
-      raise ValueError("a stage-2 model with condition='units' needs the unit stream")
-    return jnp.concatenate([text, unit_prefix_ids(jnp.asarray(units, jnp.int32))], axis=1)
+  def prefix(self, phonemes: jax.Array) -> jax.Array:
+    """The LM's prefix: the phonemes, left-aligned (B, max_text)."""
+    return text_prefix(jnp.asarray(phonemes, jnp.int32)[:, :self.config.max_text])
+
+  def given(self, units: jax.Array | None, batch_size: int) -> jax.Array | None:
+    """Stage 2's known input column (B, T + K - 1, 1): the units (condition='units') or a
+    constant END (condition='text': same model and FLOPs, no unit information); None for
+    stage 1."""
+    cfg = self.config
+    if cfg.stage == "units":
+      return None
+    if cfg.condition == "text" or units is None:
+      if cfg.condition == "units":
+        raise ValueError("a stage-2 model with condition='units' needs the unit stream")
+      units = jnp.full((batch_size, cfg.max_frames), cfg.num_units, jnp.int32)
+    return unit_column(units, cfg.levels, cfg.num_units)
 
   def stream(self, batch: Batch) -> jax.Array:
     """The stream this stage writes: units (B, T, 1) or codes (B, T, K)."""
     if self.config.stage == "units":
       return jnp.asarray(batch["units"], jnp.int32)[..., None]
     return jnp.asarray(batch["codes"], jnp.int32)
+
+  def inputs(self, batch: Batch) -> jax.Array:
+    """Teacher-forced input frames: the delayed stream shifted by one step (BOS first), with
+    stage 2's unit column appended."""
+    inputs, _ = codec_lm.delay_lm_inputs(self.stream(batch), self.module.codebook_sizes)
+    given = self.given(batch["units"], inputs.shape[0])
+    return inputs if given is None else jnp.concatenate([inputs, given], axis=-1)
 
   def _check(self, batch: Batch) -> None:
     missing = [k for k in ("phonemes", "units", "codes", "frames") if k not in batch]
@@ -206,15 +229,12 @@ class HamTTS(Method):
 
   def init(self, rng: jax.Array, batch: Batch) -> PyTree:
     self._check(batch)
-    inputs, _ = codec_lm.delay_lm_inputs(self.stream(batch), self.stream_sizes)
-    prefix = self.prefix(batch["phonemes"], batch["units"])
-    return self.module.init(rng, prefix, inputs)["params"]
+    return self.module.init(rng, self.prefix(batch["phonemes"]), self.inputs(batch))["params"]
 
   def logits(self, params: PyTree, batch: Batch) -> jax.Array:
     """Teacher-forced logits (B, T + K - 1, K, V) of the delayed stream."""
-    inputs, _ = codec_lm.delay_lm_inputs(self.stream(batch), self.stream_sizes)
-    prefix = self.prefix(batch["phonemes"], batch["units"])
-    return self.module.apply({"params": params}, prefix, inputs)[0]
+    return self.module.apply({"params": params}, self.prefix(batch["phonemes"]),
+                             self.inputs(batch))[0]
 
   def loss(self, params: PyTree, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
     """Cross-entropy (nats per code) over the real frames and the first END frame of each
@@ -229,11 +249,13 @@ class HamTTS(Method):
 
   def generate(self, params: PyTree, phonemes: jax.Array, units: jax.Array | None,
                rng: jax.Array) -> jax.Array:
-    """Samples this stage's stream from the phonemes (and units): (B, max_frames, K)
-    int32, END-closed on level 0 (KV-cached, codec_lm.sample_delay_lm)."""
-    out = codec_lm.sample_delay_lm(self.module, params, self.prefix(phonemes, units),
+    """Samples this stage's stream from the phonemes (and stage 2's units (B, max_frames)):
+    (B, max_frames, K) int32, END-closed on level 0 (KV-cached, codec_lm.sample_delay_lm)."""
+    phonemes = jnp.asarray(phonemes, jnp.int32)
+    out = codec_lm.sample_delay_lm(self.module, params, self.prefix(phonemes),
                                    self.config.max_frames, rng,
-                                   temperature=self.config.temperature, top_k=self.config.top_k)
+                                   temperature=self.config.temperature, top_k=self.config.top_k,
+                                   given=self.given(units, phonemes.shape[0]))
     closed = close_stream(out[..., 0], self.end)
     return jnp.where((closed == self.end)[..., None], self.end, out)
 
