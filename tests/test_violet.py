@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tokenlab.errors import ConfigError
+from tokenlab.method import random_params
 from tokenlab.methods.violet import (Violet, VioletConfig, VioletModule, contrastive_loss,
                                      mlm_mask, negative_captions, retrieval_recall)
 
@@ -28,15 +29,19 @@ def _batch(n: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def model():
-  """(method, params, jitted loss) of a tiny model, initialised once."""
+  """(method, params, jitted loss) of a tiny model. Random parameters of the init's shapes
+  (eval_shape: the init program, ~3 s of compile at -O0, never runs): the tests below need a
+  network, not its initialiser (the quick reproduction trains one)."""
   method = Violet(VioletConfig(**_CFG))
-  params = jax.jit(method.init)(jax.random.key(0), _batch())
+  params = random_params(method, _batch())
   return method, params, jax.jit(method.loss)
 
 
 def test_mvm_masks_are_3d_cubes_covering_the_ratio():
   method = Violet(VioletConfig(**_CFG))
-  masks = np.asarray(method.mvm_mask(jax.random.key(3), (8, 4, 32, 32, 3)))
+  # Jitted: one program, not one compile per op.
+  masks = np.asarray(jax.jit(method.mvm_mask, static_argnums=1)(jax.random.key(3),
+                                                                 (8, 4, 32, 32, 3)))
   assert masks.shape == (8, 4, 4, 4)                 # 32x32 frames in 8x8 patches
   for m in masks:
     assert np.ceil(0.3 * m.size) <= m.sum() < np.ceil(0.3 * m.size) + 8
@@ -68,7 +73,8 @@ def test_masked_patches_are_zeroed_at_the_input(model):
 def test_mvm_loss_counts_only_masked_positions(model):
   method, params, loss = model
   batch, rng = _batch(), jax.random.key(5)
-  where = np.asarray(method.mvm_mask(jax.random.split(rng, 3)[2], batch["video"].shape))
+  where = np.asarray(jax.jit(lambda r: method.mvm_mask(jax.random.split(r, 3)[2],
+                                                       batch["video"].shape))(rng))
   assert where.any() and not where.all()
   base = loss(params, batch, rng)[1]
   outside = dict(batch, codes=np.where(where, batch["codes"], (batch["codes"] + 1) % 5))
