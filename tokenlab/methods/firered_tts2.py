@@ -63,6 +63,7 @@ from tokenlab.registry import register_method
 ARCHS = ("dual", "flat")
 NUM_PHONEME_IDS = 71     # len(tokenlab.data.speech.PHONEMES): 70 phonemes + '<pad>' (id 0)
 MEL_HOP = 160            # samples per mel frame at 16 kHz (the speech pipeline's hop)
+_CODECS: dict = {}       # codec workdir -> its FrozenTokenizer (a finished run; read-only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +144,11 @@ class FireRedTTS2(Method):
       if not self.config.codec_workdir:
         raise ConfigError("config.model.codec_workdir is empty; point it at a trained "
                           "experiments/audio_codec.py run with quantizer=rvq")
-      from tokenlab.train.inference import load_frozen_tokenizer
-      self._codec = load_frozen_tokenizer(self.config.codec_workdir)
+      workdir = self.config.codec_workdir
+      if workdir not in _CODECS:     # one load per process: every arm and run shares it
+        from tokenlab.train.inference import load_frozen_tokenizer
+        _CODECS[workdir] = load_frozen_tokenizer(workdir)
+      self._codec = _CODECS[workdir]
     return self._codec
 
   # ---------------------------------------------------------------- the sequence
