@@ -50,10 +50,12 @@ Simplified, and why: joint space-time attention instead of Video Swin (at the to
 [CLS] tokens; cubes of one fixed size (the reference draws T cubes of random sizes) and no
 attention-guided masking (the reference's other half of the batches); the text side is a
 small word vocabulary of template captions (no BERT); the frame tokenizer is a small VQ
-trained on the toy frames (the paper's DALL-E dVAE cannot be downloaded); and a single
-training stage whose VTM objective is also the retrieval objective (the paper pre-trains on
-WebVid + CC3M, then fine-tunes on each retrieval set): at toy scale there is no separate
-large pre-training corpus.
+trained on the toy frames (the paper's DALL-E dVAE cannot be downloaded); and pre-training
+and retrieval fine-tuning on the same toy corpus (the paper pre-trains on WebVid + CC3M, then
+fine-tunes on each retrieval set: at toy scale there is no separate large pre-training
+corpus). The two stages are two runs: the fine-tuning run starts from the pre-trained one
+(`config.train.init_from`) with `mvm_weight=0` (whole clips) and `mlm_weight=0` (the matching
+losses alone), as tokenlab/repro/violet.py does.
 """
 
 from __future__ import annotations
