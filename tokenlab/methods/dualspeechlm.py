@@ -523,7 +523,10 @@ class DualSpeechLM(Method):
         raise ConfigError("config.model.codec_workdir is empty; point it at a trained "
                           "audio_codec rvq run (experiments/audio_codec.py)")
       from tokenlab.train.inference import load_frozen_tokenizer
-      self._pieces["codec"] = load_frozen_tokenizer(self.config.codec_workdir)
+      # The codec `corpus` loaded in this process, if any (one load per process).
+      loaded = [c for (w, _, _), (c, _) in _PIECES.items() if w == self.config.codec_workdir]
+      self._pieces["codec"] = (loaded[0] if loaded
+                               else load_frozen_tokenizer(self.config.codec_workdir))
     return self._pieces["codec"]
 
   def sample(self, params: PyTree, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
@@ -547,6 +550,7 @@ class DualSpeechLM(Method):
 
 _CORPUS: dict = {}
 _PIECES: dict = {}
+_US: dict = {}
 
 
 def speech_arrays(data_config: Any, split: str) -> dict[str, np.ndarray]:
@@ -656,6 +660,18 @@ def us_tokens(workdir: str, *splits: dict[str, np.ndarray]) -> list[np.ndarray]:
   return [_batched(fn, 50, a["features"], a["num_tokens"]).astype(np.int32) for a in splits]
 
 
+def corpus_us_tokens(tokenizer_workdir: str, codec_workdir: str, encoder_workdir: str,
+                     max_frames: int) -> dict[str, np.ndarray]:
+  """{'train', 'validation'}: the USTokens (n, N) of `corpus(...)`'s splits by the tokenizer
+  run in `tokenizer_workdir` (encoded once per process)."""
+  key = (tokenizer_workdir, codec_workdir, encoder_workdir, max_frames)
+  if key not in _US:
+    data = corpus(codec_workdir, encoder_workdir, max_frames)
+    _US[key] = dict(zip(("train", "validation"),
+                        us_tokens(tokenizer_workdir, data["train"], data["validation"])))
+  return _US[key]
+
+
 LM_FIELDS = ("codes", "num_tokens", "words", "num_words", "word_mask", "phonemes")
 TOKENIZER_FIELDS = ("features", "num_tokens", "words", "num_words")
 
@@ -676,7 +692,8 @@ def stage_arrays(config: Any, split: str) -> dict[str, np.ndarray]:
     if not m.get("tokenizer_workdir", ""):
       raise ConfigError("speech_input='ustokens' needs config.model.tokenizer_workdir: a "
                         "trained dualspeechlm stage='tokenizer' run")
-    out["us_codes"] = us_tokens(m.tokenizer_workdir, arrays)[0]
+    out["us_codes"] = corpus_us_tokens(m.tokenizer_workdir, m.codec_workdir,
+                                       m.encoder_workdir, int(m.get("max_frames", 300)))[split]
   return out
 
 

@@ -180,7 +180,7 @@ def _iterators(arrays: dict, val_arrays: dict, quick: bool):
 
 
 def _run_seed(ctx: Context) -> Trial:
-  from tokenlab.methods.dualspeechlm import LM_FIELDS, TOKENIZER_FIELDS, us_tokens
+  from tokenlab.methods.dualspeechlm import LM_FIELDS, TOKENIZER_FIELDS, corpus_us_tokens
   shared = _shared(ctx)
   pieces, data = shared["pieces"], shared["data"]
   train, val = data["train"], data["validation"]
@@ -201,8 +201,7 @@ def _run_seed(ctx: Context) -> Trial:
     for key in ("feature_mse", "text_accuracy", "usage", "perplexity"):
       if f"eval/{key}" in out:
         rows.append((arm, key, float(out[f"eval/{key}"])))
-    us[arm] = dict(zip(("train", "validation"),
-                       us_tokens(ctx.path(folder), data["train"], data["validation"])))
+    us[arm] = corpus_us_tokens(ctx.path(folder), pieces.codec, pieces.recognizer, MAX_FRAMES)
   # 2. The LMs: dual on each tokenizer's tokens, and acoustic only.
   lms = {DUAL: ("dual", "ustokens", UST)}
   if not ctx.quick:
