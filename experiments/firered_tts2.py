@@ -21,7 +21,7 @@ from tokenlab.data.registry import SPEECH_TINY_OPTIONS
 SIZES = {
     #      d  layers heads mlp  depth: d layers heads mlp  frames batch steps  lr
     "tiny": (16, 1, 2, 32, 8, 1, 2, 16, 16, 4, 3, 3e-3),
-    "cpu": (64, 2, 4, 192, 32, 1, 2, 96, 40, 16, 1000, 2e-3),
+    "cpu": (64, 2, 4, 192, 32, 1, 2, 96, 40, 16, 2000, 2e-3),
     "base": (512, 12, 8, 2048, 256, 4, 4, 1024, 40, 128, 50000, 3e-4),
 }
 
