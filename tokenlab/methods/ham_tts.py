@@ -37,6 +37,8 @@ The method, in the paper's order, and what this module does with each part:
    First design (kept in the reproduction's history): the unit ids as a second prefix
    segment after the phonemes; in a 300-step pilot the LM had not learned to read them (its
    speech with the true units was no more intelligible than without).
+   Loss: next-code cross-entropy (nats per code) on the delayed stream (codec_lm's
+   `delay_lm_loss`), the same for both stages.
 4. Not reproduced: the timbre-consistency augmentation (replacing and duplicating segments)
    and the synthetic corpus from a few-shot voice-conversion model (data scaling to 650k h),
    the acoustic prompt of zero-shot synthesis (no speaker prompt here: the LM picks a voice),
@@ -44,8 +46,8 @@ The method, in the paper's order, and what this module does with each part:
    latent units and pronunciation.
 
 Data (`config.data.name = 'method'`, `iterator_fns`): the `speech` corpus the codec was
-trained on (its run's data config: same utterances, same mel bins) encoded once by the frozen codec and unit
-encoder into arrays: 'phonemes' (N, max_text) ids (0 = pad), 'units' (N, max_frames) unit
+trained on (its run's data config: same utterances, same mel bins) encoded once per process
+by the frozen codec and unit encoder (`corpus_arrays`, `encode_corpus`) into arrays: 'phonemes' (N, max_text) ids (0 = pad), 'units' (N, max_frames) unit
 ids with END = num_units from the utterance's last frame on, 'codes' (N, max_frames, K) with
 END = codebook_size there, 'frames' (N,) real frames. The loss covers the real frames and
 the first END frame.
@@ -401,20 +403,41 @@ def load_pieces(codec_workdir: str, ssl_workdir: str, num_units: int) -> tuple[A
           load_frozen_tokenizer(ssl_workdir, units=num_units))
 
 
+_CORPUS: dict[tuple, dict[str, dict[str, np.ndarray]]] = {}
+
+
+def corpus_arrays(codec_workdir: str, ssl_workdir: str, num_units: int, max_text: int,
+                  max_frames: int) -> dict[str, dict[str, np.ndarray]]:
+  """{'train', 'validation'}: `encode_corpus` of the codec run's corpus, once per process
+  (the reproduction's arms and a later `tokenlab sample` in the same process share it)."""
+  key = (codec_workdir, ssl_workdir, num_units, max_text, max_frames)
+  if key not in _CORPUS:
+    from tokenlab.train.inference import load_config_from_workdir
+    codec, units = load_pieces(codec_workdir, ssl_workdir, num_units)
+    data = load_config_from_workdir(codec_workdir).data
+    _CORPUS[key] = {s: encode_corpus(codec, units, data, s, max_text, max_frames)
+                    for s in ("train", "validation")}
+  return _CORPUS[key]
+
+
 def iterator_fns(config) -> tuple[Callable, Callable]:
   """(train_fn, eval_fn) over the codec run's corpus, encoded once (config.data.name =
   'method')."""
   from tokenlab.data.synthetic import ArrayIterator
   from tokenlab.train.inference import load_config_from_workdir
   m = config.model
-  codec, units = load_pieces(m.codec_workdir, m.ssl_workdir, int(m.num_units))
+  if not m.codec_workdir or not m.ssl_workdir:
+    raise ConfigError("ham_tts data needs config.model.codec_workdir (an audio_codec run) "
+                      "and ssl_workdir (a speech_ssl run with fitted units)")
+  codec = load_config_from_workdir(m.codec_workdir).model
+  have = (int(codec.codebook_size),) * int(codec.rvq_levels)
   want = (int(m.codebook_size),) * int(m.levels)
-  if tuple(codec.method.codebook_sizes) != want:
-    raise ConfigError(f"the codec in {m.codec_workdir} has codebooks "
-                      f"{tuple(codec.method.codebook_sizes)}; config.model.levels and "
-                      f"codebook_size say {want}: set them to the codec's")
-  data = load_config_from_workdir(m.codec_workdir).data
-  split = lambda s: encode_corpus(codec, units, data, s, int(m.max_text), int(m.max_frames))
-  train, valid = split("train"), split("validation")
+  if codec.quantizer != "rvq" or have != want:
+    raise ConfigError(f"the codec in {m.codec_workdir} ({codec.quantizer}, codebooks "
+                      f"{have}) does not match config.model.levels and codebook_size "
+                      f"{want}: set them to the codec's (an rvq codec)")
+  arrays = corpus_arrays(m.codec_workdir, m.ssl_workdir, int(m.num_units), int(m.max_text),
+                         int(m.max_frames))
+  train, valid = arrays["train"], arrays["validation"]
   return (lambda b, s: ArrayIterator(train, b, s, train=True),
           lambda b, s: ArrayIterator(valid, b, s, train=False))

@@ -106,22 +106,7 @@ unit of frame t added to the input of the step that predicts it (the paper fuses
 position by position with the sequence it is aligned to), which also equalises the two
 stage-2 arms' FLOPs; d 64 to fit the CPU budget (the pilot's 100-s stage-2 arm)."""
 
-_CORPUS: dict[str, dict[str, dict[str, np.ndarray]]] = {}
 _JIT: dict[tuple, Any] = {}
-
-
-def corpus(codec_dir: str, ssl_dir: str, units: int, max_text: int,
-           max_frames: int) -> dict[str, dict[str, np.ndarray]]:
-  """The codec's corpus encoded once per process (train and validation arrays)."""
-  if codec_dir not in _CORPUS:
-    from tokenlab.methods import ham_tts
-    from tokenlab.train.inference import load_config_from_workdir
-    codec, unit_tok = ham_tts.load_pieces(codec_dir, ssl_dir, units)
-    data = load_config_from_workdir(codec_dir).data
-    _CORPUS[codec_dir] = {s: ham_tts.encode_corpus(codec, unit_tok, data, s, max_text,
-                                                   max_frames)
-                          for s in ("train", "validation")}
-  return _CORPUS[codec_dir]
 
 
 def unigram_nll(train: np.ndarray, train_frames: np.ndarray, valid: np.ndarray,
@@ -156,7 +141,8 @@ def run_seed(ctx: Context) -> Trial:
   pieces = train_speech_pieces(ctx, units=k_units, ssl_overrides=() if quick else SSL_OVERRIDES)
   codec = load_frozen_tokenizer(pieces.codec)
   levels, codebook = len(codec.method.codebook_sizes), codec.method.codebook_size
-  data = corpus(pieces.codec, pieces.ssl, k_units, int(base.max_text), int(base.max_frames))
+  data = ham_tts.corpus_arrays(pieces.codec, pieces.ssl, k_units, int(base.max_text),
+                               int(base.max_frames))
   train, valid = data["train"], data["validation"]
   rows: list[tuple[str, str, Any]] = []
   spec = lambda stage, cond: (f"{EXPERIMENT}:size={size},stage={stage},condition={cond},"
@@ -253,13 +239,14 @@ def finish(ctx: Context, trials: list[Trial]) -> tuple[list[str], str]:
   from tokenlab.train.inference import load_frozen_tokenizer
   first = trials[0].data
   codec = load_frozen_tokenizer(first["codec"])
+  decode = jax.jit(lambda c, n: ham_tts.codes_to_mel(codec, c, n))
   names = [n for n in ("true", HAM, ORACLE, TEXT) if n in first["shown"]]
   shown = min(3, len(first["shown"]["true"][1]))
   fig, axes = plt.subplots(len(names), shown, figsize=(3.2 * shown, 1.6 * len(names)),
                            squeeze=False)
   for i, name in enumerate(names):
     codes, frames = first["shown"][name]
-    mel, lengths = jax.device_get(ham_tts.codes_to_mel(codec, codes[:shown], frames[:shown]))
+    mel, lengths = jax.device_get(decode(codes[:shown], frames[:shown]))
     for j in range(shown):
       ax = axes[i, j]
       ax.imshow(mel[j, :max(int(lengths[j]), 1)].T, origin="lower", aspect="auto",
