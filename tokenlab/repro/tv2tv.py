@@ -233,8 +233,9 @@ def run_seed(ctx: Context) -> Trial:
   base = load_config(f"{EXPERIMENT}:size={size}")
   options = {k: base.data.options[k] for k in ("size", "num_frames", "num_events")}
   options["seed"] = DATA_SEED
-  train = make_clips("train", 64 if ctx.quick else NUM_TRAIN, options)
-  evalset = make_clips("validation", 8 if ctx.quick else NUM_EVAL, options)
+  # --quick: 2 steps of batch 4 read at most 8 clips; 4 eval clips (one rollout program).
+  train = make_clips("train", 8 if ctx.quick else NUM_TRAIN, options)
+  evalset = make_clips("validation", 4 if ctx.quick else NUM_EVAL, options)
   fields = ("video", "events")
   train_fn = lambda batch_size, seed: ArrayIterator({k: train[k] for k in fields}, batch_size,
                                                     seed, train=True)
