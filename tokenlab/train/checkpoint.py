@@ -39,10 +39,30 @@ class CheckpointDamaged(TokenlabError):
   """A checkpoint that cannot be read (as opposed to one of another model)."""
 
 
+def _no_replica_parallel_saves_on_cpu() -> None:
+  """On CPU devices, write each replicated array once, from replica 0.
+
+  Orbax's default for jax.Array splits the writing of a replicated array among its replicas,
+  which on CPU compiles and runs one slicing program per array and device (with 4 devices,
+  40-80 small compiles for a tiny model's save) and gains nothing: every "device" is the same
+  host memory. Orbax itself turns this off on GPU; accelerators (TPU) keep the default.
+  """
+  global _CPU_HANDLER_SET
+  if _CPU_HANDLER_SET or jax.default_backend() != "cpu":
+    return
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+  _CPU_HANDLER_SET = True
+
+
+_CPU_HANDLER_SET = False
+
+
 class Checkpointer:
   """Saves and restores {state, data} items at integer steps."""
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    _no_replica_parallel_saves_on_cpu()
     self.directory = epath.Path(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
