@@ -189,6 +189,25 @@ def test_pipeline_batch_shapes_padding_and_mel(built):
   assert not batch["lengths"][3] and not batch["word_mask"][3].any()
 
 
+def test_collect_split_keeps_real_rows_in_order_with_one_batch_shape(built):
+  cfg, _, records = built
+  shapes = []
+
+  def rows(batch):
+    shapes.append(batch["lengths"].shape)
+    return {"lengths": batch["lengths"], "twice": 2 * batch["lengths"]}
+
+  # 3 validation records in batches of 2: the second batch has one padding row, dropped.
+  out = data.collect_split(cfg, "validation", rows, batch_size=2)
+  want = [len(rec["waveform"]) for rec in records["validation"]]
+  np.testing.assert_array_equal(out["lengths"], want)
+  np.testing.assert_array_equal(out["twice"], 2 * np.array(want))
+  assert shapes == [(2,), (2,)]                       # fn always sees whole batches
+  whole = data.collect_split(cfg, "validation", batch_size=2)   # no fn: the batch's fields
+  np.testing.assert_array_equal(whole["lengths"], want)
+  assert len(whole["mask"]) == 3 and whole["mask"].all()
+
+
 @pytest.mark.parametrize("keys, match", [
     ({"options": {"voices": "en-us,de"}}, "English espeak-ng voices"),
     ({"options": {"variants": "base,robot9"}}, "not an espeak-ng variant"),

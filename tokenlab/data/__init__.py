@@ -20,13 +20,13 @@ Heavy imports (tfds, grain) happen on first use, not on `import tokenlab.data`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from tokenlab.data.config import default_data_config, validate_data_config
 from tokenlab.data.registry import DATASETS, TOKENIZERS
 
 __all__ = ["DATASETS", "TOKENIZERS", "default_data_config", "validate_data_config",
-           "make_iterator", "vocab_size", "get_tokenizer", "batch_spec"]
+           "make_iterator", "collect_split", "vocab_size", "get_tokenizer", "batch_spec"]
 
 
 def make_iterator(data_cfg: Any, *, split: str, batch_size: int, seed: int,
@@ -37,6 +37,22 @@ def make_iterator(data_cfg: Any, *, split: str, batch_size: int, seed: int,
   return pipeline.make_iterator(data_cfg, split=split, batch_size=batch_size, seed=seed,
                                 process_index=process_index, process_count=process_count,
                                 shuffle=shuffle, num_epochs=num_epochs)
+
+
+def collect_split(data_cfg: Any, split: str, fn: Callable[[dict], dict] | None = None, *,
+                  batch_size: int = 16) -> dict[str, Any]:
+  """One pass over `split` in stored order: `fn(batch)` (default: the batch itself) maps each
+  batch (all `batch_size` rows, padding included, so a jitted `fn` compiles once) to
+  {name: array with one row per batch row}; returns each name's rows of real examples
+  (batch 'mask' > 0) concatenated as numpy arrays."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  parts: dict[str, list] = {}
+  for batch in make_iterator(data_cfg, split=split, batch_size=batch_size, seed=0,
+                             shuffle=False, num_epochs=1):
+    keep = np.asarray(batch["mask"]) > 0
+    for name, value in (fn(batch) if fn else batch).items():
+      parts.setdefault(name, []).append(np.asarray(value)[keep])
+  return {name: np.concatenate(rows) for name, rows in parts.items()}
 
 
 def vocab_size(data_cfg: Any) -> int:

@@ -556,18 +556,11 @@ _US: dict = {}
 def speech_arrays(data_config: Any, split: str) -> dict[str, np.ndarray]:
   """A `speech` split as arrays: mel (n, T, M), mel_lengths, words, num_words, phonemes."""
   from tokenlab import data as data_lib
-  out: dict[str, list] = {k: [] for k in ("mel", "mel_lengths", "words", "num_words",
-                                         "phonemes")}
-  for batch in data_lib.make_iterator(data_config, split=split, batch_size=16, seed=0,
-                                      shuffle=False, num_epochs=1):
-    keep = batch["mask"] > 0
-    out["mel"].append(batch["mel"][keep])
-    out["mel_lengths"].append(batch["mel_lengths"][keep])
-    out["words"].append(batch["words"][keep])
-    out["num_words"].append(batch["word_mask"][keep].sum(-1))
-    out["phonemes"].append(batch["phonemes"][keep] * (batch["phoneme_mask"][keep] > 0))
-  return {k: np.concatenate(v).astype(np.float32 if k == "mel" else np.int32)
-          for k, v in out.items()}
+  arrays = data_lib.collect_split(data_config, split, lambda batch: {
+      "mel": batch["mel"], "mel_lengths": batch["mel_lengths"], "words": batch["words"],
+      "num_words": batch["word_mask"].sum(-1),
+      "phonemes": batch["phonemes"] * (batch["phoneme_mask"] > 0)})
+  return {k: v.astype(np.float32 if k == "mel" else np.int32) for k, v in arrays.items()}
 
 
 def encoder_features(recognizer, mel: np.ndarray, mel_lengths: np.ndarray,

@@ -362,23 +362,20 @@ def encode_corpus(codec: Any, units: Any, data_config: Any, split: str, max_text
     raise ConfigError(f"the codec's {codec.method.frame_rate_hz} Hz frames and the units' "
                       f"{units.method.frame_rate_hz} Hz differ; train both at the same hz")
   encode = jax.jit(lambda b: (codec.encode(b), units.encode(b)))
-  out: dict[str, list] = {"phonemes": [], "units": [], "codes": [], "frames": [],
-                          "speaker": [], "words": [], "word_mask": []}
-  for batch in data_lib.make_iterator(data_config, split=split, batch_size=batch_size, seed=0,
-                                      shuffle=False, num_epochs=1):
+
+  def rows(batch):
     keep = batch["mask"] > 0
     c, u = jax.device_get(encode({k: batch[k] for k in ("mel", "mel_lengths", "mask")}))
     ph = np.where(batch["phoneme_mask"] > 0, batch["phonemes"], 0)
     if np.any(ph[:, max_text:][keep]):
       raise ConfigError(f"an utterance has more than max_text={max_text} phonemes; raise "
                         f"config.model.max_text")
-    out["phonemes"].append(ph[keep, :max_text])
-    out["units"].append(np.asarray(u)[keep])
-    out["codes"].append(np.asarray(c)[keep])
-    out["frames"].append(np.asarray(codec.method.num_tokens(batch["mel_lengths"]))[keep])
-    for name in ("speaker", "words", "word_mask"):   # the sentence, for `tokenlab sample`
-      out[name].append(batch[name][keep])
-  arrays = {k: np.concatenate(v) for k, v in out.items()}
+    # speaker, words, word_mask: what the sentence was, for `tokenlab sample`.
+    return {"phonemes": ph[:, :max_text], "units": u, "codes": c,
+            "frames": codec.method.num_tokens(batch["mel_lengths"]),
+            **{name: batch[name] for name in ("speaker", "words", "word_mask")}}
+
+  arrays = data_lib.collect_split(data_config, split, rows, batch_size=batch_size)
   frames = arrays["frames"].astype(np.int32)
   arrays["units"], arrays["codes"] = frame_streams(
       arrays["units"], arrays["codes"], frames, max_frames, num_units_of(units),

@@ -180,23 +180,19 @@ def _encode_split(codec, encode, cfg, split: str, limit: int | None) -> dict[str
   (N, t, K), num_frames, phoneme ids (N, P), log-mel (N, T, M) and mel lengths, and the mean
   log-mel per bin."""
   from tokenlab import data as data_lib
-  out: dict[str, list] = {k: [] for k in ("codes", "num_frames", "phonemes", "mel",
-                                          "mel_lengths")}
-  total, count = 0.0, 0
-  for batch in data_lib.make_iterator(cfg, split=split, batch_size=16, seed=0, shuffle=False,
-                                      num_epochs=1):
-    keep = np.asarray(batch["mask"]) > 0
+
+  def rows(batch):
     mel, n = np.asarray(batch["mel"]), np.asarray(batch["mel_lengths"])
-    codes = np.asarray(encode(mel))
-    out["codes"].append(codes[keep])
-    out["num_frames"].append(np.asarray(codec.method.num_tokens(n))[keep])
-    out["phonemes"].append(np.asarray(batch["phonemes"])[keep])
+    valid = np.arange(mel.shape[1])[None] < n[:, None]
+    out = {"codes": np.asarray(encode(mel)), "num_frames": codec.method.num_tokens(n),
+           "phonemes": batch["phonemes"], "mel_lengths": n,
+           "mel_sum": (mel * valid[..., None]).sum(1), "mel_count": valid.sum(1)}
     if split != "train":     # 2,000 training mels would hold 257 MB for nothing
-      out["mel"].append(mel[keep])
-    out["mel_lengths"].append(n[keep])
-    valid = (np.arange(mel.shape[1])[None] < n[:, None]) & keep[:, None]
-    total, count = total + mel[valid].sum(0), count + valid.sum()
-  arrays = {k: np.concatenate(v) for k, v in out.items() if v}
+      out["mel"] = mel
+    return out
+
+  arrays = data_lib.collect_split(cfg, split, rows)
+  total, count = arrays.pop("mel_sum").sum(0), arrays.pop("mel_count").sum()
   if limit is not None:
     arrays = {k: v[:limit] for k, v in arrays.items()}
   arrays["num_frames"] = arrays["num_frames"].astype(np.int32)
