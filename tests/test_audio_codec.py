@@ -182,3 +182,13 @@ def test_tokenlab_sample_writes_wav_files_and_their_mels(trained, tmp_path, caps
   # A single file is refused, with the fix.
   assert cli.main(["sample", "--workdir", trained, "--out", str(tmp_path / "x.wav")]) != 0
   assert "give a folder" in capsys.readouterr().err and not (tmp_path / "x.wav").exists()
+
+
+def test_tokenlab_sample_refuses_non_finite_audio_and_writes_nothing(trained, tmp_path,
+                                                                   capsys, monkeypatch):
+  from tokenlab.methods.audio_codec import AudioCodec
+  monkeypatch.setattr(AudioCodec, "sample", lambda self, params, batch, rng, state=None: {
+      "waveform": jnp.full((1, 1, 400), jnp.nan), "lengths": jnp.full((1, 1), 400)})
+  out = tmp_path / "listen"
+  assert cli.main(["sample", "--workdir", trained, "--num", "1", "--out", str(out)]) != 0
+  assert "non-finite" in capsys.readouterr().err and not out.exists()

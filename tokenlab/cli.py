@@ -256,6 +256,12 @@ def _sample_audio(args: argparse.Namespace, config) -> int:
     raise TokenlabError(f"method '{config.model.name}'.sample returned a waveform of shape "
                         f"{wave.shape} with lengths {lengths.shape}; an audio sampler returns "
                         f"(N, S) or (rows, N, S) with lengths (N,) or (rows, N)")
+  broken = ~np.isfinite(wave).all(axis=-1)
+  if broken.any():
+    raise TokenlabError(f"method '{config.model.name}'.sample returned non-finite samples (NaN "
+                        f"or inf) in {int(broken.sum())} of {broken.size} waveforms at step "
+                        f"{run.step}: a diverged checkpoint? (try --step with an earlier "
+                        f"one); nothing written")
   rows = tuple(getattr(run.method, "sample_rows", ()))
   if wave.shape[0] > 1 and len(rows) != wave.shape[0]:
     rows = tuple(str(r) for r in range(wave.shape[0]))
